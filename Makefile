@@ -1,0 +1,53 @@
+# Every target installs what it needs into .venv, so a fresh clone works with `make run` / `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch 2.13.0 lies on the development machines' disk; an unpinned torch would
+# pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
+
+.PHONY: run test lint typecheck pytest models reproduce bench soak clean help
+
+help:
+	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
+	@echo "make test       install everything and run ruff, mypy and pytest"
+	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
+	@echo "make reproduce  train the paper's table and write results/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[serve]'
+	touch $@
+
+$(VENV)/.all: pyproject.toml | $(BIN)/python
+	$(PIP) install '$(TORCH)'
+	$(PIP) install -e '.[serve,train,client,dev]' '$(TORCH)'
+	touch $@ $(VENV)/.serve
+
+run: $(VENV)/.serve
+	$(BIN)/coordconv serve
+
+lint: $(VENV)/.all
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.all
+	$(BIN)/mypy
+
+pytest: $(VENV)/.all
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+models: $(VENV)/.all
+	$(BIN)/coordconv models --repo models
+
+reproduce: $(VENV)/.all
+	$(BIN)/coordconv reproduce --out results
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs

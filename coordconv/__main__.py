@@ -1,0 +1,3 @@
+from coordconv.cli import main
+
+raise SystemExit(main())

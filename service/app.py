@@ -1,0 +1,149 @@
+"""The app factory: `create_app(settings)`. The lifespan loads and warms the models and starts
+one batcher per model; exception handlers map typed errors to status codes; no input yields a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from coordconv import __version__
+from service.batching import Batcher
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.middleware import ServiceMiddleware, error_body
+from service.registry import Registry
+from service.routes import health, v1, v2
+from service.settings import Settings
+from service.state import ServiceState
+
+log = logging.getLogger("coordconv.app")
+
+DESCRIPTION = """
+CoordConv models (Liu et al., 2018) on onnxruntime. **render** turns pixel coordinates into
+images of a 9x9 square (or the `pixel` model's heatmap); **locate** turns images back into
+coordinates. Coordinates are pixels `(x, y)`, x the column, y the row, in [0, 63] on a 64x64 canvas.
+
+The Open Inference Protocol (`/v2`, as NVIDIA Triton speaks it) serves the same models to
+`tritonclient` and other KServe V2 clients.
+"""
+
+
+def _error(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        error_body(request.url.path, message),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
+    """The app. With `registry` (already loaded) the lifespan uses it instead of loading one."""
+    settings = settings or Settings()
+    preloaded = registry
+    metrics = Metrics()
+    state = ServiceState(settings=settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = preloaded
+        if registry is None:
+            registry = Registry(settings)
+            await asyncio.to_thread(registry.load)  # raises RepositoryError: start-up stops
+        executor = ThreadPoolExecutor(
+            max_workers=len(registry.models) + 1, thread_name_prefix="onnxruntime"
+        )
+        state.registry = registry
+        for name, model in registry.models.items():
+            b = Batcher(
+                model,
+                executor,
+                metrics,
+                settings.max_batch_size,
+                settings.max_queue_delay_us,
+                settings.max_queue_size,
+                settings.request_timeout_s,
+            )
+            b.start()
+            state.batchers[name] = b
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            for b in state.batchers.values():
+                await b.stop()
+            executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="CoordConv serving",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served below from local files: no CDN
+        redoc_url=None,
+    )
+    app.state.service = state
+
+    static = resources.files("fastapi_offline") / "static"
+    app.mount("/docs-static", StaticFiles(directory=str(static)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="CoordConv serving - API",
+            swagger_js_url="/docs-static/swagger-ui-bundle.js",
+            swagger_css_url="/docs-static/swagger-ui.css",
+            swagger_favicon_url="/docs-static/favicon.png",
+        )
+
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        return _error(request, exc.status_code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _error(request, 400, _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(request, 500, "internal server error (logged with the request id)")
+
+    app.add_middleware(
+        ServiceMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrency=settings.max_concurrency,
+    )
+    return app

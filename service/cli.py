@@ -1,0 +1,155 @@
+"""`coordconv serve`: every setting is an option (and a COORDCONV_* environment variable).
+
+Start-up problems (a bad model repository, a port in use, no GPU with REQUIRE_GPU) print one clear
+line and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+LOG_FIELDS = ("request_id", "status", "path", "method", "duration_ms", "model")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        obj.update({k: getattr(record, k) for k in LOG_FIELDS if hasattr(record, k)})
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        return json.dumps(obj)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        rid = getattr(record, "request_id", None)
+        return f"{text} [request_id={rid}]" if rid else text
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # our middleware logs each request
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="coordconv serve",
+        description="Serve the model repository over HTTP. Each option is also an environment "
+        "variable COORDCONV_<NAME>; options win.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        helptext = f"{field.description or name} (env COORDCONV_{name.upper()}, default {default})"
+        if field.annotation is bool:
+            p.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
+        else:
+            p.add_argument(flag, dest=name, default=None, help=helptext, metavar=name.upper())
+    p.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _port_free(host: str, port: int) -> str | None:
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use"
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "ray"}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            print(f"coordconv serve: invalid setting {loc}: {err['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    problem = _port_free(settings.host, settings.port)
+    if problem:
+        print(f"coordconv serve: {problem}", file=sys.stderr)
+        return 1
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.errors import RepositoryError
+
+    from service.registry import Registry
+
+    # Load before uvicorn starts, so a bad repository is one clear line and exit 1 (inside the
+    # lifespan it would be uvicorn's traceback).
+    registry = Registry(settings)
+    try:
+        registry.load()
+    except RepositoryError as exc:
+        print(f"coordconv serve: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, registry=registry)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        # Our middleware answers 503 + Retry-After at MAX_CONCURRENCY requests; uvicorn's own
+        # limit (connections and tasks, answered with a bare 503) sits just above as a backstop.
+        limit_concurrency=settings.max_concurrency + 32,
+        timeout_graceful_shutdown=int(settings.grace_s) or None,
+        timeout_keep_alive=5,
+        server_header=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        return 0
+    if not server.started:
+        logging.getLogger("coordconv.serve").error("the server did not start")
+        return 1
+    return 0

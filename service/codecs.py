@@ -1,0 +1,184 @@
+"""Encodings of images and arrays: PNG (base64 or raw), NPY, and JSON nested lists.
+
+Decoding checks everything a client can get wrong and raises BadRequest with a message that says
+what: a PNG's header is read before its pixels, so a decompression bomb is refused undecoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from service.errors import BadRequest
+
+CANVAS = 64
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DATA_URL_PREFIX = "data:image/png;base64,"
+# Pillow's own bomb guard, far above 64x64 but below anything that could hurt memory.
+Image.MAX_IMAGE_PIXELS = 4096 * 4096
+
+F32 = npt.NDArray[np.float32]
+
+
+def encode_png(image: npt.NDArray[np.floating[Any]], scale_to_max: bool = False) -> bytes:
+    """An image of values in [0, 1] as an 8-bit grayscale PNG (255 = 1.0).
+
+    With scale_to_max the brightest pixel becomes 255 (for softmax heatmaps)."""
+    img = np.asarray(image, dtype=np.float32)
+    if scale_to_max:
+        peak = float(img.max())
+        img = img / peak if peak > 0 else img
+    pixels = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def encode_png_b64(image: npt.NDArray[np.floating[Any]], scale_to_max: bool = False) -> str:
+    return base64.b64encode(encode_png(image, scale_to_max)).decode("ascii")
+
+
+def decode_png(data: bytes, where: str = "image") -> F32:
+    """PNG bytes -> (64, 64) float32 in [0, 1]. 8-bit scales by 1/255, 16-bit by 1/65535,
+    colour becomes grayscale, alpha is composited over black."""
+    if not data.startswith(PNG_MAGIC):
+        raise BadRequest(f"{where}: not a PNG (it does not start with the PNG signature)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=["PNG"])
+            # Only the header has been read: refuse other sizes before decoding any pixels.
+            if img.size != (CANVAS, CANVAS):
+                w, h = img.size
+                raise BadRequest(f"{where}: PNG is {w}x{h} pixels, expected {CANVAS}x{CANVAS}")
+            img.load()
+    except BadRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadRequest(f"{where}: PNG claims a huge size; expected 64x64") from None
+    except Exception as exc:  # Pillow raises many types for broken files
+        raise BadRequest(f"{where}: corrupt or unreadable PNG ({type(exc).__name__})") from None
+    return _to_unit_gray(img, where)
+
+
+def _to_unit_gray(img: Image.Image, where: str) -> F32:
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in {"I;16", "I;16B", "I;16L", "I"}:
+        arr = np.asarray(img, dtype=np.float32) / 65535.0
+    elif mode == "1":
+        arr = np.asarray(img, dtype=np.float32)
+    elif mode == "L":
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+    elif mode in {"LA", "RGBA"}:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        gray = _luma(rgba[..., :3])
+        arr = gray * rgba[..., 3]  # composited over black
+    elif mode == "RGB":
+        arr = _luma(np.asarray(img, dtype=np.float32) / 255.0)
+    else:
+        raise BadRequest(f"{where}: unsupported PNG mode {mode}")
+    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)
+
+
+def _luma(rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """ITU-R 601 luma, as Pillow's convert("L") uses."""
+    return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
+
+
+def decode_png_b64(text: str, where: str = "image") -> F32:
+    if text.startswith(DATA_URL_PREFIX):
+        text = text[len(DATA_URL_PREFIX) :]
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{where}: invalid base64") from None
+    return decode_png(raw, where)
+
+
+def encode_npy(array: npt.NDArray[Any]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> F32:
+    """An NPY body (never unpickled) -> float32 (N, 64, 64), checked."""
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise BadRequest(
+                "NPY body needs pickle (an object array); send float32 or float64"
+            ) from None
+        raise BadRequest(f"not a valid NPY body: {exc}") from None
+    except Exception as exc:
+        raise BadRequest(f"not a valid NPY body ({type(exc).__name__})") from None
+    if not isinstance(arr, np.ndarray):
+        raise BadRequest("NPY body must hold a single array")
+    if arr.dtype not in (np.float32, np.float64):
+        raise BadRequest(f"NPY array has dtype {arr.dtype}; expected float32 or float64")
+    if arr.ndim != 3 or arr.shape[1:] != (CANVAS, CANVAS):
+        raise BadRequest(f"NPY array has shape {arr.shape}; expected (N, {CANVAS}, {CANVAS})")
+    return arr.astype(np.float32, copy=False)
+
+
+def check_images(images: F32, what: str = "images") -> F32:
+    """Values must be finite and in [0, 1]; names the first offending image."""
+    flat = images.reshape(len(images), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        raise BadRequest(f"{what}[{int(np.argmax(bad))}] has NaN or infinite values")
+    out = (flat.min(axis=1) < 0) | (flat.max(axis=1) > 1)
+    if out.any():
+        i = int(np.argmax(out))
+        raise BadRequest(
+            f"{what}[{i}] has values outside [0, 1] (min {flat[i].min():g}, max {flat[i].max():g})"
+        )
+    return images
+
+
+def check_coords(coords: Any, what: str = "coords") -> F32:
+    """Nested [[x, y], ...] -> float32 (N, 2), finite, in [0, 63]."""
+    if not isinstance(coords, list):
+        raise BadRequest(f"{what} must be a list of [x, y] pairs")
+    try:
+        arr = np.array(coords, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise BadRequest(f"{what} must be a list of [x, y] pairs of numbers") from None
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise BadRequest(f"{what} must be a list of [x, y] pairs, got shape {list(arr.shape)}")
+    if any(isinstance(v, bool) for pair in coords for v in pair):
+        raise BadRequest(f"{what} must hold numbers, not booleans")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise BadRequest(f"{what}[{int(np.argmax(bad))}] is NaN or infinite")
+    out = (arr < 0).any(axis=1) | (arr > CANVAS - 1).any(axis=1)
+    if out.any():
+        i = int(np.argmax(out))
+        x, y = arr[i]
+        raise BadRequest(f"{what}[{i}] = [{x:g}, {y:g}] is outside the canvas [0, {CANVAS - 1}]")
+    return arr.astype(np.float32)
+
+
+def array_images(images: list[Any], what: str = "images") -> F32:
+    """A list of 64x64 nested float lists -> float32 (N, 64, 64)."""
+    try:
+        arr = np.array(images, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise BadRequest(
+            f"{what} must be base64 PNG strings or 64x64 nested lists of numbers"
+        ) from None
+    if arr.ndim != 3 or arr.shape[1:] != (CANVAS, CANVAS):
+        shape = list(arr.shape[1:]) if arr.ndim >= 2 else list(arr.shape)
+        raise BadRequest(f"{what}: each image must be 64x64, got {shape}")
+    return arr

@@ -1,0 +1,56 @@
+"""Typed errors, each with its HTTP status. Routes raise them; app.py turns them into
+`{"detail": message}` (/v1) or `{"error": message}` (/v2) responses."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 500
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class NotAcceptable(ServiceError):
+    status_code = 406
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+
+
+class Unprocessable(ServiceError):
+    status_code = 422
+
+
+class Unavailable(ServiceError):
+    """Overload, a request queued too long, or not ready: 503 with Retry-After."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class RepositoryError(Exception):
+    """The model repository cannot be served; the message names the path and the problem."""

@@ -1,0 +1,55 @@
+"""Prometheus metrics (names fixed by DESIGN.md section 6), in a registry per app so that several
+apps in one process (tests) do not collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "coordconv_requests", "HTTP requests", ["route", "model", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "coordconv_request_duration_seconds",
+            "Request latency",
+            ["route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_count = Counter(
+            "coordconv_inference_count", "Items inferred", ["model"], registry=r
+        )
+        self.execution_count = Counter(
+            "coordconv_execution_count", "onnxruntime calls", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "coordconv_batch_size",
+            "Items per onnxruntime call",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "coordconv_queue_duration_seconds",
+            "Time a request waits in the queue",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "coordconv_compute_duration_seconds",
+            "onnxruntime call time",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_items = Gauge(
+            "coordconv_queue_items", "Items waiting in the queue", ["model"], registry=r
+        )

@@ -1,0 +1,144 @@
+"""One pure ASGI middleware for what every request needs, cheaper than a stack of Starlette
+middlewares: a request id, the body limit (413 before the body is read when Content-Length says
+so, and as soon as a streamed body passes it), the concurrency limit (503 + Retry-After), request
+metrics and one log line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge
+from service.metrics import Metrics
+
+log = logging.getLogger("coordconv.access")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def error_body(path: str, message: str) -> bytes:
+    """/v2 errors are {"error": ...} (Open Inference Protocol); others FastAPI's {"detail": ...}."""
+    key = "error" if path.startswith("/v2") else "detail"
+    return orjson.dumps({key: message})
+
+
+class ServiceMiddleware:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, max_concurrency: int
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")
+        if not REQUEST_ID_RE.match(rid):
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        path: str = scope["path"]
+        status = 500
+        model = ""
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, model
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                hdrs = list(message.get("headers", []))
+                for k, v in hdrs:
+                    if k == b"x-model-name":
+                        model = v.decode("latin-1")
+                hdrs.append((b"x-request-id", rid.encode("latin-1")))
+                message = {**message, "headers": hdrs}
+            await send(message)
+
+        async def reject(code: int, message: str, extra: list[tuple[bytes, bytes]]) -> None:
+            body = error_body(path, message)
+            await send_wrapper(
+                {
+                    "type": "http.response.start",
+                    "status": code,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        *extra,
+                    ],
+                }
+            )
+            await send_wrapper({"type": "http.response.body", "body": body})
+
+        try:
+            length = headers.get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                await reject(
+                    413,
+                    f"request body exceeds the limit of {self.max_body} bytes (MAX_BODY_BYTES)",
+                    [(b"connection", b"close")],
+                )
+            elif self.in_flight >= self.max_concurrency:
+                await reject(
+                    503,
+                    f"too many requests in flight (limit {self.max_concurrency}); retry later",
+                    [(b"retry-after", b"1")],
+                )
+            else:
+                self.in_flight += 1
+                try:
+                    await self.app(scope, self._limited(receive), send_wrapper)
+                finally:
+                    self.in_flight -= 1
+        finally:
+            route = scope.get("route")
+            route_path = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - start
+            m = self.metrics
+            m.requests.labels(route=route_path, model=model, status=str(status)).inc()
+            m.request_duration.labels(route=route_path, model=model).observe(elapsed)
+            log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path,
+                status,
+                elapsed * 1000,
+                extra={
+                    "request_id": rid,
+                    "status": status,
+                    "path": path,
+                    "method": scope["method"],
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "model": model,
+                },
+            )
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(
+                        f"request body exceeds the limit of {limit} bytes (MAX_BODY_BYTES)"
+                    )
+            return message
+
+        return wrapped
+
+
+def log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    keys = ("request_id", "status", "path", "method", "duration_ms", "model")
+    return {k: getattr(record, k) for k in keys if hasattr(record, k)}

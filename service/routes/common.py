@@ -1,0 +1,75 @@
+"""Helpers the routers share: JSON in and out with orjson, Accept negotiation, model headers,
+and a waiter that notices when the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from service.errors import BadRequest, NotAcceptable
+from service.registry import Model
+
+NPY = "application/x-npy"
+JSON = "application/json"
+
+
+def json_response(
+    obj: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """orjson with numpy support: arrays are written without a .tolist() detour."""
+    return Response(
+        orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status_code,
+        media_type=JSON,
+        headers=headers,
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise BadRequest("empty request body: expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def wants_npy(request: Request) -> bool:
+    """True for `Accept: application/x-npy`; False for JSON or anything; 406 otherwise."""
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return False
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if NPY in types:
+        return True
+    if types & {JSON, "*/*", "application/*"}:
+        return False
+    raise NotAcceptable(f"cannot answer with {accept!r}: accept {JSON} or {NPY}")
+
+
+def model_headers(model: Model) -> dict[str, str]:
+    return {
+        "X-Model-Name": model.name,
+        "X-Model-Version": model.version,
+        "X-Model-SHA256": model.sha256,
+    }
+
+
+def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that returns once the client has disconnected. Only valid after the
+    body has been read in full (the next ASGI message is then the disconnect)."""
+    receive = request.receive
+
+    async def wait() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            await asyncio.sleep(0)
+
+    return wait

@@ -1,0 +1,41 @@
+"""Probes and metrics, never authenticated."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.routes.common import json_response
+from service.state import ServiceDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/", summary="Service index")
+async def index() -> Response:
+    return json_response(
+        {"service": "coordconv", "docs": "/docs", "models": "/v1/models", "ready": "/readyz"}
+    )
+
+
+@router.get("/healthz", summary="Liveness: the process is up")
+async def healthz() -> Response:
+    return json_response({"status": "alive"})
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: models loaded and warmed",
+    responses={503: {"description": "not ready (starting or draining)"}},
+)
+async def readyz(state: ServiceDep) -> Response:
+    if not state.ready or state.registry is None:
+        return json_response({"status": "not ready"}, 503, headers={"Retry-After": "1"})
+    models = {m.name: m.provider for m in state.registry.models.values()}
+    return json_response({"status": "ready", "models": models})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: ServiceDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

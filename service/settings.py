@@ -1,0 +1,53 @@
+"""Settings: environment variables prefixed COORDCONV_, each also a `coordconv serve` option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COORDCONV_", extra="ignore")
+
+    model_dir: Path = Field(SHIPPED_MODELS, description="model repository (Triton layout)")
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port (0: any free port)")
+    providers: str = Field(
+        "cuda,cpu", description="execution providers in order of preference: cuda, cpu"
+    )
+    require_gpu: bool = Field(False, description="refuse to start unless CUDA is in use")
+    intra_op_threads: int = Field(0, ge=0, description="threads per inference (0: onnxruntime)")
+    max_batch_size: int = Field(64, ge=1, description="items per onnxruntime call")
+    max_queue_delay_us: int = Field(500, ge=0, description="longest wait for a batch to fill")
+    max_queue_size: int = Field(1024, ge=1, description="items waiting per model before 503")
+    max_items_per_request: int = Field(1024, ge=1, description="items in one request")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
+    request_timeout_s: float = Field(30.0, gt=0, description="queued longer than this: 503")
+    max_concurrency: int = Field(256, ge=1, description="requests in flight before 503")
+    grace_s: float = Field(10.0, ge=0, description="drain time on SIGTERM")
+    api_key: str | None = Field(None, description="bearer token for inference routes")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        names = [p.strip().lower() for p in value.split(",") if p.strip()]
+        unknown = [p for p in names if p not in {"cuda", "cpu", "tensorrt"}]
+        if not names or unknown:
+            raise ValueError(f"unknown execution provider(s) {unknown}: use cuda, cpu")
+        return ",".join(names)
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def provider_list(self) -> list[str]:
+        return self.providers.split(",")

@@ -1,0 +1,219 @@
+"""`coordconv train | reproduce | export | models`. argparse only at import time: torch is imported
+when a command runs. Bad input exits 2 with one line saying what was wrong."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+TASKS = ("pixel", "render", "locate")
+ARCHS = ("coordconv", "baseline")
+SPLITS = ("uniform", "quadrant", "all")
+# The shipped models: trained on the quadrant split's training set, seed 0.
+SHIPPED = [(f"{t}{'' if a == 'coordconv' else '-baseline'}", t, a) for a in ARCHS for t in TASKS]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _writable_dir(path: str, what: str) -> Path:
+    """Create `path` (and parents) now, so a bad output fails before any training."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"coordconv: cannot create {what} {p}: {exc.strerror}") from None
+    if not os.access(p, os.W_OK):
+        raise SystemExit(f"coordconv: {what} {p} is not writable")
+    return p
+
+
+def _run(func: Callable[[], Any]) -> int:
+    """Run a command; expected failures become one line on stderr and exit code 2."""
+    from training.export import ExportError
+
+    try:
+        func()
+    except (ValueError, FileNotFoundError, ExportError) as exc:
+        print(f"coordconv: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coordconv: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def train_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="coordconv train", description="Train one model.")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--arch", choices=ARCHS, default="coordconv")
+    p.add_argument("--split", choices=SPLITS, default="quadrant")
+    p.add_argument("--epochs", type=_non_negative_int, help="default: per task (train.DEFAULTS)")
+    p.add_argument("--lr", type=_positive_float)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.25, help="uniform split only")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
+    p.add_argument("--out", help="run folder (default runs/TASK-ARCH-SPLIT-sSEED)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    out = a.out or f"runs/{a.task}-{a.arch}-{a.split}-s{a.seed}"
+    _writable_dir(out, "output folder")
+
+    def go() -> None:
+        from training.train import PRIMARY, TrainConfig, train
+
+        r = train(
+            TrainConfig(
+                task=a.task,
+                arch=a.arch,
+                split=a.split,
+                epochs=a.epochs,
+                lr=a.lr,
+                batch_size=a.batch_size,
+                weight_decay=a.weight_decay,
+                seed=a.seed,
+                test_fraction=a.test_fraction,
+                device=a.device,
+                out=out,
+                progress=not a.no_progress,
+            )
+        )
+        m = PRIMARY[a.task]
+        print(
+            f"{a.task}/{a.arch}/{a.split} seed {a.seed}: {r['parameters']:,} parameters, "
+            f"{r['wall_time_s']:.1f}s; train {m} {r['train'][m]:.4f}, test {m} "
+            f"{r['test'][m]:.4f} (goal {r['goal']}: {'met' if r['goal_met'] else 'missed'}); "
+            f"wrote {out}"
+        )
+
+    return _run(go)
+
+
+def reproduce_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="coordconv reproduce",
+        description="Train the paper's table (3 tasks x 2 architectures x 2 splits), write "
+        "results/reproduction.md, .json and plots.",
+    )
+    p.add_argument("--out", default="results")
+    p.add_argument("--runs", default="runs/reproduce", help="where run folders go")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per CoordConv row")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--splits", nargs="+", choices=SPLITS[:2], default=list(SPLITS[:2]))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-plots", action="store_true")
+    a = p.parse_args(argv)
+    _writable_dir(a.out, "output folder")
+    _writable_dir(a.runs, "runs folder")
+
+    def go() -> None:
+        from training.reproduce import reproduce
+
+        reproduce(
+            a.out,
+            a.runs,
+            a.seeds,
+            a.tasks,
+            a.archs,
+            a.splits,
+            a.device,
+            progress=not a.no_progress,
+            plots=not a.no_plots,
+        )
+
+    return _run(go)
+
+
+def export_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="coordconv export",
+        description="Export a trained run to REPO/NAME/VERSION/model.onnx and REPO/NAME/"
+        "config.pbtxt, verified against PyTorch before it is written.",
+    )
+    p.add_argument("run_dir", help="a run folder written by `coordconv train`")
+    p.add_argument("--name", required=True, help="model name, e.g. render or render-baseline")
+    p.add_argument("--version", type=_positive_int, help="default: one above the highest")
+    p.add_argument("--repo", default="models")
+    a = p.parse_args(argv)
+    _writable_dir(a.repo, "model repository")
+
+    def go() -> None:
+        from training.export import export_run
+
+        info = export_run(a.run_dir, a.name, a.repo, a.version)
+        print(
+            f"exported {info['path']} ({info['bytes'] / 1024:.0f} KiB), verified on "
+            f"{info['samples']} samples at batch sizes {info['batch_sizes']}: max |onnxruntime - "
+            f"torch| = {info['max_abs_diff']:.2e}"
+        )
+
+    return _run(go)
+
+
+def models_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="coordconv models",
+        description="Retrain (quadrant split, seed 0) and export every shipped model.",
+    )
+    p.add_argument("--repo", default="models")
+    p.add_argument("--runs", default="runs/reproduce")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="export existing runs (e.g. from `coordconv reproduce`) instead of retraining them",
+    )
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    _writable_dir(a.repo, "model repository")
+
+    def go() -> None:
+        from training.export import export_run
+        from training.reproduce import run_name
+        from training.train import TrainConfig, train
+
+        for name, task, arch in SHIPPED:
+            run = Path(a.runs) / run_name(task, arch, "quadrant", 0)
+            if not (a.reuse and (run / "model.pt").is_file()):
+                train(
+                    TrainConfig(
+                        task=task,
+                        arch=arch,
+                        split="quadrant",
+                        seed=0,  # type: ignore[arg-type]
+                        device=a.device,
+                        out=str(run),
+                    )
+                )
+            info = export_run(run, name, a.repo, version=1)
+            print(
+                f"{name}: {info['path']} ({info['bytes'] / 1024:.0f} KiB), "
+                f"max |onnxruntime - torch| = {info['max_abs_diff']:.2e}"
+            )
+
+    return _run(go)

@@ -1,0 +1,264 @@
+"""ONNX export of a trained run into the model repository (Triton layout), and its verification.
+
+    models/<name>/config.pbtxt          Triton configuration (platform onnxruntime_onnx)
+    models/<name>/<version>/model.onnx  the graph: pixels in, probabilities or pixels out
+
+Opset 18 with IR version 9: the lowest opset the dynamo exporter emits, loaded by every
+onnxruntime since 1.14, which covers the onnxruntime backends of all Triton releases since 23.04.
+
+Every export is verified before it is published (written to a temporary file first): the onnx
+checker passes, the graph's names, types and dims are those of DESIGN.md section 4 with a symbolic
+batch axis, and onnxruntime matches PyTorch on all 3136 samples at batch sizes 1 and 257.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training import data
+from training.nets import CoordNet, Task
+
+OPSET = 18
+IR_VERSION = 9  # the IR of opset 18 (onnx 1.13): loadable by onnxruntime >= 1.14
+BATCH_DIM = "batch"
+MAX_BATCH_SIZE = 256  # Triton's per-call limit in config.pbtxt
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Signature:
+    input_name: str
+    input_shape: tuple[int, ...]  # without the batch axis
+    output_name: str
+    output_shape: tuple[int, ...]
+
+
+SIGNATURES: dict[str, Signature] = {
+    "pixel": Signature("coords", (2,), "heatmap", (data.CANVAS, data.CANVAS)),
+    "render": Signature("coords", (2,), "image", (data.CANVAS, data.CANVAS)),
+    "locate": Signature("image", (data.CANVAS, data.CANVAS), "coords", (2,)),
+}
+
+
+class ExportError(RuntimeError):
+    """An export or a verification failed; the message names the file and the problem."""
+
+
+class _Serving(nn.Module):
+    """What gets exported: `predict`, the forward pass with its final softmax or sigmoid."""
+
+    def __init__(self, model: CoordNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(x)
+
+
+def sample_inputs(task: str) -> np.ndarray:
+    """Every input of the data set for a task: the 3136 centres, or their squares and one-hots."""
+    c = data.centres()
+    if task == "locate":
+        return np.concatenate([data.squares(c), data.onehots(c)])
+    return c
+
+
+def export_onnx(model: CoordNet, task: Task, path: str | Path, metadata: dict[str, str]) -> None:
+    """Export `model.predict` to `path` with a symbolic batch axis and the given metadata."""
+    import onnx
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
+    sig = SIGNATURES[task]
+    model = model.cpu().eval()
+    example = torch.from_numpy(sample_inputs(task)[:2])
+    batch = torch.export.Dim(BATCH_DIM, min=1, max=1 << 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(
+            _Serving(model).eval(),
+            (example,),
+            input_names=[sig.input_name],
+            output_names=[sig.output_name],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    assert program is not None
+    proto = program.model_proto
+    for value in (*proto.graph.input, *proto.graph.output):  # one readable name for the batch axis
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "coordconv"
+    proto.ir_version = IR_VERSION
+    onnx.save_model(proto, str(path))
+
+
+def verify_onnx(
+    path: str | Path,
+    task: str,
+    reference: Callable[[np.ndarray], np.ndarray] | None = None,
+    batch_sizes: tuple[int, ...] = (1, 257),
+) -> dict[str, Any]:
+    """Check an ONNX file against its task's contract, and against `reference` (PyTorch's
+    outputs) on every sample at each batch size. Raises ExportError naming the file and what is
+    wrong; returns a summary (max abs diff, batch sizes)."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    if task not in SIGNATURES:
+        raise ExportError(f"{path}: unknown task {task!r}")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{path}: not a valid ONNX model: {exc}") from None
+    sig = SIGNATURES[task]
+    _check_value(path, "input", proto.graph.input, sig.input_name, sig.input_shape)
+    _check_value(path, "output", proto.graph.output, sig.output_name, sig.output_shape)
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = sample_inputs(task)
+    summary: dict[str, Any] = {"samples": len(x), "batch_sizes": list(batch_sizes)}
+    if reference is None:
+        return summary
+    expected = reference(x)
+    worst = 0.0
+    for bs in batch_sizes:
+        got = np.concatenate(
+            [
+                session.run([sig.output_name], {sig.input_name: x[i : i + bs]})[0]
+                for i in range(0, len(x), bs)
+            ]
+        )
+        if got.shape != expected.shape:
+            raise ExportError(
+                f"{path}: onnxruntime output shape {got.shape} != PyTorch's {expected.shape}"
+            )
+        diff = float(np.max(np.abs(got - expected)))
+        worst = max(worst, diff)
+        if not diff <= 1e-4:
+            raise ExportError(
+                f"{path}: onnxruntime differs from PyTorch by {diff:.3g} (> 1e-4) at batch {bs}"
+            )
+        if task == "pixel":
+            same = np.array_equal(
+                got.reshape(len(x), -1).argmax(1), expected.reshape(len(x), -1).argmax(1)
+            )
+        elif task == "render":
+            same = np.array_equal(got > 0.5, expected > 0.5)
+        else:
+            same = True
+        if not same:
+            raise ExportError(
+                f"{path}: argmax or thresholded masks differ from PyTorch at batch {bs}"
+            )
+    summary["max_abs_diff"] = worst
+    return summary
+
+
+def _check_value(path: Path, kind: str, values: Any, name: str, shape: tuple[int, ...]) -> None:
+    from onnx import TensorProto
+
+    if len(values) != 1:
+        raise ExportError(f"{path}: expected one {kind}, found {len(values)}")
+    value = values[0]
+    if value.name != name:
+        raise ExportError(f"{path}: {kind} is named {value.name!r}, expected {name!r}")
+    tt = value.type.tensor_type
+    if tt.elem_type != TensorProto.FLOAT:
+        raise ExportError(f"{path}: {kind} {name!r} is not FP32 (elem_type {tt.elem_type})")
+    dims = tt.shape.dim
+    got = ["?" if d.dim_param or not d.HasField("dim_value") else d.dim_value for d in dims]
+    want = ["batch", *shape]
+    if len(dims) != len(want) or not (dims[0].dim_param and not dims[0].HasField("dim_value")):
+        raise ExportError(
+            f"{path}: {kind} {name!r} has dims {got}, expected {want} (symbolic batch)"
+        )
+    if tuple(d.dim_value for d in dims[1:]) != shape:
+        raise ExportError(f"{path}: {kind} {name!r} has dims {got}, expected {want}")
+
+
+def triton_config(name: str, task: str, max_batch_size: int = MAX_BATCH_SIZE) -> str:
+    """config.pbtxt for Triton's onnxruntime backend; dims leave the batch axis out."""
+    sig = SIGNATURES[task]
+
+    def tensor(name_: str, shape: tuple[int, ...]) -> str:
+        dims = ", ".join(str(d) for d in shape)
+        return f'  {{\n    name: "{name_}"\n    data_type: TYPE_FP32\n    dims: [ {dims} ]\n  }}'
+
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f"input [\n{tensor(sig.input_name, sig.input_shape)}\n]\n"
+        f"output [\n{tensor(sig.output_name, sig.output_shape)}\n]\n"
+        "dynamic_batching {\n  max_queue_delay_microseconds: 500\n}\n"
+        "version_policy: { latest: { num_versions: 1 } }\n"
+    )
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_run(
+    run_dir: str | Path, name: str, repo: str | Path = "models", version: int | None = None
+) -> dict[str, Any]:
+    """Export a run folder to `repo/name/version/model.onnx` (+ config.pbtxt), verified first."""
+    from training.train import load_run, predict
+
+    if not NAME_RE.match(name):
+        raise ExportError(f"invalid model name {name!r}: use lowercase letters, digits, - _ .")
+    model, cfg, run_metrics = load_run(run_dir)
+    model_dir = Path(repo) / name
+    version = next_version(model_dir) if version is None else version
+    if version < 1:
+        raise ExportError(f"version must be >= 1, got {version}")
+    target = model_dir / str(version) / "model.onnx"
+    metadata = {
+        "coordconv.task": cfg.task,
+        "coordconv.arch": cfg.arch,
+        "coordconv.canvas": str(data.CANVAS),
+        "coordconv.split": cfg.split,
+        "coordconv.metrics": json.dumps(run_metrics["test"], sort_keys=True),
+        "coordconv.trained_at": run_metrics["trained_at"],
+        "coordconv.seed": str(cfg.seed),
+        "coordconv.parameters": str(run_metrics["parameters"]),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            export_onnx(model, cfg.task, tmp, metadata)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ExportError(f"{target}: ONNX export failed: {first[:400]}") from exc
+        summary = verify_onnx(
+            tmp, cfg.task, reference=lambda x: predict(model, torch.from_numpy(x))
+        )
+        os.replace(tmp, target)  # publish only a verified file
+    finally:
+        tmp.unlink(missing_ok=True)
+    config = model_dir / "config.pbtxt"
+    config.write_text(triton_config(name, cfg.task))
+    return {"path": str(target), "config": str(config), "bytes": target.stat().st_size, **summary}

@@ -1,0 +1,191 @@
+"""CoordConv and baseline networks for the three tasks.
+
+Every network takes and returns pixels: coordinates in [0, 63] and images in [0, 1]. Normalisation
+to [-1, 1] happens inside, so the exported ONNX graphs need no pre- or post-processing.
+`forward` returns what the loss wants (logits, or pixel coordinates for `locate`); `predict`
+applies the final softmax or sigmoid and is what gets exported and served.
+
+| task   | input        | output                                  |
+|--------|--------------|-----------------------------------------|
+| pixel  | (B, 2) px    | (B, 64, 64) softmax over all 4096 pixels |
+| render | (B, 2) px    | (B, 64, 64) per-pixel probability        |
+| locate | (B, 64, 64)  | (B, 2) px                                |
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from training.data import CANVAS
+from training.layers import AddCoords, CoordConv2d
+
+Task = Literal["pixel", "render", "locate"]
+Arch = Literal["coordconv", "baseline"]
+TASKS: tuple[Task, ...] = ("pixel", "render", "locate")
+ARCHS: tuple[Arch, ...] = ("coordconv", "baseline")
+
+
+def to_unit(coords: torch.Tensor) -> torch.Tensor:
+    """Pixels [0, 63] -> [-1, 1], the scale of AddCoords' channels."""
+    return coords * (2.0 / (CANVAS - 1)) - 1.0
+
+
+def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over all pixels of (B, H, W) logits."""
+    return torch.softmax(logits.flatten(1), dim=1).view_as(logits)
+
+
+class CoordNet(nn.Module):
+    """Base for the networks: `predict` is `forward` plus the task's output activation."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+
+class CoordConvPixel(CoordNet):
+    """Coordinate classification (paper figure 3b): tile (x, y) over the canvas, add coordinate
+    channels, then 1x1 convolutions 32, 32, 64, 64, 1. Each output pixel is a small MLP of
+    (x_in, y_in, i, j), which is why it generalises to unseen regions. 7,553 parameters."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 32, 64, 64)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [CoordConv2d(2, widths[0], 1), nn.ReLU()]
+        for cin, cout in zip(widths, widths[1:], strict=False):
+            layers += [nn.Conv2d(cin, cout, 1), nn.ReLU()]
+        layers.append(nn.Conv2d(widths[-1], 1, 1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        tiled = to_unit(coords)[:, :, None, None].expand(-1, -1, CANVAS, CANVAS)
+        return self.body(tiled).squeeze(1)
+
+    def predict(self, coords: torch.Tensor) -> torch.Tensor:
+        return spatial_softmax(self(coords))
+
+
+class CoordConvRender(CoordNet):
+    """Rendering (paper section 5): the pixel network's softmax map, then 3x3 convolutions
+    8, 8, 16, 16, 1 that paint the 9x9 square around the chosen pixel. 11,850 parameters."""
+
+    def __init__(self, widths: tuple[int, ...] = (8, 8, 16, 16)) -> None:
+        super().__init__()
+        self.pixel = CoordConvPixel()
+        layers: list[nn.Module] = []
+        cin = 1
+        for cout in widths:
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+            cin = cout
+        layers.append(nn.Conv2d(cin, 1, 3, padding=1))
+        self.paint = nn.Sequential(*layers)
+
+    def forward_aux(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(render logits, pixel logits): training also supervises the pixel map (see train.py)."""
+        pixel_logits = self.pixel(coords)
+        peak = spatial_softmax(pixel_logits).unsqueeze(1)
+        return self.paint(peak).squeeze(1), pixel_logits
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.forward_aux(coords)[0]
+
+    def predict(self, coords: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(coords))
+
+
+class CoordConvLocate(CoordNet):
+    """Coordinate regression: CoordConv layers turn the image into a heatmap of 'centre here'
+    logits, and a soft-argmax reads the point off as the expected (x, y) under its softmax.
+
+    The paper's 906-parameter regressor (global max pool of a linear map) only handles one-hot
+    pixels; squares need a receptive field that covers them (four 3x3 layers: 9x9) and a readout
+    that is symmetric about the centre, which the soft-argmax is.
+    """
+
+    def __init__(self, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [CoordConv2d(1, width, 3, padding=1), nn.ReLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(width, 1, 1))
+        self.body = nn.Sequential(*layers)
+        self.grid = AddCoords()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        heat = spatial_softmax(self.body(image.unsqueeze(1)).squeeze(1))
+        # The coordinate channels in [-1, 1] double as the soft-argmax grid.
+        xy = self.grid(heat.unsqueeze(1))[:, 1:]  # (B, 2, H, W): x and y channels
+        unit = (heat.unsqueeze(1) * xy).sum(dim=(2, 3))
+        return (unit + 1.0) * ((CANVAS - 1) / 2.0)
+
+
+class DeconvNet(CoordNet):
+    """The paper's baseline for pixel and render: (x, y) as a 1x1x2 input and six stride-2
+    transposed convolutions (64m, 64m, 64m, 32m, 32m, 1 channels) with batch norm and ReLU between:
+    1 -> 2 -> 4 -> ... -> 64. 103,585 parameters at kernel 3, m = 1."""
+
+    def __init__(self, task: Task, kernel: int = 3, width: int = 1) -> None:
+        super().__init__()
+        self.task = task
+        chans = [2, 64 * width, 64 * width, 64 * width, 32 * width, 32 * width, 1]
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
+            layers.append(
+                nn.ConvTranspose2d(
+                    cin, cout, kernel, stride=2, padding=(kernel - 1) // 2, output_padding=1
+                )
+            )
+            if i < len(chans) - 2:
+                layers += [nn.BatchNorm2d(cout), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return self.body(to_unit(coords)[:, :, None, None]).squeeze(1)
+
+    def predict(self, coords: torch.Tensor) -> torch.Tensor:
+        logits = self(coords)
+        return spatial_softmax(logits) if self.task == "pixel" else torch.sigmoid(logits)
+
+
+class ConvRegressor(CoordNet):
+    """The baseline for locate: a plain CNN (3x3 convs with max pools 64 -> 4, then two dense
+    layers) regressing (x, y). It has to infer position from where features land in the flattened
+    map, which is the translation-invariance problem CoordConv removes."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 32, 32), hidden: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for cout in widths:
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            cin = cout
+        side = CANVAS // 2 ** len(widths)
+        layers += [
+            nn.Flatten(),
+            nn.Linear(cin * side * side, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 2),
+        ]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        unit = self.body(image.unsqueeze(1))
+        return (unit + 1.0) * ((CANVAS - 1) / 2.0)
+
+
+def build(task: Task, arch: Arch) -> CoordNet:
+    """The network for a task and architecture."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch == "coordconv":
+        return {"pixel": CoordConvPixel, "render": CoordConvRender, "locate": CoordConvLocate}[
+            task
+        ]()
+    return ConvRegressor() if task == "locate" else DeconvNet(task)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
