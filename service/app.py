@@ -1,5 +1,6 @@
 """The app factory: `create_app(settings)`. The lifespan loads and warms the models and starts
-one batcher per model; exception handlers map typed errors to status codes; no input yields a 500."""
+one batcher per model; exception handlers map typed errors to status codes; no input yields a
+500."""
 
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     app.include_router(health.router)
     app.include_router(v1.router)
-    app.include_router(v2.router)
+    app.include_router(v2.health)
+    app.include_router(v2.guarded)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:

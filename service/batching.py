@@ -18,9 +18,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ class Batcher:
         self.queue.clear()
 
     async def infer(
-        self, x: np.ndarray, disconnected: Callable[[], Awaitable[None]] | None = None
+        self, x: np.ndarray, disconnected: Callable[[], Coroutine[Any, Any, None]] | None = None
     ) -> np.ndarray:
         """Queue `x` (rows of this model's input) and wait for its outputs."""
         n = len(x)
@@ -109,10 +110,11 @@ class Batcher:
         self._gauge.set(self.queued_items)
         self._arrived.set()
 
-        waiters: set[asyncio.Future[object]] = {job.future}  # type: ignore[arg-type]
-        watcher = loop.create_task(disconnected()) if disconnected else None
-        if watcher is not None:
-            waiters.add(watcher)  # type: ignore[arg-type]
+        waiters: set[asyncio.Future[Any]] = {job.future}
+        watcher: asyncio.Task[None] | None = None
+        if disconnected is not None:
+            watcher = loop.create_task(disconnected())
+            waiters.add(watcher)
         try:
             done, _ = await asyncio.wait(
                 waiters, timeout=self.timeout, return_when="FIRST_COMPLETED"

@@ -118,7 +118,6 @@ def serve(settings: Settings) -> int:
 
     from service.app import create_app
     from service.errors import RepositoryError
-
     from service.registry import Registry
 
     # Load before uvicorn starts, so a bad repository is one clear line and exit 1 (inside the

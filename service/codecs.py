@@ -159,6 +159,11 @@ def check_coords(coords: Any, what: str = "coords") -> F32:
         raise BadRequest(f"{what} must be a list of [x, y] pairs, got shape {list(arr.shape)}")
     if any(isinstance(v, bool) for pair in coords for v in pair):
         raise BadRequest(f"{what} must hold numbers, not booleans")
+    return check_coords_array(arr, what)
+
+
+def check_coords_array(arr: npt.NDArray[Any], what: str = "coords") -> F32:
+    """(N, 2) coordinates must be finite and on the canvas; names the first offender."""
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
         raise BadRequest(f"{what}[{int(np.argmax(bad))}] is NaN or infinite")
@@ -167,7 +172,7 @@ def check_coords(coords: Any, what: str = "coords") -> F32:
         i = int(np.argmax(out))
         x, y = arr[i]
         raise BadRequest(f"{what}[{i}] = [{x:g}, {y:g}] is outside the canvas [0, {CANVAS - 1}]")
-    return arr.astype(np.float32)
+    return arr.astype(np.float32, copy=False)
 
 
 def array_images(images: list[Any], what: str = "images") -> F32:

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ServiceError(Exception):
     status_code = 500
-    headers: dict[str, str] | None = None
+    default_headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] | None = self.default_headers
 
 
 class BadRequest(ServiceError):
@@ -19,7 +22,7 @@ class BadRequest(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code = 401
-    headers = {"WWW-Authenticate": "Bearer"}
+    default_headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(ServiceError):

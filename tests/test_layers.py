@@ -70,8 +70,13 @@ def test_exports_to_onnx_with_dynamic_batch_height_and_width(tmp_path) -> None:
         3: torch.export.Dim("width", min=2),
     }
     program = torch.onnx.export(
-        model, (torch.zeros(2, 1, 5, 7),), dynamic_shapes=({**dims},), dynamo=True,
-        input_names=["x"], output_names=["y"], opset_version=18,
+        model,
+        (torch.zeros(2, 1, 5, 7),),
+        dynamic_shapes=({**dims},),
+        dynamo=True,
+        input_names=["x"],
+        output_names=["y"],
+        opset_version=18,
     )
     assert program is not None
     path = tmp_path / "addcoords.onnx"

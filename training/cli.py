@@ -8,13 +8,23 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.nets import Arch, Task
 
 TASKS = ("pixel", "render", "locate")
 ARCHS = ("coordconv", "baseline")
 SPLITS = ("uniform", "quadrant", "all")
 # The shipped models: trained on the quadrant split's training set, seed 0.
-SHIPPED = [(f"{t}{'' if a == 'coordconv' else '-baseline'}", t, a) for a in ARCHS for t in TASKS]
+SHIPPED: list[tuple[str, Task, Arch]] = [
+    ("pixel", "pixel", "coordconv"),
+    ("render", "render", "coordconv"),
+    ("locate", "locate", "coordconv"),
+    ("pixel-baseline", "pixel", "baseline"),
+    ("render-baseline", "render", "baseline"),
+    ("locate-baseline", "locate", "baseline"),
+]
 
 
 def _positive_int(text: str) -> int:
@@ -128,6 +138,11 @@ def reproduce_main(argv: Sequence[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse run folders that already hold metrics (e.g. from `coordconv models`)",
+    )
     a = p.parse_args(argv)
     _writable_dir(a.out, "output folder")
     _writable_dir(a.runs, "runs folder")
@@ -205,7 +220,7 @@ def models_main(argv: Sequence[str]) -> int:
                         task=task,
                         arch=arch,
                         split="quadrant",
-                        seed=0,  # type: ignore[arg-type]
+                        seed=0,
                         device=a.device,
                         out=str(run),
                     )

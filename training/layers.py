@@ -21,9 +21,10 @@ def _ramp(n: torch.SymInt | int, like: torch.Tensor) -> torch.Tensor:
     """0 .. n-1 mapped linearly onto [-1, 1], in `like`'s dtype and device.
 
     Written as (2i - last) / last with last = n - 1 taken from the tensor itself, so no size is
-    baked in (no Python int from the shape) and a single element maps to 0 (the centre) instead of dividing by zero.
+    baked in (no Python int from the shape) and a single element maps to 0, the centre, instead
+    of dividing by zero.
     """
-    i = torch.arange(n, device=like.device).to(like.dtype)
+    i = torch.arange(n, device=like.device).to(like.dtype)  # type: ignore[arg-type]
     last = i[-1]
     return (2 * i - last) / last.clamp_min(1)
 

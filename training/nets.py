@@ -14,6 +14,7 @@ applies the final softmax or sigmoid and is what gets exported and served.
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -53,7 +54,7 @@ class CoordConvPixel(CoordNet):
     def __init__(self, widths: tuple[int, ...] = (32, 32, 64, 64)) -> None:
         super().__init__()
         layers: list[nn.Module] = [CoordConv2d(2, widths[0], 1), nn.ReLU()]
-        for cin, cout in zip(widths, widths[1:], strict=False):
+        for cin, cout in itertools.pairwise(widths):
             layers += [nn.Conv2d(cin, cout, 1), nn.ReLU()]
         layers.append(nn.Conv2d(widths[-1], 1, 1))
         self.body = nn.Sequential(*layers)
@@ -130,7 +131,7 @@ class DeconvNet(CoordNet):
         self.task = task
         chans = [2, 64 * width, 64 * width, 64 * width, 32 * width, 32 * width, 1]
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(chans, chans[1:], strict=False)):
+        for i, (cin, cout) in enumerate(itertools.pairwise(chans)):
             layers.append(
                 nn.ConvTranspose2d(
                     cin, cout, kernel, stride=2, padding=(kernel - 1) // 2, output_padding=1

@@ -33,6 +33,7 @@ def reproduce(
     device: str = "auto",
     progress: bool = True,
     plots: bool = True,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     out, runs = Path(out), Path(runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,13 @@ def reproduce(
             for arch in archs:
                 for seed in range(seeds if arch == "coordconv" else 1):
                     name = run_name(task, arch, split, seed)
+                    cached = runs / name / "metrics.json"
+                    if reuse and cached.is_file():
+                        r = json.loads(cached.read_text())
+                        r["run"] = name
+                        results.append(r)
+                        _report(name, task, r, "reused")
+                        continue
                     r = train(
                         TrainConfig(
                             task=task,
@@ -57,12 +65,7 @@ def reproduce(
                     )
                     r["run"] = name
                     results.append(r)
-                    m = PRIMARY[task]
-                    print(
-                        f"{name:<32} {r['wall_time_s']:7.1f}s  train {m} {r['train'][m]:.4f}"
-                        f"  test {m} {r['test'][m]:.4f}  goal {'met' if r['goal_met'] else 'missed'}",
-                        flush=True,
-                    )
+                    _report(name, task, r, "trained")
     wall = time.perf_counter() - start
     coordconv_time = sum(
         r["wall_time_s"] for r in results if r["arch"] == "coordconv" and r["seed"] == 0
@@ -84,6 +87,15 @@ def reproduce(
         f"(CoordConv rows, seed 0: {coordconv_time:.0f}s); wrote {out}/reproduction.md"
     )
     return summary
+
+
+def _report(name: str, task: str, r: dict[str, Any], how: str) -> None:
+    m = PRIMARY[task]
+    print(
+        f"{name:<32} {how} {r['wall_time_s']:7.1f}s  train {m} {r['train'][m]:.4f}"
+        f"  test {m} {r['test'][m]:.4f}  goal {'met' if r['goal_met'] else 'missed'}",
+        flush=True,
+    )
 
 
 def _fmt(task: str, m: dict[str, float]) -> str:

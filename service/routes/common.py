@@ -4,7 +4,7 @@ and a waiter that notices when the client goes away."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -36,6 +36,10 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "infinity" in str(exc) or any(t in body for t in (b"NaN", b"Infinity")):
+            raise BadRequest(
+                "NaN and infinite numbers are not allowed: values must be finite"
+            ) from None
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
@@ -60,7 +64,7 @@ def model_headers(model: Model) -> dict[str, str]:
     }
 
 
-def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
+def disconnect_waiter(request: Request) -> Callable[[], Coroutine[Any, Any, None]]:
     """A coroutine function that returns once the client has disconnected. Only valid after the
     body has been read in full (the next ASGI message is then the disconnect)."""
     receive = request.receive

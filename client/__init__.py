@@ -1,0 +1,1 @@
+"""The batch client (httpx; no torch, no onnxruntime)."""

@@ -1,0 +1,110 @@
+"""Shared fixtures: a real uvicorn server on a free loopback port, serving the shipped models."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """uvicorn running `create_app(settings)` in a thread, on 127.0.0.1 and a free port."""
+
+    def __init__(self, **overrides: Any) -> None:
+        import uvicorn
+
+        from service.app import create_app
+        from service.cli import configure_logging
+        from service.settings import Settings
+
+        self.settings = Settings(model_dir=MODELS, port=0, **overrides)
+        configure_logging("warning", "text")
+        self.app = create_app(self.settings)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[LiveServer]:
+    with LiveServer() as live:
+        yield live
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@contextlib.contextmanager
+def live_server(**overrides: Any) -> Iterator[LiveServer]:
+    with LiveServer(**overrides) as live:
+        yield live
+
+
+def _cuda_works() -> bool:
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False
+        ort.set_default_logger_severity(4)
+        probe = ort.InferenceSession(
+            str(MODELS / "locate" / "1" / "model.onnx"),
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        )
+        ort.set_default_logger_severity(2)
+        return "CUDAExecutionProvider" in probe.get_providers()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items) and not _cuda_works():
+        skip = pytest.mark.skip(reason="needs a working CUDA execution provider")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)

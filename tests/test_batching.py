@@ -1,0 +1,175 @@
+"""Dynamic batching: own rows back, real batches under concurrency, bounded queue, timeouts,
+isolation of failures, dropping requests whose client left."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.batching import Batcher, InferenceFailed
+from service.errors import Unavailable
+from service.metrics import Metrics
+from tests.conftest import live_server
+from training import data, metrics
+
+
+def counter(text: str, name: str, model: str) -> float:
+    m = re.search(rf'^{name}\{{model="{model}"\}} ([0-9.e+]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def concurrent_renders(url: str, coords: np.ndarray) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        return await asyncio.gather(
+            *[c.post("/v1/render", json={"coords": [p], "format": "array"})
+              for p in coords.tolist()]
+        )
+
+
+def test_concurrent_single_item_requests_are_batched_and_get_their_own_rows() -> None:
+    coords = data.centres()[np.random.default_rng(0).choice(3136, 32, replace=False)]
+    with live_server(max_queue_delay_us=50_000) as live:
+        answers = asyncio.run(concurrent_renders(live.url, coords))
+        text = httpx.get(live.url + "/metrics").text
+    images = np.stack([np.asarray(r.json()["images"][0], np.float32) for r in answers])
+    assert all(r.status_code == 200 for r in answers)
+    ious = metrics.iou(images, data.squares(coords))
+    assert ious.min() >= 0.95  # each request got its own square, not a neighbour's
+    items = counter(text, "coordconv_inference_count_total", "render")
+    calls = counter(text, "coordconv_execution_count_total", "render")
+    assert items == 32
+    assert items / calls >= 8, f"mean batch size {items / calls:.1f}"
+
+
+def test_batching_off_runs_one_item_per_call() -> None:
+    coords = data.centres()[:8]
+    with live_server(max_queue_delay_us=0, max_batch_size=1) as live:
+        answers = asyncio.run(concurrent_renders(live.url, coords))
+        text = httpx.get(live.url + "/metrics").text
+    assert all(r.status_code == 200 for r in answers)
+    assert counter(text, "coordconv_execution_count_total", "render") == 8
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
+    with live_server(max_queue_size=4, max_queue_delay_us=2_000_000) as live:
+        results: dict[str, Any] = {}
+
+        def first() -> None:  # 4 items wait 2 s for a batch that never fills
+            results["first"] = httpx.post(live.url + "/v1/render",
+                                          json={"coords": [[10, 10]] * 4}, timeout=30)
+
+        t = threading.Thread(target=first)
+        t.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[20, 20]]}, timeout=30)
+        elapsed = time.monotonic() - start
+        t.join()
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert "overloaded" in r.json()["detail"]
+    assert elapsed < 1.0
+    assert results["first"].status_code == 200  # the queued request still completes
+
+
+def test_a_request_queued_past_the_timeout_gets_503() -> None:
+    with live_server(request_timeout_s=0.3, max_queue_delay_us=3_000_000) as live:
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10]]}, timeout=30)
+    assert r.status_code == 503
+    assert "waited more than 0.3 s" in r.json()["detail"]
+    assert "retry-after" in r.headers
+
+
+class FakeModel:
+    """Doubles its input; fails on any batch holding a negative number."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        if (batch < 0).any():
+            raise RuntimeError("bad batch")
+        return batch * 2
+
+
+def make_batcher(model: FakeModel, **kw: Any) -> Batcher:
+    args = {"max_batch_size": 8, "max_queue_delay_us": 20_000, "max_queue_size": 100,
+            "request_timeout_s": 5.0, **kw}
+    return Batcher(model, ThreadPoolExecutor(2), Metrics(), **args)  # type: ignore[arg-type]
+
+
+def test_a_failing_request_does_not_fail_its_neighbours() -> None:
+    async def go() -> list[Any]:
+        model = FakeModel()
+        b = make_batcher(model)
+        b.start()
+        xs = [np.full((1, 2), i, np.float32) for i in range(5)] + [np.full((1, 2), -1, np.float32)]
+        out = await asyncio.gather(*[b.infer(x) for x in xs], return_exceptions=True)
+        await b.stop()
+        return [out, model.calls]
+
+    out, calls = asyncio.run(go())
+    for i in range(5):
+        np.testing.assert_array_equal(out[i], np.full((1, 2), 2 * i))
+    assert isinstance(out[5], InferenceFailed)
+    assert calls[0] == 6  # one batch first, then one call per request to isolate the failure
+
+
+def test_large_requests_are_split_into_max_batch_calls_and_reassembled() -> None:
+    async def go() -> tuple[np.ndarray, list[int]]:
+        model = FakeModel()
+        b = make_batcher(model, max_queue_delay_us=0)
+        b.start()
+        x = np.arange(40, dtype=np.float32).reshape(20, 2)
+        y = await b.infer(x)
+        await b.stop()
+        return y, model.calls
+
+    y, calls = asyncio.run(go())
+    np.testing.assert_array_equal(y, np.arange(40).reshape(20, 2) * 2)
+    assert calls == [8, 8, 4]
+
+
+def test_a_request_whose_client_left_is_dropped_before_it_runs() -> None:
+    async def go() -> tuple[list[int], int]:
+        model = FakeModel()
+        b = make_batcher(model, max_queue_delay_us=200_000)
+        b.start()
+
+        async def gone() -> None:  # the client disconnects right away
+            return None
+
+        with pytest.raises(asyncio.CancelledError):
+            await b.infer(np.ones((3, 2), np.float32), gone)
+        kept = await b.infer(np.ones((1, 2), np.float32))
+        await b.stop()
+        return model.calls, int(kept.sum())
+
+    calls, total = asyncio.run(go())
+    assert calls == [1]  # only the request that stayed ran
+    assert total == 4
+
+
+def test_queue_limit_is_counted_in_items() -> None:
+    async def go() -> None:
+        b = make_batcher(FakeModel(), max_queue_size=5, max_queue_delay_us=500_000)
+        b.start()
+        first = asyncio.ensure_future(b.infer(np.ones((4, 2), np.float32)))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Unavailable, match="overloaded"):
+            await b.infer(np.ones((2, 2), np.float32))
+        assert (await first).shape == (4, 2)
+        await b.stop()
+
+    asyncio.run(go())

@@ -1,0 +1,16 @@
+"""On a machine with a GPU: the service really runs the models with CUDA."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import live_server
+
+
+@pytest.mark.gpu
+def test_models_run_on_cuda_and_require_gpu_starts() -> None:
+    with live_server(require_gpu=True) as live, live.client() as c:
+        models = c.get("/v1/models").json()["models"]
+        assert {m["provider"] for m in models} == {"CUDAExecutionProvider"}
+        r = c.post("/v1/render", json={"coords": [[20, 20]], "format": "array"})
+        assert r.status_code == 200

@@ -1,0 +1,159 @@
+"""`coordconv serve` as a process: start-up time, one clear line about CPU, and start-up faults
+that exit non-zero with a message naming the path (no traceback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import MODELS, ROOT, free_port
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "coordconv", "serve", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen[str], limit: float = 30) -> float:
+    start_t = time.monotonic()
+    while time.monotonic() - start_t < limit:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return time.monotonic() - start_t
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("not ready in time")
+
+
+def test_serve_is_ready_quickly_and_says_once_that_it_runs_on_cpu() -> None:
+    port = free_port()
+    t0 = time.monotonic()
+    proc = start("--port", str(port), env={"COORDCONV_LOG_LEVEL": "info"})
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        elapsed = time.monotonic() - t0
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/render", json={"coords": [[9, 9]]})
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    # Generous for a loaded CI machine; the README's figure is measured by the benchmark.
+    assert elapsed < 15, f"ready after {elapsed:.1f}s"
+    cpu_lines = [line for line in out.splitlines() if "serving on CPU" in line]
+    if "CUDAExecutionProvider" not in out or cpu_lines:
+        assert len(cpu_lines) <= 1
+    assert "Failed to load library" not in out
+    assert "POST /v1/render 200" in out  # one access line per request
+
+
+def test_options_override_environment_and_bad_settings_are_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "coordconv", "serve", "--max-batch-size", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "invalid setting max_batch_size" in proc.stderr
+
+
+@pytest.mark.parametrize("fault", ["missing", "empty", "corrupt", "mismatch", "no-version"])
+def test_a_bad_repository_stops_start_up_naming_the_path(fault, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    if fault == "missing":
+        expected = f"{repo} does not exist"
+    elif fault == "empty":
+        repo.mkdir()
+        expected = f"{repo} holds no models"
+    elif fault == "corrupt":
+        (repo / "render" / "1").mkdir(parents=True)
+        (repo / "render" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+        expected = f"cannot load {repo / 'render' / '1' / 'model.onnx'}"
+    elif fault == "mismatch":
+        shutil.copytree(MODELS / "locate", repo / "render")
+        # A locate graph whose metadata claims it renders.
+        import onnx
+
+        path = repo / "render" / "1" / "model.onnx"
+        m = onnx.load(str(path))
+        for p in m.metadata_props:
+            if p.key == "coordconv.task":
+                p.value = "render"
+        onnx.save(m, str(path))
+        expected = "task 'render' needs 'coords'"
+    else:
+        (repo / "render").mkdir(parents=True)
+        expected = "no numbered version directory"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordconv",
+            "serve",
+            "--model-dir",
+            str(repo),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_port_in_use_is_one_clear_line() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "coordconv", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_require_gpu_refuses_to_start_without_cuda() -> None:
+    import onnxruntime as ort
+
+    probe = ort.InferenceSession(
+        str(MODELS / "locate" / "1" / "model.onnx"),
+        providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    if "CUDAExecutionProvider" in probe.get_providers():
+        pytest.skip("CUDA works here")
+    proc = subprocess.run(
+        [sys.executable, "-m", "coordconv", "serve", "--require-gpu", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "REQUIRE_GPU is set but" in proc.stderr and "unavailable" in proc.stderr
