@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -143,7 +144,16 @@ def serve(settings: Settings) -> int:
         server_header=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    state = app.state.service
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.ready = False  # /readyz answers 503 while in-flight requests drain
+            super().handle_exit(sig, frame)
+            # A drained SIGTERM is a clean stop: exit 0 instead of re-raising the signal.
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    server = _Server(config)
     try:
         server.run()
     except KeyboardInterrupt:

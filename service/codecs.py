@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 import warnings
 from typing import Any
 
@@ -50,6 +51,13 @@ def decode_png(data: bytes, where: str = "image") -> F32:
     colour becomes grayscale, alpha is composited over black."""
     if not data.startswith(PNG_MAGIC):
         raise BadRequest(f"{where}: not a PNG (it does not start with the PNG signature)")
+    # The IHDR chunk comes first: read the claimed size before Pillow sees the file, so a
+    # decompression bomb is refused with its size and without decoding anything.
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise BadRequest(f"{where}: corrupt PNG (no IHDR header)")
+    width, height = struct.unpack(">II", data[16:24])
+    if (width, height) != (CANVAS, CANVAS):
+        raise BadRequest(f"{where}: PNG is {width}x{height} pixels, expected {CANVAS}x{CANVAS}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -76,6 +76,8 @@ def test_unknown_model_is_a_404_with_an_error_body(tc, client) -> None:
     assert r.status_code == 404 and "version '7' is not served" in r.json()["error"]
 
 
+SHORT_BINARY = (b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", '
+                b'"parameters": {"binary_data_size": 8}}]}')
 V2_BAD = [
     (b"{", {}, 400, "malformed JSON"),
     (b'{"inputs": []}', {}, 400, "non-empty list"),
@@ -91,9 +93,8 @@ V2_BAD = [
      {}, 400, "outside the canvas"),
     (b'{"inputs": [{"name": "coords", "shape": [65, 2], "datatype": "FP32", "data": []}]}',
      {}, 400, "batch size 65 exceeds MAX_BATCH_SIZE 64"),
-    (b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", '
-     b'"parameters": {"binary_data_size": 8}}]}' + b"\x00" * 4,
-     {"Inference-Header-Content-Length": "94"}, 400, "but 4 bytes follow"),
+    (SHORT_BINARY + b"\x00" * 4, {"Inference-Header-Content-Length": str(len(SHORT_BINARY))},
+     400, "but 4 bytes follow"),
     (b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], '
      b'"outputs": [{"name": "nope"}]}', {}, 400, "unknown output 'nope'"),
     (b"{}", {"Inference-Header-Content-Length": "999"}, 400, "not a length within the body"),
