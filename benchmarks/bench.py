@@ -77,8 +77,9 @@ def server(**settings: Any) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "COORDCONV_LOG_LEVEL": "warning"}
     env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
-    proc = subprocess.Popen([sys.executable, "-m", "coordconv", "serve", "--port", str(port)],
-                            cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordconv", "serve", "--port", str(port)], cwd=ROOT, env=env
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -105,13 +106,20 @@ def counters(url: str, model: str) -> tuple[float, float]:
     return get("coordconv_inference_count_total"), get("coordconv_execution_count_total")
 
 
-def load(url: str, request: bytes, concurrency: int, seconds: float, items: int = 1,
-         requests: int = 200_000) -> loadgen.Result:
+def load(
+    url: str,
+    request: bytes,
+    concurrency: int,
+    seconds: float,
+    items: int = 1,
+    requests: int = 200_000,
+) -> loadgen.Result:
     port = int(url.rsplit(":", 1)[1])
     # A short warm-up, then the measured run.
     asyncio.run(loadgen.run("127.0.0.1", port, request, concurrency, 2 * concurrency, 5.0))
-    return asyncio.run(loadgen.run("127.0.0.1", port, request, concurrency, requests, seconds,
-                                   items))
+    return asyncio.run(
+        loadgen.run("127.0.0.1", port, request, concurrency, requests, seconds, items)
+    )
 
 
 def v1_request(name: str, n: int) -> bytes:
@@ -122,35 +130,61 @@ def v1_request(name: str, n: int) -> bytes:
         buf = io.BytesIO()
         np.save(buf, x)
         return loadgen.build_request(
-            "POST", "/v1/locate", buf.getvalue(),
-            {"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+            "POST",
+            "/v1/locate",
+            buf.getvalue(),
+            {"Content-Type": "application/x-npy", "Accept": "application/x-npy"},
+        )
     body = json.dumps({"coords": x.tolist(), "model": name}).encode()
-    return loadgen.build_request("POST", "/v1/render", body,
-                                 {"Content-Type": "application/json",
-                                  "Accept": "application/x-npy"})
+    return loadgen.build_request(
+        "POST",
+        "/v1/render",
+        body,
+        {"Content-Type": "application/json", "Accept": "application/x-npy"},
+    )
 
 
 def v2_request(name: str, n: int) -> bytes:
     x = np.ascontiguousarray(inputs(name, n), dtype="<f4")
     in_name = "image" if name == "locate" else "coords"
-    head = json.dumps({
-        "inputs": [{"name": in_name, "shape": list(x.shape), "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "parameters": {"binary_data_output": True},
-    }).encode()
-    return loadgen.build_request("POST", f"/v2/models/{name}/infer", head + x.tobytes(),
-                                 {"Inference-Header-Content-Length": str(len(head))})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": in_name,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return loadgen.build_request(
+        "POST",
+        f"/v2/models/{name}/infer",
+        head + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(head))},
+    )
 
 
 def row(label: str, r: loadgen.Result, limit: float, batch: float | None = None) -> dict[str, Any]:
-    return {"case": label, "items_per_s": r.items_per_s, "rps": r.rps, "p50_ms": r.pct(50),
-            "p99_ms": r.pct(99), "errors": r.errors, "ratio": r.items_per_s / limit,
-            "mean_batch": batch}
+    return {
+        "case": label,
+        "items_per_s": r.items_per_s,
+        "rps": r.rps,
+        "p50_ms": r.pct(50),
+        "p99_ms": r.pct(99),
+        "errors": r.errors,
+        "ratio": r.items_per_s / limit,
+        "mean_batch": batch,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--providers", default="cpu", help="cpu, or cuda,cpu on a GPU machine")
     p.add_argument("--seconds", type=float, default=5.0, help="per measured case")
     p.add_argument("--concurrency", type=int, default=32)
@@ -168,8 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     c = a.concurrency
     with server(providers=a.providers) as url:
         noop = load(url, loadgen.build_request("GET", "/healthz"), c, a.seconds)
-        print(f"HTTP ceiling (GET /healthz, {c} clients): {noop.rps:.0f} req/s, "
-              f"p50 {noop.pct(50):.2f} ms, p99 {noop.pct(99):.2f} ms", flush=True)
+        print(
+            f"HTTP ceiling (GET /healthz, {c} clients): {noop.rps:.0f} req/s, "
+            f"p50 {noop.pct(50):.2f} ms, p99 {noop.pct(99):.2f} ms",
+            flush=True,
+        )
         for name in a.models:
             lim = limit[name][64]
             out = rows.setdefault(name, [])
@@ -184,31 +221,43 @@ def main(argv: list[str] | None = None) -> int:
             r = load(url, v2_request(name, 1), c, a.seconds)
             after = counters(url, name)
             mean = (after[0] - before[0]) / max(after[1] - before[1], 1)
-            out.append(row(f"(c) v2 binary, 1 item/request, {c} clients, batching on", r, lim,
-                           mean))
+            out.append(
+                row(f"(c) v2 binary, 1 item/request, {c} clients, batching on", r, lim, mean)
+            )
     with server(providers=a.providers, max_queue_delay_us=0, max_batch_size=1) as url:
         for name in a.models:
             lim = limit[name][64]
             r = load(url, v1_request(name, 1), c, a.seconds)
-            rows[name].insert(2, row(f"(b) v1, 1 item/request, {c} clients, batching off", r,
-                                     lim, 1.0))
+            rows[name].insert(
+                2, row(f"(b) v1, 1 item/request, {c} clients, batching off", r, lim, 1.0)
+            )
             r = load(url, v2_request(name, 1), c, a.seconds)
-            rows[name].append(row(f"(c) v2 binary, 1 item/request, {c} clients, batching off",
-                                  r, lim, 1.0))
+            rows[name].append(
+                row(f"(c) v2 binary, 1 item/request, {c} clients, batching off", r, lim, 1.0)
+            )
     sweep = run_sweep(a.providers, a.seconds, limit["render"][64]) if a.sweep else []
     report = {
-        "providers": a.providers, "machine": f"{platform.machine()}, {threads} CPUs",
-        "date": time.strftime("%Y-%m-%d"), "limit": limit, "http_ceiling_rps": noop.rps,
-        "http_ceiling_p50_ms": noop.pct(50), "http_ceiling_p99_ms": noop.pct(99),
-        "cases": rows, "sweep": sweep, "concurrency": c, "seconds": a.seconds,
+        "providers": a.providers,
+        "machine": f"{platform.machine()}, {threads} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+        "limit": limit,
+        "http_ceiling_rps": noop.rps,
+        "http_ceiling_p50_ms": noop.pct(50),
+        "http_ceiling_p99_ms": noop.pct(99),
+        "cases": rows,
+        "sweep": sweep,
+        "concurrency": c,
+        "seconds": a.seconds,
     }
     for name, cases in rows.items():
         print(f"\n{name} (limit at batch 64: {limit[name][64]:.0f} items/s)")
         for r in cases:
             mb = f"  mean batch {r['mean_batch']:.1f}" if r["mean_batch"] else ""
-            print(f"  {r['case']:<58} {r['items_per_s']:8.0f} items/s  ratio {r['ratio']:.2f}  "
-                  f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}"
-                  f"{mb}")
+            print(
+                f"  {r['case']:<58} {r['items_per_s']:8.0f} items/s  ratio {r['ratio']:.2f}  "
+                f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}"
+                f"{mb}"
+            )
     write_report(report, Path(a.out), Path(a.json))
     print(f"\nwrote {a.out}")
     return 0
@@ -219,10 +268,19 @@ def run_sweep(providers: str, seconds: float, limit: float) -> list[dict[str, An
     with server(providers=providers) as url:
         for conc in (1, 2, 4, 8, 16, 32, 64):
             r = load(url, v1_request("render", 1), conc, seconds / 2)
-            points.append({"concurrency": conc, "items_per_s": r.items_per_s,
-                           "p50_ms": r.pct(50), "p99_ms": r.pct(99), "ratio": r.items_per_s / limit})
-            print(f"  sweep c={conc:<3} {r.items_per_s:8.0f} items/s  p99 {r.pct(99):.2f} ms",
-                  flush=True)
+            points.append(
+                {
+                    "concurrency": conc,
+                    "items_per_s": r.items_per_s,
+                    "p50_ms": r.pct(50),
+                    "p99_ms": r.pct(99),
+                    "ratio": r.items_per_s / limit,
+                }
+            )
+            print(
+                f"  sweep c={conc:<3} {r.items_per_s:8.0f} items/s  p99 {r.pct(99):.2f} ms",
+                flush=True,
+            )
     return points
 
 
@@ -231,35 +289,60 @@ def write_report(report: dict[str, Any], md: Path, js: Path) -> None:
     runs = previous.get("runs", {})
     runs[report["providers"]] = report  # CPU and GPU figures side by side
     js.write_text(json.dumps({"runs": runs}, indent=1, default=float) + "\n")
-    lines = ["# Benchmarks", "",
-             "Generated by `make bench` (`python -m benchmarks.bench`); one run per provider, every",
-             "figure of a run measured on the same machine in that run. Ratios are service",
-             "throughput (items/s) over raw onnxruntime at batch 64 in the same run. The load",
-             "generator (benchmarks/loadgen.py) runs on the same machine and shares its CPUs.", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m benchmarks.bench`); one run per provider, every",
+        "figure of a run measured on the same machine in that run. Ratios are service",
+        "throughput (items/s) over raw onnxruntime at batch 64 in the same run. The load",
+        "generator (benchmarks/loadgen.py) runs on the same machine and shares its CPUs.",
+        "",
+    ]
     for prov, rep in runs.items():
-        lines += [f"## Provider `{prov}` ({rep['machine']}, {rep['date']})", "",
-                  "### The limit: onnxruntime in-process (items/s)", "",
-                  "| model | " + " | ".join(f"batch {b}" for b in BATCHES) + " |",
-                  "|---|" + "---:|" * len(BATCHES)]
+        lines += [
+            f"## Provider `{prov}` ({rep['machine']}, {rep['date']})",
+            "",
+            "### The limit: onnxruntime in-process (items/s)",
+            "",
+            "| model | " + " | ".join(f"batch {b}" for b in BATCHES) + " |",
+            "|---|" + "---:|" * len(BATCHES),
+        ]
         for name, by_bs in rep["limit"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{by_bs[str(b)] if str(b) in by_bs else by_bs[b]:,.0f}"
-                                                    for b in BATCHES) + " |")
-        lines += ["", f"HTTP ceiling (GET /healthz, {rep['concurrency']} clients): "
-                  f"{rep['http_ceiling_rps']:,.0f} requests/s, p50 {rep['http_ceiling_p50_ms']:.2f} ms, "
-                  f"p99 {rep['http_ceiling_p99_ms']:.2f} ms.", ""]
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{by_bs[str(b)] if str(b) in by_bs else by_bs[b]:,.0f}" for b in BATCHES
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            f"HTTP ceiling (GET /healthz, {rep['concurrency']} clients): "
+            f"{rep['http_ceiling_rps']:,.0f} requests/s, p50 {rep['http_ceiling_p50_ms']:.2f} ms, "
+            f"p99 {rep['http_ceiling_p99_ms']:.2f} ms.",
+            "",
+        ]
         for name, cases in rep["cases"].items():
-            lines += [f"### {name}", "",
-                      "| case | items/s | ratio to limit | p50 ms | p99 ms | mean batch | errors |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [
+                f"### {name}",
+                "",
+                "| case | items/s | ratio to limit | p50 ms | p99 ms | mean batch | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
             for r in cases:
                 mb = f"{r['mean_batch']:.1f}" if r.get("mean_batch") else ""
-                lines.append(f"| {r['case']} | {r['items_per_s']:,.0f} | {r['ratio']:.2f} | "
-                             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {mb} | {r['errors']} |")
+                lines.append(
+                    f"| {r['case']} | {r['items_per_s']:,.0f} | {r['ratio']:.2f} | "
+                    f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {mb} | {r['errors']} |"
+                )
             lines.append("")
         if rep.get("sweep"):
             plot_sweep(rep["sweep"], md.parent / f"sweep_{prov.replace(',', '_')}.png")
-            lines += [f"![render, one item per request, against concurrency]"
-                      f"(sweep_{prov.replace(',', '_')}.png)", ""]
+            lines += [
+                f"![render, one item per request, against concurrency]"
+                f"(sweep_{prov.replace(',', '_')}.png)",
+                "",
+            ]
     md.write_text("\n".join(lines) + "\n")
 
 

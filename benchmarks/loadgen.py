@@ -37,8 +37,9 @@ class Result:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
 
 
-def build_request(method: str, path: str, body: bytes = b"",
-                  headers: dict[str, str] | None = None) -> bytes:
+def build_request(
+    method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: keep-alive"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body or method == "POST":
@@ -58,8 +59,15 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run(host: str, port: int, request: bytes, concurrency: int, requests: int,
-              seconds: float, items_per_request: int = 1) -> Result:
+async def run(
+    host: str,
+    port: int,
+    request: bytes,
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    items_per_request: int = 1,
+) -> Result:
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"refusing to load {host}: benchmarks target loopback only")
     result = Result(items_per_request=items_per_request)

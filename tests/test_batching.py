@@ -29,8 +29,10 @@ def counter(text: str, name: str, model: str) -> float:
 async def concurrent_renders(url: str, coords: np.ndarray) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
         return await asyncio.gather(
-            *[c.post("/v1/render", json={"coords": [p], "format": "array"})
-              for p in coords.tolist()]
+            *[
+                c.post("/v1/render", json={"coords": [p], "format": "array"})
+                for p in coords.tolist()
+            ]
         )
 
 
@@ -63,8 +65,9 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
         results: dict[str, Any] = {}
 
         def first() -> None:  # 4 items wait 2 s for a batch that never fills
-            results["first"] = httpx.post(live.url + "/v1/render",
-                                          json={"coords": [[10, 10]] * 4}, timeout=30)
+            results["first"] = httpx.post(
+                live.url + "/v1/render", json={"coords": [[10, 10]] * 4}, timeout=30
+            )
 
         t = threading.Thread(target=first)
         t.start()
@@ -104,8 +107,13 @@ class FakeModel:
 
 
 def make_batcher(model: FakeModel, **kw: Any) -> Batcher:
-    args = {"max_batch_size": 8, "max_queue_delay_us": 20_000, "max_queue_size": 100,
-            "request_timeout_s": 5.0, **kw}
+    args = {
+        "max_batch_size": 8,
+        "max_queue_delay_us": 20_000,
+        "max_queue_size": 100,
+        "request_timeout_s": 5.0,
+        **kw,
+    }
     return Batcher(model, ThreadPoolExecutor(2), Metrics(), **args)  # type: ignore[arg-type]
 
 

@@ -76,27 +76,62 @@ def test_unknown_model_is_a_404_with_an_error_body(tc, client) -> None:
     assert r.status_code == 404 and "version '7' is not served" in r.json()["error"]
 
 
-SHORT_BINARY = (b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", '
-                b'"parameters": {"binary_data_size": 8}}]}')
+SHORT_BINARY = (
+    b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", '
+    b'"parameters": {"binary_data_size": 8}}]}'
+)
 V2_BAD = [
     (b"{", {}, 400, "malformed JSON"),
     (b'{"inputs": []}', {}, 400, "non-empty list"),
-    (b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}', {},
-     400, "unknown input 'x'"),
-    (b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "INT32", "data": [1, 2]}]}',
-     {}, 400, "must be FP32"),
-    (b'{"inputs": [{"name": "coords", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}',
-     {}, 400, "expected ['N', 2]"),
-    (b'{"inputs": [{"name": "coords", "shape": [2, 2], "datatype": "FP32", "data": [1, 2]}]}',
-     {}, 400, "2 values for shape [2, 2]"),
-    (b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [99, 2]}]}',
-     {}, 400, "outside the canvas"),
-    (b'{"inputs": [{"name": "coords", "shape": [65, 2], "datatype": "FP32", "data": []}]}',
-     {}, 400, "batch size 65 exceeds MAX_BATCH_SIZE 64"),
-    (SHORT_BINARY + b"\x00" * 4, {"Inference-Header-Content-Length": str(len(SHORT_BINARY))},
-     400, "but 4 bytes follow"),
-    (b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], '
-     b'"outputs": [{"name": "nope"}]}', {}, 400, "unknown output 'nope'"),
+    (
+        b'{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}',
+        {},
+        400,
+        "unknown input 'x'",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "INT32", "data": [1, 2]}]}',
+        {},
+        400,
+        "must be FP32",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}',
+        {},
+        400,
+        "expected ['N', 2]",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [2, 2], "datatype": "FP32", "data": [1, 2]}]}',
+        {},
+        400,
+        "2 values for shape [2, 2]",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [99, 2]}]}',
+        {},
+        400,
+        "outside the canvas",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [65, 2], "datatype": "FP32", "data": []}]}',
+        {},
+        400,
+        "batch size 65 exceeds MAX_BATCH_SIZE 64",
+    ),
+    (
+        SHORT_BINARY + b"\x00" * 4,
+        {"Inference-Header-Content-Length": str(len(SHORT_BINARY))},
+        400,
+        "but 4 bytes follow",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], '
+        b'"outputs": [{"name": "nope"}]}',
+        {},
+        400,
+        "unknown output 'nope'",
+    ),
     (b"{}", {"Inference-Header-Content-Length": "999"}, 400, "not a length within the body"),
 ]
 
@@ -109,9 +144,11 @@ def test_bad_v2_requests_get_error_bodies(client, body, headers, status, message
 
 
 def test_infer_needs_no_content_type_and_accepts_nested_data(client) -> None:
-    body = (b'{"inputs": [{"name": "coords", "shape": [2, 2], "datatype": "FP32", '
-            b'"data": [[10, 20], [30, 40]]}], "outputs": [{"name": "image", '
-            b'"parameters": {"binary_data": false}}]}')
+    body = (
+        b'{"inputs": [{"name": "coords", "shape": [2, 2], "datatype": "FP32", '
+        b'"data": [[10, 20], [30, 40]]}], "outputs": [{"name": "image", '
+        b'"parameters": {"binary_data": false}}]}'
+    )
     r = client.post("/v2/models/render/versions/1/infer", content=body)
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]

@@ -1,0 +1,219 @@
+"""`CoordConvClient` (sync) and `AsyncCoordConvClient`: render and locate over HTTP with retries.
+
+Retries use exponential backoff with full jitter, on connection errors, timeouts, 429 and 503
+(honouring `Retry-After`) and other 5xx; a 4xx answer is final and raised as `ClientError`.
+Arrays travel as NPY both ways, the cheapest encoding for the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+
+NPY = "application/x-npy"
+DEFAULT_URL = "http://127.0.0.1:8000"
+T = TypeVar("T")
+
+
+class ClientError(Exception):
+    """A request that failed for good: `status` is the HTTP status (0 without an answer)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+def retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def backoff(attempt: int, retry_after: str | None, base: float = 0.2, cap: float = 10.0) -> float:
+    """Seconds to wait before retry `attempt` (1, 2, ...): Retry-After if the server sent one,
+    else exponential backoff with full jitter."""
+    if retry_after:
+        try:
+            return min(max(float(retry_after), 0.0), 60.0)
+        except ValueError:
+            pass
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            return str(body.get("detail") or body.get("error") or body)
+    except ValueError:
+        pass
+    return response.text[:200] or response.reason_phrase
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load_npy(response: httpx.Response) -> np.ndarray:
+    return np.load(io.BytesIO(response.content), allow_pickle=False)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _render_request(coords: Any, model: str) -> dict[str, Any]:
+    pts = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    return {"json": {"coords": pts.tolist(), "model": model}, "headers": {"Accept": NPY}}
+
+
+def _locate_request(images: Any, model: str) -> dict[str, Any]:
+    if isinstance(images, list) and images and isinstance(images[0], bytes):
+        files = [("images", (f"{i}.png", png, "image/png")) for i, png in enumerate(images)]
+        return {"files": files, "params": {"model": model}, "headers": {"Accept": NPY}}
+    arr = np.asarray(images, dtype=np.float32)
+    return {
+        "content": _npy(arr),
+        "params": {"model": model},
+        "headers": {"Content-Type": NPY, "Accept": NPY},
+    }
+
+
+class _Base:
+    def __init__(self, url: str | None, api_key: str | None, timeout: float, retries: int) -> None:
+        self.url = (url or os.environ.get("COORDCONV_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("COORDCONV_API_KEY")
+        self.timeout = timeout
+        self.retries = retries
+        self.on_retry: Callable[[int, str], None] | None = None  # (attempt, reason) hook
+
+    def _outcome(self, response: httpx.Response) -> tuple[bool, str]:
+        """(retry?, reason) for a non-200 answer; raises ClientError when final."""
+        reason = f"HTTP {response.status_code}: {_error_message(response)}"
+        if not retryable(response.status_code):
+            raise ClientError(response.status_code, _error_message(response))
+        return True, reason
+
+
+class CoordConvClient(_Base):
+    """Synchronous client. `render(coords)` -> (N, 64, 64); `locate(images)` -> (N, 2)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+    ) -> None:
+        super().__init__(url, api_key, timeout, retries)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, headers=_headers(self.api_key)
+        )
+
+    def __enter__(self) -> CoordConvClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            retry_after = None
+            try:
+                r = self._http.post(path, **kwargs)
+                if r.status_code == 200:
+                    return r
+                _, reason = self._outcome(r)
+                retry_after = r.headers.get("retry-after")
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            if attempt == self.retries:
+                raise ClientError(0, f"gave up after {attempt + 1} attempts: {reason}")
+            if self.on_retry:
+                self.on_retry(attempt + 1, reason)
+            time.sleep(backoff(attempt + 1, retry_after))
+        raise AssertionError("unreachable")
+
+    def render(self, coords: Any, model: str = "render") -> np.ndarray:
+        return _load_npy(self._post("/v1/render", **_render_request(coords, model)))
+
+    def locate(self, images: Any, model: str = "locate") -> np.ndarray:
+        """images: an (N, 64, 64) array in [0, 1], or a list of PNG bytes."""
+        return _load_npy(self._post("/v1/locate", **_locate_request(images, model)))
+
+    def models(self) -> list[dict[str, Any]]:
+        r = self._http.get("/v1/models")
+        if r.status_code != 200:
+            raise ClientError(r.status_code, _error_message(r))
+        return list(r.json()["models"])
+
+
+class AsyncCoordConvClient(_Base):
+    """The asyncio twin of `CoordConvClient`, for many requests in flight."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        max_connections: int = 16,
+    ) -> None:
+        super().__init__(url, api_key, timeout, retries)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=timeout,
+            headers=_headers(self.api_key),
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    async def __aenter__(self) -> AsyncCoordConvClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            retry_after = None
+            try:
+                r = await self._http.post(path, **kwargs)
+                if r.status_code == 200:
+                    return r
+                _, reason = self._outcome(r)
+                retry_after = r.headers.get("retry-after")
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            if attempt == self.retries:
+                raise ClientError(0, f"gave up after {attempt + 1} attempts: {reason}")
+            if self.on_retry:
+                self.on_retry(attempt + 1, reason)
+            await asyncio.sleep(backoff(attempt + 1, retry_after))
+        raise AssertionError("unreachable")
+
+    async def render(self, coords: Any, model: str = "render") -> np.ndarray:
+        return _load_npy(await self._post("/v1/render", **_render_request(coords, model)))
+
+    async def locate(self, images: Any, model: str = "locate") -> np.ndarray:
+        return _load_npy(await self._post("/v1/locate", **_locate_request(images, model)))
+
+    async def models(self) -> list[dict[str, Any]]:
+        r = await self._http.get("/v1/models")
+        if r.status_code != 200:
+            raise ClientError(r.status_code, _error_message(r))
+        return list(r.json()["models"])

@@ -1,0 +1,185 @@
+"""Push whole files of work through the service: batches of `batch_size` items, at most
+`concurrency` requests in flight, retries (in the API client), per-item failures, progress, and
+resumable outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from client.api import AsyncCoordConvClient, ClientError
+from client.files import Items, PngDir, StagedFile
+
+
+class Sink(Protocol):
+    def done(self, names: list[str]) -> set[int]: ...
+    def write(self, idx: np.ndarray, names: list[str], result: np.ndarray) -> None: ...
+    def finish(self, names: list[str]) -> None: ...
+
+
+@dataclass
+class Summary:
+    total: int
+    skipped: int = 0
+    succeeded: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    retries: int = 0
+    seconds: float = 0.0
+    output_written: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def rate(self) -> float:
+        return self.succeeded / self.seconds if self.seconds else 0.0
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a plain line every few seconds."""
+
+    def __init__(self, total: int, initial: int, label: str, quiet: bool = False) -> None:
+        self.total, self.count, self.failed = total, initial, 0
+        self.label = label
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.quiet = quiet
+        self.bar: Any = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=label, unit="item")
+
+    def update(self, ok: int, failed: int) -> None:
+        self.count += ok + failed
+        self.failed += failed
+        if self.bar is not None:
+            self.bar.update(ok + failed)
+            self.bar.set_postfix(failed=self.failed)
+        elif not self.quiet and time.monotonic() - self.last >= 2.0:
+            self.last = time.monotonic()
+            self._line()
+
+    def _line(self) -> None:
+        elapsed = time.monotonic() - self.start
+        rate = self.count / elapsed if elapsed else 0.0
+        eta = (self.total - self.count) / rate if rate else float("inf")
+        print(
+            f"{self.label}: {self.count}/{self.total} items ({100 * self.count / self.total:.0f}%),"
+            f" {rate:.0f} items/s, ETA {eta:.0f}s, {self.failed} failed",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif not self.quiet:
+            self._line()
+
+
+async def _send(
+    client: AsyncCoordConvClient, task: str, items: Items, idx: np.ndarray, model: str
+) -> np.ndarray:
+    if task == "render":
+        assert items.coords is not None
+        return await client.render(items.coords[idx], model)
+    if items.pngs is not None:
+        pngs = [items.pngs[i].read_bytes() for i in idx.tolist()]
+        return await client.locate(pngs, model)
+    assert items.images is not None
+    return await client.locate(np.asarray(items.images[idx], dtype=np.float32), model)
+
+
+async def _run_batch(
+    client: AsyncCoordConvClient,
+    task: str,
+    items: Items,
+    idx: np.ndarray,
+    model: str,
+    sink: Sink,
+    summary: Summary,
+    progress: Progress,
+) -> None:
+    """Send one batch; a 4xx answer is split in halves until the bad items are isolated."""
+    try:
+        result = await _send(client, task, items, idx, model)
+    except ClientError as exc:
+        if 400 <= exc.status < 500 and len(idx) > 1:
+            half = len(idx) // 2
+            await _run_batch(client, task, items, idx[:half], model, sink, summary, progress)
+            await _run_batch(client, task, items, idx[half:], model, sink, summary, progress)
+            return
+        reason = str(exc)
+        summary.failures += [(items.names[i], reason) for i in idx.tolist()]
+        progress.update(0, len(idx))
+        return
+    await asyncio.to_thread(sink.write, idx, items.names, result)
+    summary.succeeded += len(idx)
+    progress.update(len(idx), 0)
+
+
+async def run(
+    task: str,
+    items: Items,
+    output: Path,
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    batch_size: int = 64,
+    concurrency: int = 4,
+    retries: int = 5,
+    timeout: float = 30.0,
+    resume: bool = False,
+    quiet: bool = False,
+) -> Summary:
+    """Run a whole job; returns its summary. Failed items go to `<output>.failed.csv`."""
+    model = model or task
+    sink: Sink
+    if task == "render" and output.suffix.lower() != ".npy":
+        sink = PngDir(output, resume)
+    else:
+        sink = StagedFile(output, resume)
+    done = sink.done(items.names)
+    pending = np.array([i for i in range(len(items)) if i not in done], dtype=np.int64)
+    summary = Summary(total=len(items), skipped=len(done))
+    progress = Progress(len(items), len(done), task, quiet)
+    start = time.monotonic()
+    gate = asyncio.Semaphore(concurrency)
+    async with AsyncCoordConvClient(
+        url, api_key, timeout, retries, max_connections=concurrency
+    ) as client:
+
+        def count_retry(attempt: int, reason: str) -> None:
+            summary.retries += 1
+
+        client.on_retry = count_retry
+
+        async def guarded(idx: np.ndarray) -> None:
+            async with gate:
+                await _run_batch(client, task, items, idx, model, sink, summary, progress)
+
+        batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+        await asyncio.gather(*[guarded(b) for b in batches])
+    progress.close()
+    summary.seconds = time.monotonic() - start
+    failed_file = output.with_name(output.name + ".failed.csv")
+    if summary.failures:
+        with open(failed_file, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "reason"])
+            w.writerows(summary.failures)
+    else:
+        failed_file.unlink(missing_ok=True)
+        sink.finish(items.names)
+        summary.output_written = True
+    return summary
