@@ -14,6 +14,7 @@ help:
 	@echo "make test       install everything and run ruff, mypy and pytest"
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
+	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ models: $(VENV)/.all
 
 reproduce: $(VENV)/.all
 	$(BIN)/coordconv reproduce --out results
+
+# GPU machines: make bench PROVIDERS=cuda,cpu (figures go beside the CPU ones).
+PROVIDERS ?= cpu
+bench: $(VENV)/.all
+	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
