@@ -15,6 +15,7 @@ help:
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
+	@echo "make soak       long fuzzing and a 10-minute soak (docs/reliability.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,11 @@ reproduce: $(VENV)/.all
 PROVIDERS ?= cpu
 bench: $(VENV)/.all
 	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep
+
+# Longer reliability runs: many more fuzz examples, then a 10-minute soak at ~70% of capacity.
+soak: $(VENV)/.all
+	FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_reliability.py
+	$(BIN)/python -m benchmarks.soak --seconds $${SOAK_SECONDS:-600}
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs

@@ -25,6 +25,7 @@ from service.metrics import Metrics
 from service.middleware import ServiceMiddleware, error_body
 from service.registry import Registry
 from service.routes import health, v1, v2
+from service.schemas import ANY_ROUTE
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         lifespan=lifespan,
         docs_url=None,  # served below from local files: no CDN
         redoc_url=None,
+        responses=ANY_ROUTE,
     )
     app.state.service = state
 

@@ -160,14 +160,16 @@ def check_coords(coords: Any, what: str = "coords") -> F32:
     if not isinstance(coords, list):
         raise BadRequest(f"{what} must be a list of [x, y] pairs")
     try:
-        arr = np.array(coords, dtype=np.float64)
-    except (ValueError, TypeError):
+        arr = np.array(coords)
+    except (ValueError, TypeError, OverflowError):
         raise BadRequest(f"{what} must be a list of [x, y] pairs of numbers") from None
+    if arr.dtype.kind not in "iuf" and not (arr.dtype.kind == "b" or arr.size == 0):
+        raise BadRequest(f"{what} must be a list of [x, y] pairs of numbers")
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise BadRequest(f"{what} must be a list of [x, y] pairs, got shape {list(arr.shape)}")
     if any(isinstance(v, bool) for pair in coords for v in pair):
         raise BadRequest(f"{what} must hold numbers, not booleans")
-    return check_coords_array(arr, what)
+    return check_coords_array(arr.astype(np.float64), what)
 
 
 def check_coords_array(arr: npt.NDArray[Any], what: str = "coords") -> F32:
@@ -186,8 +188,12 @@ def check_coords_array(arr: npt.NDArray[Any], what: str = "coords") -> F32:
 def array_images(images: list[Any], what: str = "images") -> F32:
     """A list of 64x64 nested float lists -> float32 (N, 64, 64)."""
     try:
-        arr = np.array(images, dtype=np.float32)
-    except (ValueError, TypeError):
+        raw = np.array(images)
+        if raw.dtype.kind not in "iuf":  # strings, objects (ragged), booleans
+            raise TypeError
+        with np.errstate(over="ignore"):  # huge values become inf; check_images refuses them
+            arr = raw.astype(np.float32)
+    except (ValueError, TypeError, OverflowError):
         raise BadRequest(
             f"{what} must be base64 PNG strings or 64x64 nested lists of numbers"
         ) from None

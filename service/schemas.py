@@ -4,9 +4,15 @@ the wire format, the codecs enforce it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+Coordinate = Annotated[float, Field(ge=0, le=63)]
+Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2)]
+Pixel = Annotated[float, Field(ge=0, le=1)]
+Row = Annotated[list[Pixel], Field(min_length=64, max_length=64)]
+ImageArray = Annotated[list[Row], Field(min_length=64, max_length=64)]
 
 
 class RenderRequest(BaseModel):
@@ -90,7 +96,23 @@ class ModelList(BaseModel):
 
 
 class Error(BaseModel):
-    detail: str
+    detail: str = Field(..., description="what was wrong")
+
+
+class V2Error(BaseModel):
+    error: str = Field(..., description="what was wrong")
+
+
+def error_responses(model: type[BaseModel], codes: dict[int, str]) -> dict[int | str, Any]:
+    return {code: {"model": model, "description": text} for code, text in codes.items()}
+
+
+# Answered on any route, by the middleware: documented without a body schema, because /v1 and
+# /v2 shape their error bodies differently.
+ANY_ROUTE: dict[int | str, Any] = {
+    413: {"description": "request body over MAX_BODY_BYTES"},
+    503: {"description": "overloaded, queued too long, or not ready; see Retry-After"},
+}
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

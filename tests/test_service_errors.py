@@ -313,3 +313,15 @@ def test_api_key_guards_inference_routes_only() -> None:
         assert ok.status_code == 200
         for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/"):
             assert c.get(open_path).status_code == 200, open_path
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/v1/render", {"coords": [["1.5", "2"]]}, "pairs of numbers"),
+        ("/v1/locate", {"images": [[["0.5"] * 64] * 64]}, "nested lists of numbers"),
+    ],
+)
+def test_numbers_sent_as_strings_are_refused(client, path, body, message) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 400 and message in r.json()["detail"]

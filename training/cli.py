@@ -160,6 +160,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
             a.device,
             progress=not a.no_progress,
             plots=not a.no_plots,
+            reuse=a.reuse,
         )
 
     return _run(go)

@@ -27,24 +27,22 @@ from service.schemas import (
     ModelList,
     RenderRequest,
     RenderResponse,
+    error_responses,
     json_body,
 )
 from service.state import AuthDep, ServiceDep, ServiceState
 
-router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[AuthDep])
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Error, "description": text}
-    for code, text in {
+ERRORS = error_responses(
+    Error,
+    {
         400: "bad input (the message says what)",
         401: "missing or wrong API key",
         404: "unknown model",
         406: "unsupported Accept",
-        413: "body over MAX_BODY_BYTES",
         415: "unsupported Content-Type",
-        503: "overloaded or not ready (see Retry-After)",
-    }.items()
-}
+    },
+)
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[AuthDep], responses=ERRORS)
 # Encoding or decoding more than this many PNGs moves to a worker thread (zlib releases the GIL),
 # so a big request does not stall the event loop.
 THREAD_THRESHOLD = 16
@@ -87,7 +85,7 @@ async def _maybe_thread(n: int, func: Any, *args: Any) -> Any:
     "heatmap (`pixel`, PNG scaled so its brightest pixel is 255). With `Accept: "
     "application/x-npy` the body is an NPY float32 array (N, 64, 64) and `format` is ignored.",
     response_model=RenderResponse,
-    responses={**ERRORS, 200: {"content": {NPY: {}}}},
+    responses={200: {"content": {NPY: {}}}},
     openapi_extra=json_body(RenderRequest),
 )
 async def render(request: Request, state: ServiceDep) -> Response:
@@ -153,7 +151,6 @@ def _decode_pngs(files: list[tuple[str, bytes]]) -> np.ndarray:
     "(`Content-Type: application/x-npy`, shape (N, 64, 64), float32 or float64). For multipart "
     "and NPY the model is the `model` query parameter. Values must be finite and in [0, 1].",
     response_model=LocateResponse,
-    responses=ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -221,7 +218,7 @@ async def locate(
     return json_response({"model": m.name, "version": m.version, "coords": out}, headers=headers)
 
 
-@router.get("/models", summary="Loaded models", response_model=ModelList, responses=ERRORS)
+@router.get("/models", summary="Loaded models", response_model=ModelList)
 async def models(state: ServiceDep) -> Response:
     registry = state.registry
     listed = [m.describe() for m in registry.models.values()] if registry else []

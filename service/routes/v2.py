@@ -9,6 +9,7 @@ so (`binary_data_output`, or per output `binary_data`).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,20 @@ from service import codecs
 from service.errors import BadRequest, NotFound
 from service.registry import Model
 from service.routes.common import disconnect_waiter, json_response, model_headers, parse_json
+from service.schemas import V2Error, error_responses
 from service.state import AuthDep, ServiceDep, ServiceState
 
-health = APIRouter(prefix="/v2/health", tags=["v2 (Open Inference Protocol)"])
-guarded = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], dependencies=[AuthDep])
+TAGS: list[str | Enum] = ["v2 (Open Inference Protocol)"]
+ERRORS = error_responses(
+    V2Error,
+    {
+        400: "bad request (the message says what)",
+        401: "missing or wrong API key",
+        404: "unknown model or version",
+    },
+)
+health = APIRouter(prefix="/v2/health", tags=TAGS)
+guarded = APIRouter(prefix="/v2", tags=TAGS, dependencies=[AuthDep], responses=ERRORS)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 ModelName = Path(description="model name, e.g. render")
@@ -255,8 +266,9 @@ def _input_tensor(
     if "data" not in spec:
         raise BadRequest(f"input {model.input_name!r} has neither 'data' nor binary_data_size")
     try:
-        arr = np.asarray(spec["data"], dtype=np.float32)
-    except (ValueError, TypeError):
+        with np.errstate(over="ignore"):  # huge values become inf; the checks refuse them
+            arr = np.asarray(spec["data"], dtype=np.float32)
+    except (ValueError, TypeError, OverflowError):
         raise BadRequest(
             f"input {model.input_name!r}: data must be numbers (flat or nested)"
         ) from None

@@ -1,0 +1,190 @@
+"""Overload, graceful shutdown and security, against `coordconv serve` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, free_port
+from training import data, metrics
+
+
+@contextmanager
+def serve_process(**settings: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    env = {**os.environ, "COORDCONV_PORT": str(port), "COORDCONV_LOG_LEVEL": "info"}
+    env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordconv", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def burst(url: str, coords: np.ndarray) -> list[tuple[int, dict, float, dict]]:
+    limits = httpx.Limits(max_connections=len(coords))
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+
+        async def one(p: list[float]) -> tuple[int, dict, float, dict]:
+            t0 = time.monotonic()
+            r = await c.post("/v1/render", json={"coords": [p], "format": "array"})
+            return r.status_code, dict(r.headers), time.monotonic() - t0, r.json()
+
+        return await asyncio.gather(*[one(p) for p in coords.tolist()])
+
+
+def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() -> None:
+    capacity = 16  # items the queue holds
+    coords = data.centres()[
+        np.random.default_rng(2).choice(3136, 10 * capacity + 40, replace=False)
+    ]
+    # Accepted requests wait 2 s for a batch that never fills; refusals must come long before.
+    with serve_process(
+        max_queue_size=capacity, max_queue_delay_us=2_000_000, max_batch_size=64
+    ) as (proc, url):
+        before = rss_kib(proc.pid)
+        results = asyncio.run(burst(url, coords))
+        after_first = rss_kib(proc.pid)
+        results += asyncio.run(burst(url, coords))  # and again: nothing accumulates
+        after = rss_kib(proc.pid)
+        assert proc.poll() is None  # still up
+        assert httpx.get(url + "/readyz").status_code == 200
+    ok = [(i, r) for i, r in enumerate(results) if r[0] == 200]
+    shed = [r for r in results if r[0] == 503]
+    assert len(ok) + len(shed) == len(results)  # nothing else, no 500
+    assert len(shed) >= 8 * capacity
+    assert all(h.get("retry-after") for _, h, _, _ in shed)
+    shed_times = [t for _, _, t, _ in shed]
+    assert np.median(shed_times) < 0.5 and max(shed_times) < 1.5  # at once, not after queueing
+    assert min(r[2] for _, r in ok) >= 1.9  # the accepted ones did wait in the queue
+    for i, (_, _, _, body) in ok:
+        image = np.asarray(body["images"][0], np.float32)[None]
+        truth = data.squares(coords[i % len(coords)][None])
+        assert metrics.iou(image, truth)[0] >= 0.9
+    assert after - before < 50_000, f"RSS grew {before} -> {after_first} -> {after} KiB"
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0() -> None:
+    coords = data.centres()[:12]
+    with serve_process(max_queue_delay_us=1_500_000, grace_s=10) as (proc, url):
+        port = int(url.rsplit(":", 1)[1])
+
+        async def scenario() -> tuple[list[int], str]:
+            task = asyncio.ensure_future(burst(url, coords))
+            await asyncio.sleep(0.5)  # every request is accepted and waiting for its batch
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            try:
+                await asyncio.open_connection("127.0.0.1", port)
+                refused = "accepted"
+            except OSError:
+                refused = "refused"
+            results = await task
+            return [r[0] for r in results], refused
+
+        t0 = time.monotonic()
+        statuses, refused = asyncio.run(scenario())
+        proc.wait(timeout=15)
+        elapsed = time.monotonic() - t0
+        out = proc.stdout.read() if proc.stdout else ""
+    assert statuses == [200] * len(coords)  # every accepted request completed
+    assert refused == "refused"  # new connections are not accepted while draining
+    assert proc.returncode == 0, out
+    assert elapsed < 10
+
+
+def test_v2_routes_need_the_key_and_errors_leak_nothing() -> None:
+    key = "very-secret-token-123"
+    with serve_process(api_key=key) as (proc, url):
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+        for method, path in [
+            ("GET", "/v2"),
+            ("GET", "/v2/models/render"),
+            ("GET", "/v2/models/render/ready"),
+            ("GET", "/v2/models/render/config"),
+            ("POST", "/v2/models/render/infer"),
+            ("POST", "/v2/models/render/versions/1/infer"),
+        ]:
+            r = httpx.request(method, url + path, json=body if method == "POST" else None)
+            assert r.status_code == 401, path
+            assert "error" in r.json()
+            ok = httpx.request(
+                method, url + path, json=body if method == "POST" else None, headers=headers
+            )
+            assert ok.status_code == 200, (path, ok.text)
+        assert httpx.get(url + "/v2/health/live").status_code == 200
+        # Error bodies carry no traceback and no server paths.
+        for r in (
+            httpx.post(url + "/v1/render", content=b"{bad", headers=headers),
+            httpx.post(
+                url + "/v1/locate",
+                content=b"\x93NUMPY\x01\x00garbage",
+                headers={**headers, "Content-Type": "application/x-npy"},
+            ),
+            httpx.post(url + "/v2/models/render/infer", content=b"[1]", headers=headers),
+        ):
+            text = r.text
+            assert 400 <= r.status_code < 500
+            assert "Traceback" not in text and str(ROOT) not in text and "site-packages" not in text
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert key not in out  # the key never reaches the logs
+    assert "POST /v1/render 400" in out
+
+
+def test_json_logs_are_one_object_per_line_with_the_request_id() -> None:
+    with serve_process(log_format="json") as (proc, url):
+        httpx.get(url + "/healthz", headers={"X-Request-ID": "trace-42"})
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert records and len(records) == len([ln for ln in out.splitlines() if ln.strip()])
+    access = [r for r in records if r.get("request_id") == "trace-42"]
+    assert access and access[0]["status"] == 200 and access[0]["path"] == "/healthz"
+
+
+@pytest.mark.parametrize("limit", [2])
+def test_concurrency_limit_answers_503_with_retry_after(limit) -> None:
+    coords = data.centres()[:20]
+    with serve_process(max_concurrency=limit, max_queue_delay_us=300_000) as (_, url):
+        results = asyncio.run(burst(url, coords))
+    statuses = [r[0] for r in results]
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 10
+    assert all(r[1].get("retry-after") == "1" for r in results if r[0] == 503)
+    assert any("too many requests in flight" in r[3].get("detail", "") for r in results)
