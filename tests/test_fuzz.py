@@ -29,7 +29,7 @@ def operations(url: str) -> list:
     ops = []
     for result in schema.get_all_operations():
         assert not hasattr(result, "err"), f"invalid operation in the schema: {result}"
-        ops.append(result.ok())  # type: ignore[union-attr]
+        ops.append(result.ok())
     return ops
 
 
