@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     static = resources.files("fastapi_offline") / "static"
     app.mount("/docs-static", StaticFiles(directory=str(static)), name="docs-static")
+    app.mount("/static", StaticFiles(directory=str(health.STATIC)), name="static")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

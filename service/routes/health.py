@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.routes.common import json_response
@@ -12,11 +14,12 @@ from service.state import ServiceDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/", summary="Service index")
-async def index() -> Response:
-    return json_response(
-        {"service": "coordconv", "docs": "/docs", "models": "/v1/models", "ready": "/readyz"}
-    )
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+@router.get("/", summary="The demo page", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
 @router.get("/healthz", summary="Liveness: the process is up")
