@@ -13,14 +13,13 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 
 NPY = "application/x-npy"
 DEFAULT_URL = "http://127.0.0.1:8000"
-T = TypeVar("T")
 
 
 class ClientError(Exception):
@@ -96,12 +95,26 @@ class _Base:
         self.retries = retries
         self.on_retry: Callable[[int, str], None] | None = None  # (attempt, reason) hook
 
-    def _outcome(self, response: httpx.Response) -> tuple[bool, str]:
-        """(retry?, reason) for a non-200 answer; raises ClientError when final."""
-        reason = f"HTTP {response.status_code}: {_error_message(response)}"
-        if not retryable(response.status_code):
-            raise ClientError(response.status_code, _error_message(response))
-        return True, reason
+    def _next(
+        self, attempt: int, response: httpx.Response | None, error: Exception | None
+    ) -> float | None:
+        """After attempt `attempt` (0-based): None if `response` is the answer, else the seconds
+        to wait before retrying. Raises ClientError for a 4xx or once the retries are spent."""
+        retry_after = None
+        if response is not None:
+            if response.status_code == 200:
+                return None
+            if not retryable(response.status_code):
+                raise ClientError(response.status_code, _error_message(response))
+            reason = f"HTTP {response.status_code}: {_error_message(response)}"
+            retry_after = response.headers.get("retry-after")
+        else:
+            reason = f"{type(error).__name__}: {error}"
+        if attempt >= self.retries:
+            raise ClientError(0, f"gave up after {attempt + 1} attempts: {reason}")
+        if self.on_retry:
+            self.on_retry(attempt + 1, reason)
+        return backoff(attempt + 1, retry_after)
 
 
 class CoordConvClient(_Base):
@@ -129,22 +142,18 @@ class CoordConvClient(_Base):
         self._http.close()
 
     def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            retry_after = None
+        attempt = 0
+        while True:
+            response, error = None, None
             try:
-                r = self._http.post(path, **kwargs)
-                if r.status_code == 200:
-                    return r
-                _, reason = self._outcome(r)
-                retry_after = r.headers.get("retry-after")
+                response = self._http.post(path, **kwargs)
             except httpx.TransportError as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            if attempt == self.retries:
-                raise ClientError(0, f"gave up after {attempt + 1} attempts: {reason}")
-            if self.on_retry:
-                self.on_retry(attempt + 1, reason)
-            time.sleep(backoff(attempt + 1, retry_after))
-        raise AssertionError("unreachable")
+                error = exc
+            wait = self._next(attempt, response, error)
+            if wait is None and response is not None:
+                return response
+            time.sleep(wait or 0.0)
+            attempt += 1
 
     def render(self, coords: Any, model: str = "render") -> np.ndarray:
         return _load_npy(self._post("/v1/render", **_render_request(coords, model)))
@@ -189,22 +198,18 @@ class AsyncCoordConvClient(_Base):
         await self._http.aclose()
 
     async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            retry_after = None
+        attempt = 0
+        while True:
+            response, error = None, None
             try:
-                r = await self._http.post(path, **kwargs)
-                if r.status_code == 200:
-                    return r
-                _, reason = self._outcome(r)
-                retry_after = r.headers.get("retry-after")
+                response = await self._http.post(path, **kwargs)
             except httpx.TransportError as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            if attempt == self.retries:
-                raise ClientError(0, f"gave up after {attempt + 1} attempts: {reason}")
-            if self.on_retry:
-                self.on_retry(attempt + 1, reason)
-            await asyncio.sleep(backoff(attempt + 1, retry_after))
-        raise AssertionError("unreachable")
+                error = exc
+            wait = self._next(attempt, response, error)
+            if wait is None and response is not None:
+                return response
+            await asyncio.sleep(wait or 0.0)
+            attempt += 1
 
     async def render(self, coords: Any, model: str = "render") -> np.ndarray:
         return _load_npy(await self._post("/v1/render", **_render_request(coords, model)))

@@ -14,16 +14,24 @@ from tests.conftest import ROOT, LiveServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = ROOT / "docs" / "demo.png"
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 if CHROMIUM is None:
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("Chromium is missing: `make test` installs Debian's chromium on CI",
-                    pytrace=False)
-    pytest.skip("no Chromium on this machine (install Debian's chromium)",
-                allow_module_level=True)
+        pytest.fail(
+            "Chromium is missing: `make test` installs Debian's chromium on CI", pytrace=False
+        )
+    pytest.skip("no Chromium on this machine (install Debian's chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
