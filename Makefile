@@ -27,7 +27,7 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 
 $(VENV)/.all: pyproject.toml | $(BIN)/python
 	$(PIP) install '$(TORCH)'
-	$(PIP) install -e '.[serve,train,client,dev]' '$(TORCH)'
+	$(PIP) install -e '.[serve,train,client,dev,ray]' '$(TORCH)'
 	touch $@ $(VENV)/.serve
 
 run: $(VENV)/.serve

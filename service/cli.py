@@ -77,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             p.add_argument(flag, dest=name, default=None, help=helptext, metavar=name.upper())
-    p.add_argument("--ray", action="store_true", help=argparse.SUPPRESS)
+    ray = p.add_argument_group("Ray Serve (pip install 'coordconv[ray]')")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve, several replicas")
+    ray.add_argument("--ray-replicas", type=int, default=2, help="replicas (default 2)")
+    ray.add_argument("--ray-num-cpus", type=float, default=0.5, help="CPUs per replica")
+    ray.add_argument(
+        "--ray-autoscale-max",
+        type=int,
+        default=None,
+        help="autoscale between 1 and this many replicas instead",
+    )
     return p
 
 
@@ -98,7 +107,7 @@ def _port_free(host: str, port: int) -> str | None:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "ray"}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("ray")}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -111,6 +120,16 @@ def main(argv: Sequence[str]) -> int:
     if problem:
         print(f"coordconv serve: {problem}", file=sys.stderr)
         return 1
+    if args.ray:
+        try:
+            from service import ray_serve
+        except ImportError:
+            print(
+                "coordconv serve --ray: install the ray extra: pip install 'coordconv[ray]'",
+                file=sys.stderr,
+            )
+            return 2
+        return ray_serve.run(settings, args.ray_replicas, args.ray_num_cpus, args.ray_autoscale_max)
     return serve(settings)
 
 
