@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ServiceError, Unavailable
+from service.errors import ClientClosedRequest, ServiceError, Unavailable
 from service.metrics import Metrics
 from service.registry import Model
 
@@ -123,7 +123,7 @@ class Batcher:
                 return job.future.result()
             if watcher is not None and watcher in done:  # the client went away
                 self._drop(job)
-                raise asyncio.CancelledError
+                raise ClientClosedRequest("the client closed the connection")
             if not job.started:  # timed out while still queued
                 self._drop(job)
                 raise Unavailable(

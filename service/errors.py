@@ -45,6 +45,12 @@ class Unprocessable(ServiceError):
     status_code = 422
 
 
+class ClientClosedRequest(ServiceError):
+    """The client went away before its answer was ready (nginx's 499); nothing is sent."""
+
+    status_code = 499
+
+
 class Unavailable(ServiceError):
     """Overload, a request queued too long, or not ready: 503 with Retry-After."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from service.batching import Batcher, InferenceFailed
-from service.errors import Unavailable
+from service.errors import ClientClosedRequest, Unavailable
 from service.metrics import Metrics
 from tests.conftest import live_server
 from training import data, metrics
@@ -158,7 +158,7 @@ def test_a_request_whose_client_left_is_dropped_before_it_runs() -> None:
         async def gone() -> None:  # the client disconnects right away
             return None
 
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(ClientClosedRequest):
             await b.infer(np.ones((3, 2), np.float32), gone)
         kept = await b.infer(np.ones((1, 2), np.float32))
         await b.stop()
@@ -181,3 +181,20 @@ def test_queue_limit_is_counted_in_items() -> None:
         await b.stop()
 
     asyncio.run(go())
+
+
+def test_a_client_that_hangs_up_over_http_is_never_run() -> None:
+    import socket
+
+    body = b'{"coords": [[10, 10], [20, 20], [30, 30]]}'
+    with live_server(max_queue_delay_us=1_000_000) as live:
+        with socket.create_connection(("127.0.0.1", live.port)) as s:
+            s.sendall(
+                b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            time.sleep(0.3)  # queued, waiting for its batch to fill
+        time.sleep(1.5)  # past the batch deadline
+        text = httpx.get(live.url + "/metrics").text
+    assert counter(text, "coordconv_inference_count_total", "render") == 0
+    assert 'route="/v1/render",status="499"' in text

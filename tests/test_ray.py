@@ -22,8 +22,7 @@ def ray_url():
     from service.ray_serve import deployment
     from service.settings import Settings
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = Settings(model_dir=MODELS, providers="cpu", max_queue_delay_us=2000)
@@ -37,8 +36,9 @@ def test_two_replicas_serve_concurrent_requests_correctly(ray_url) -> None:
     coords = data.centres()[np.random.default_rng(4).choice(3136, 120, replace=False)]
 
     async def go() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=ray_url, timeout=60,
-                                     limits=httpx.Limits(max_connections=16)) as c:
+        async with httpx.AsyncClient(
+            base_url=ray_url, timeout=60, limits=httpx.Limits(max_connections=16)
+        ) as c:
             sem = asyncio.Semaphore(16)
 
             async def one(p: list[float]) -> httpx.Response:
