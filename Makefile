@@ -62,7 +62,7 @@ reproduce: $(VENV)/.all
 # GPU machines: make bench PROVIDERS=cuda,cpu (figures go beside the CPU ones).
 PROVIDERS ?= cpu
 bench: $(VENV)/.all
-	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep
+	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep --ray
 
 # Longer reliability runs: many more fuzz examples, then a 10-minute soak at ~70% of capacity.
 soak: $(VENV)/.all

@@ -143,12 +143,21 @@ def reproduce_main(argv: Sequence[str]) -> int:
         action="store_true",
         help="reuse run folders that already hold metrics (e.g. from `coordconv models`)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the table and plots from OUT/reproduction.json, no training",
+    )
     a = p.parse_args(argv)
     _writable_dir(a.out, "output folder")
     _writable_dir(a.runs, "runs folder")
 
     def go() -> None:
-        from training.reproduce import reproduce
+        from training.reproduce import report_only, reproduce
+
+        if a.report_only:
+            report_only(a.out, a.runs, plots=not a.no_plots)
+            return
 
         reproduce(
             a.out,
