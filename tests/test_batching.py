@@ -79,7 +79,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
     assert "overloaded" in r.json()["detail"]
-    assert elapsed < 1.0
+    assert elapsed < 1.5  # the queued request waits 2 s; this one is refused before that
     assert results["first"].status_code == 200  # the queued request still completes
 
 

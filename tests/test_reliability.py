@@ -89,9 +89,12 @@ def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() 
     assert len(ok) + len(shed) == len(results)  # nothing else, no 500
     assert len(shed) >= 8 * capacity
     assert all(h.get("retry-after") for _, h, _, _ in shed)
+    # Refused at once, not after queueing: every 503 arrived before the accepted requests, which
+    # wait 2 s for their batch. (Absolute times would measure the client's 200 connections.)
     shed_times = [t for _, _, t, _ in shed]
-    assert np.median(shed_times) < 0.5 and max(shed_times) < 1.5  # at once, not after queueing
-    assert min(r[2] for _, r in ok) >= 1.9  # the accepted ones did wait in the queue
+    accepted_times = [r[2] for _, r in ok]
+    assert min(accepted_times) >= 1.9
+    assert max(shed_times) < min(accepted_times)
     for i, (_, _, _, body) in ok:
         image = np.asarray(body["images"][0], np.float32)[None]
         truth = data.squares(coords[i % len(coords)][None])
