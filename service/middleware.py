@@ -9,7 +9,6 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -137,8 +136,3 @@ class ServiceMiddleware:
             return message
 
         return wrapped
-
-
-def log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    keys = ("request_id", "status", "path", "method", "duration_ms", "model")
-    return {k: getattr(record, k) for k in keys if hasattr(record, k)}

@@ -11,7 +11,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         """A copy with DEFAULTS filled in, validated."""
@@ -300,7 +299,8 @@ def load_run(run_dir: str | Path) -> tuple[CoordNet, TrainConfig, dict[str, Any]
         if not (run / name).is_file():
             raise FileNotFoundError(f"{run}: not a run folder ({name} is missing)")
     raw = json.loads((run / "config.json").read_text())
-    cfg = TrainConfig(**raw)
+    known = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in raw.items() if k in known})
     model = build(cfg.task, cfg.arch)
     model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     model.eval()

@@ -301,7 +301,7 @@ def _binary_outputs(header: dict[str, Any], model: Model) -> bool:
 
 async def _infer(request: Request, state: ServiceState, name: str, version: str | None) -> Response:
     model = _model(state, name, version)
-    _, batcher = state.model(name)
+    batcher = state.batchers[model.name]
     header, binary = _split_body(request, await request.body())
     if not isinstance(header, dict):
         raise BadRequest("the inference request must be a JSON object")
