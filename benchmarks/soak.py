@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pid = int(
             subprocess.run(
-                ["pgrep", "-f", f"--port {port}"], capture_output=True, text=True
+                ["pgrep", "-f", "--", f"serve --port {port}"], capture_output=True, text=True
             ).stdout.split()[0]
         )
         rss0 = rss_kib(pid)

@@ -70,7 +70,7 @@ def test_compose_file_validates_against_the_compose_spec() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("profile", ["gpu", "cpu", "trainer", "client"])
+@pytest.mark.parametrize("profile", ["gpu", "cpu", "trainer", "client", "triton"])
 def test_every_profile_resolves_to_a_valid_project(profile, tmp_path) -> None:
     doc = compose()
     active = {
@@ -95,6 +95,10 @@ def test_every_profile_resolves_to_a_valid_project(profile, tmp_path) -> None:
             assert svc["environment"]["COORDCONV_REQUIRE_GPU"] == "true"
         else:
             assert devices is None and svc["environment"]["COORDCONV_PROVIDERS"] == "cpu"
+    if profile == "triton":
+        (svc,) = active.values()
+        assert svc["command"][:2] == ["tritonserver", "--model-repository=/models"]
+        assert svc["volumes"][0]["source"] == "./models" and svc["volumes"][0]["read_only"]
 
 
 def test_cmd_and_healthcheck_run_as_written_give_a_ready_service() -> None:

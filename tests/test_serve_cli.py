@@ -157,3 +157,22 @@ def test_require_gpu_refuses_to_start_without_cuda() -> None:
     )
     assert proc.returncode == 1
     assert "REQUIRE_GPU is set but" in proc.stderr and "unavailable" in proc.stderr
+
+
+def test_an_unreadable_model_directory_is_named(tmp_path: Path, monkeypatch) -> None:
+    """The tests run as root, whom permissions do not stop, so the refusal is simulated."""
+    from service.errors import RepositoryError
+    from service.registry import find_models
+
+    repo = tmp_path / "repo"
+    shutil.copytree(MODELS / "locate", repo / "locate")
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self.name == "locate":
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(RepositoryError, match=f"model directory {repo / 'locate'} is not readable"):
+        find_models(repo)
