@@ -5,6 +5,7 @@ metrics and one log line per request."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -35,6 +36,10 @@ class ServiceMiddleware:
         self.max_body = max_body_bytes
         self.max_concurrency = max_concurrency
         self.in_flight = 0
+        # Request ids: a random per-process prefix and a counter (unique, and no getrandom
+        # system call per request as uuid4 would make).
+        self.id_prefix = uuid.uuid4().hex[:16]
+        self.ids = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,7 +49,7 @@ class ServiceMiddleware:
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")
         if not REQUEST_ID_RE.match(rid):
-            rid = uuid.uuid4().hex
+            rid = f"{self.id_prefix}{next(self.ids):08x}"
         scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
         status = 500

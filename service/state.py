@@ -41,7 +41,9 @@ class ServiceState:
         return model, self.batchers[name]
 
 
-def get_state(request: Request) -> ServiceState:
+# Dependencies are `async def`: FastAPI runs plain `def` dependencies in a worker thread, a thread
+# hop per dependency per request.
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
@@ -49,7 +51,7 @@ def get_state(request: Request) -> ServiceState:
 ServiceDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def require_api_key(request: Request, state: ServiceDep) -> None:
+async def require_api_key(request: Request, state: ServiceDep) -> None:
     """Bearer authentication when API_KEY is set; constant-time comparison."""
     key = state.settings.api_key
     if key is None:

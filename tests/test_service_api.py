@@ -104,8 +104,11 @@ def test_inference_responses_carry_model_and_request_headers(client, server) -> 
 
     sha = hashlib.sha256((server.settings.model_dir / "render/1/model.onnx").read_bytes())
     assert r.headers["x-model-sha256"] == sha.hexdigest()
-    generated = client.get("/healthz").headers["x-request-id"]
-    assert len(generated) == 32
+    first = client.get("/healthz").headers["x-request-id"]
+    second = client.get("/healthz").headers["x-request-id"]
+    assert first != second and len(first) >= 16  # generated when the client sent none
+    bad = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert bad.headers["x-request-id"] != "bad id\twith spaces"  # not echoed: not a safe token
 
 
 def test_models_lists_every_shipped_model(client) -> None:
