@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import logging
+import math
 import signal
 import socket
 import sys
@@ -158,7 +159,7 @@ def serve(settings: Settings) -> int:
         # Our middleware answers 503 + Retry-After at MAX_CONCURRENCY requests; uvicorn's own
         # limit (connections and tasks, answered with a bare 503) sits just above as a backstop.
         limit_concurrency=settings.max_concurrency + 32,
-        timeout_graceful_shutdown=int(settings.grace_s) or None,
+        timeout_graceful_shutdown=math.ceil(settings.grace_s),  # 0: no drain at all
         timeout_keep_alive=5,
         server_header=False,
         lifespan="on",
