@@ -106,16 +106,16 @@ async def render(request: Request, state: ServiceDep) -> Response:
     headers = model_headers(model)
     if npy:
         return Response(codecs.encode_npy(out), media_type=NPY, headers=headers)
-    if fmt == "array":
-        images: Any = out
-    else:
-        scale = model.task == "pixel"
-        images = await _maybe_thread(
-            len(out), lambda: [codecs.encode_png_b64(img, scale) for img in out]
+    scale = model.task == "pixel"
+
+    def encode() -> Response:  # PNG or float-list encoding of many images: off the event loop
+        images = out if fmt == "array" else [codecs.encode_png_b64(im, scale) for im in out]
+        return json_response(
+            {"model": model.name, "version": model.version, "images": images}, headers=headers
         )
-    return json_response(
-        {"model": model.name, "version": model.version, "images": images}, headers=headers
-    )
+
+    response: Response = await _maybe_thread(len(out), encode)
+    return response
 
 
 def _require_json(request: Request) -> None:
