@@ -56,8 +56,11 @@ test: lint typecheck pytest
 models: $(VENV)/.all
 	$(BIN)/coordconv models --repo models
 
+# The whole table (one seed); REPRODUCE_ARGS="--archs coordconv" for the CoordConv rows only
+# (about 6 minutes on 2 cores), "--seeds 3" for the committed table.
+REPRODUCE_ARGS ?=
 reproduce: $(VENV)/.all
-	$(BIN)/coordconv reproduce --out results
+	$(BIN)/coordconv reproduce --out results $(REPRODUCE_ARGS)
 
 # GPU machines: make bench PROVIDERS=cuda,cpu (figures go beside the CPU ones).
 PROVIDERS ?= cpu

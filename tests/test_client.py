@@ -382,3 +382,29 @@ def test_bad_image_inputs_exit_2(tmp_path) -> None:
     proc = cli("locate", "--input", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "o.csv"))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "expected float (N, 64, 64)" in err
+
+
+def test_progress_is_plain_lines_off_a_terminal_with_a_summary(server, tmp_path) -> None:
+    write_coords(tmp_path / "coords.csv", 300)
+    proc = cli(
+        "render",
+        "--input",
+        str(tmp_path / "coords.csv"),
+        "--output",
+        str(tmp_path / "o.npy"),
+        "--url",
+        server.url,
+        "--batch-size",
+        "16",
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = err.strip().splitlines()
+    assert any(
+        line.startswith("render: 300/300 items (100%)")
+        and "items/s, ETA" in line
+        and "0 failed" in line
+        for line in lines
+    )
+    assert "render: 300 done, 0 skipped (already done), 0 failed of 300 items" in err
+    assert "\r" not in err  # no progress bar escape codes in a log file
