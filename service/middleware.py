@@ -109,21 +109,22 @@ class ServiceMiddleware:
             m = self.metrics
             m.requests.labels(route=route_path, model=model, status=str(status)).inc()
             m.request_duration.labels(route=route_path, model=model).observe(elapsed)
-            log.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                path,
-                status,
-                elapsed * 1000,
-                extra={
-                    "request_id": rid,
-                    "status": status,
-                    "path": path,
-                    "method": scope["method"],
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "model": model,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # skip building the record on the hot path
+                log.info(
+                    "%s %s %d %.1fms",
+                    scope["method"],
+                    path,
+                    status,
+                    elapsed * 1000,
+                    extra={
+                        "request_id": rid,
+                        "status": status,
+                        "path": path,
+                        "method": scope["method"],
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "model": model,
+                    },
+                )
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0

@@ -48,6 +48,21 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     return [r["name"] for r in rows], np.array([[float(r["x"]), float(r["y"])] for r in rows])
 
 
+def render_args(coords: Path, out: Path, url: str, *extra: str) -> list[str]:
+    return [
+        "render",
+        "--input",
+        str(coords),
+        "--output",
+        str(out),
+        "--url",
+        url,
+        "--batch-size",
+        "8",
+        *extra,
+    ]
+
+
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "coordconv", "client", *args],
@@ -115,20 +130,7 @@ def test_a_killed_render_resumes_with_every_item_exactly_once(slow_server, tmp_p
     server = slow_server
     c = write_coords(tmp_path / "coords.csv", 1200, seed=3)
     out = tmp_path / output
-    args = [
-        "render",
-        "--input",
-        str(tmp_path / "coords.csv"),
-        "--output",
-        str(out),
-        "--url",
-        server.url,
-        "--batch-size",
-        "8",
-        "--concurrency",
-        "1",
-        "--quiet",
-    ]
+    args = render_args(tmp_path / "coords.csv", out, server.url, "--concurrency", "1", "--quiet")
     proc = cli(*args)
     if output == "out.npy":
         wait_for(lambda: journal_items(tmp_path / "out.npy.parts") >= 80)
@@ -200,22 +202,9 @@ def test_a_server_restart_midway_completes_with_resume(tmp_path) -> None:
 
     live = serve()
     out = tmp_path / "out.npy"
-    args = [
-        "render",
-        "--input",
-        str(tmp_path / "coords.csv"),
-        "--output",
-        str(out),
-        "--url",
-        live.url,
-        "--batch-size",
-        "8",
-        "--concurrency",
-        "2",
-        "--retries",
-        "1",
-        "--quiet",
-    ]
+    args = render_args(
+        tmp_path / "coords.csv", out, live.url, "--concurrency", "2", "--retries", "1", "--quiet"
+    )
     proc = cli(*args)
     wait_for(lambda: journal_items(tmp_path / "out.npy.parts") >= 100)
     live.__exit__()  # the server goes away under the client
