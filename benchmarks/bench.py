@@ -54,14 +54,9 @@ def inputs(name: str, n: int) -> np.ndarray:
 def measure_limit(providers: str, seconds: float, repeats: int = 3) -> dict[str, dict[int, float]]:
     """Images per second of raw onnxruntime with the service's session options: the best of
     `repeats` timed runs per case (the machines are shared; the limit is what is possible)."""
-    from service.registry import Registry
-    from service.settings import Settings
-
-    reg = Registry(Settings(model_dir=ROOT / "models", providers=providers))
-    reg.load()
     out: dict[str, dict[int, float]] = {}
     for name in MODELS:
-        model = reg.models[name]
+        model = open_model(name, providers)
         out[name] = {}
         for bs in BATCHES:
             x = inputs(name, bs)
@@ -77,11 +72,41 @@ def measure_limit(providers: str, seconds: float, repeats: int = 3) -> dict[str,
     return out
 
 
+def open_model(name: str, providers: str, repo: Path = ROOT / "models") -> Any:
+    """Version 1 of a shipped model as the service opens it (same session options)."""
+    from service import model_config
+    from service.model import open_version, usable_providers
+    from service.settings import Settings
+
+    settings = Settings(model_dir=repo, providers=providers)
+    path = repo / name / "1" / "model.onnx"
+    usable, _ = usable_providers(settings, path)
+    config = model_config.read(repo / name, strict=True)
+    return open_version(name, 1, path, config, settings, usable)
+
+
+def silent_models() -> Path:
+    """A copy of the shipped models whose configs leave batching to the settings (how the
+    'batching off' cases switch it off)."""
+    import shutil
+    import tempfile
+
+    from service.model_config import without_scheduling
+
+    root = Path(tempfile.mkdtemp(prefix="bench-models-"))
+    shutil.copytree(ROOT / "models", root, dirs_exist_ok=True)
+    for config in root.glob("*/config.pbtxt"):
+        config.write_text(without_scheduling(config.read_text()))
+    return root
+
+
 @contextmanager
 def server(*args: str, **settings: Any) -> Iterator[str]:
     """`coordconv serve` (extra options `args`, settings as environment) on a free port."""
     port = free_port()
     env = {**os.environ, "COORDCONV_LOG_LEVEL": "warning"}
+    if {"max_batch_size", "max_queue_delay_us"} & set(settings):
+        env["COORDCONV_MODEL_DIR"] = str(silent_models())
     env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordconv", "serve", "--port", str(port), *args],
@@ -112,7 +137,7 @@ def counters(url: str, model: str) -> tuple[float, float]:
     text = httpx.get(url + "/metrics").text
 
     def get(name: str) -> float:
-        m = re.search(rf'^{name}\{{model="{model}"\}} ([0-9.e+]+)$', text, re.M)
+        m = re.search(rf'^{name}\{{model="{model}",version="1"\}} ([0-9.e+]+)$', text, re.M)
         return float(m.group(1)) if m else 0.0
 
     return get("coordconv_inference_count_total"), get("coordconv_execution_count_total")

@@ -1,13 +1,11 @@
-"""The app factory: `create_app(settings)`. The lifespan loads and warms the models and starts
-one batcher per model; exception handlers map typed errors to status codes; no input yields a
-500."""
+"""The HTTP app factory: `create_app(settings)`. The lifespan starts the model registry (load,
+verify and warm every start-up model version, one batcher each); the routers adapt the data plane
+to HTTP; exception handlers map typed errors to status codes; no input yields a 500."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -19,11 +17,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coordconv import __version__
-from service.batching import Batcher
+from service.dataplane import DataPlane
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware, error_body
-from service.registry import Registry
+from service.registry import ModelRegistry
 from service.routes import health, v1, v2
 from service.schemas import ANY_ROUTE
 from service.settings import Settings
@@ -60,43 +58,25 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
-    """The app. With `registry` (already loaded) the lifespan uses it instead of loading one."""
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+    """The HTTP front end. With `registry` (already started, on the same event loop) the lifespan
+    serves it as it is; otherwise the lifespan starts one and stops it on the way out."""
     settings = settings or Settings()
-    preloaded = registry
     metrics = Metrics()
-    state = ServiceState(settings=settings, metrics=metrics)
+    owned = registry is None
+    registry = registry or ModelRegistry(settings, metrics)
+    state = ServiceState(settings, registry.metrics, registry, DataPlane(settings, registry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = preloaded
-        if registry is None:
-            registry = Registry(settings)
-            await asyncio.to_thread(registry.load)  # raises RepositoryError: start-up stops
-        executor = ThreadPoolExecutor(
-            max_workers=len(registry.models) + 1, thread_name_prefix="onnxruntime"
-        )
-        state.registry = registry
-        for name, model in registry.models.items():
-            b = Batcher(
-                model,
-                executor,
-                metrics,
-                settings.max_batch_size,
-                settings.max_queue_delay_us,
-                settings.max_queue_size,
-                settings.request_timeout_s,
-            )
-            b.start()
-            state.batchers[name] = b
-        state.ready = True
+        if owned:
+            await registry.start()  # raises RepositoryError: start-up stops
         try:
             yield
         finally:
-            state.ready = False
-            for b in state.batchers.values():
-                await b.stop()
-            executor.shutdown(wait=True)
+            state.accepting = False
+            if owned:
+                await registry.stop()
 
     app = FastAPI(
         title="CoordConv serving",
@@ -147,7 +127,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     app.add_middleware(
         ServiceMiddleware,
-        metrics=metrics,
+        metrics=registry.metrics,
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=settings.max_concurrency,
     )

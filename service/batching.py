@@ -1,14 +1,15 @@
-"""A dynamic batcher per model: concurrent requests are queued and run together in one
-onnxruntime call of at most `max_batch_size` items, after waiting at most `max_queue_delay_us`
-for the batch to fill (counted from the oldest waiting request).
+"""A dynamic batcher per model version, driven by its config's `dynamic_batching`: concurrent
+requests are queued and run together in one onnxruntime call of at most `max_batch_size` items,
+after waiting at most `max_queue_delay_microseconds` for the batch to fill (counted from the
+oldest waiting request), or at once when a preferred batch size is reached.
 
 - Each request gets exactly its own rows back; a request larger than a batch is split over calls.
 - A failed call is retried request by request, so one bad request does not fail its neighbours.
-- The queue is bounded in items: a request that does not fit gets 503 at once.
-- A request whose client went away, or that waited longer than `request_timeout_s`, is dropped
-  before it runs.
-- onnxruntime runs in a worker thread, one call at a time per model; while it runs, the next
-  batch gathers, so the batch size adapts to the load.
+- The queue is bounded in items (`max_queue_size`): a request that does not fit gets 503 at once.
+- A request still queued after the queue policy's timeout gets 503 (`timeout_action: REJECT`) or
+  keeps waiting (`DELAY`); one whose client went away is dropped before it runs.
+- onnxruntime runs in the version's own threads, `instance_group` count calls at a time; while
+  they run, the next batch gathers, so the batch size adapts to the load.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ import numpy as np
 
 from service.errors import ClientClosedRequest, ServiceError, Unavailable
 from service.metrics import Metrics
-from service.registry import Model
+from service.model_config import Scheduling
+from service.stats import ModelStats
 
 log = logging.getLogger("coordconv.batching")
+Outputs = tuple[np.ndarray, ...]
+Disconnected = Callable[[], Coroutine[Any, Any, None]]
 
 
 class InferenceFailed(ServiceError):
@@ -39,10 +43,10 @@ class InferenceFailed(ServiceError):
 @dataclass(eq=False)
 class _Job:
     x: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Outputs]
     enqueued: float
     taken: int = 0  # rows handed to batches so far
-    outputs: list[np.ndarray] = field(default_factory=list)
+    outputs: list[Outputs] = field(default_factory=list)
     cancelled: bool = False
 
     @property
@@ -57,50 +61,67 @@ class _Job:
 class Batcher:
     def __init__(
         self,
-        model: Model,
+        name: str,
+        version: str,
+        run: Callable[[np.ndarray], Outputs],
         executor: Executor,
+        scheduling: Scheduling,
         metrics: Metrics,
-        max_batch_size: int,
-        max_queue_delay_us: int,
-        max_queue_size: int,
-        request_timeout_s: float,
+        stats: ModelStats,
     ) -> None:
-        self.model = model
+        self.name = name
+        self.run = run
         self.executor = executor
+        self.s = scheduling
+        self.delay = scheduling.max_queue_delay_us / 1e6
+        # Run at once when this many items wait: the largest preferred size, else a full batch.
+        self.eager = max(scheduling.preferred_batch_sizes, default=scheduling.max_batch_size)
         self.metrics = metrics
-        self.max_batch = max_batch_size
-        self.delay = max_queue_delay_us / 1e6
-        self.max_queue = max_queue_size
-        self.timeout = request_timeout_s
+        self.stats = stats
         self.queue: deque[_Job] = deque()
         self.queued_items = 0
+        self.running = 0  # onnxruntime calls in flight
         self._arrived = asyncio.Event()
+        self._slot = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._labels = {"model": model.name}
-        self._gauge = metrics.queue_items.labels(model=model.name)
+        labels = {"model": name, "version": version}
+        self._gauge = metrics.queue_items.labels(**labels)
+        self._queue_hist = metrics.queue_duration.labels(**labels)
+        self._compute_hist = metrics.compute_duration.labels(**labels)
+        self._executions = metrics.execution_count.labels(**labels)
+        self._inferences = metrics.inference_count.labels(**labels)
+        self._batch_hist = metrics.batch_size.labels(**labels)
+        self._calls: set[asyncio.Task[None]] = set()
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and self.running == 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.model.name)
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
 
-    async def stop(self) -> None:
+    async def stop(self, message: str = "the server is shutting down") -> None:
+        """Stop taking batches; fail what is still queued with 503 (calls in flight finish)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for job in self.queue:
             if not job.future.done():
-                job.future.set_exception(Unavailable("the server is shutting down"))
+                job.future.set_exception(Unavailable(message))
         self.queue.clear()
+        self.queued_items = 0
+        self._gauge.set(0)
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
 
-    async def infer(
-        self, x: np.ndarray, disconnected: Callable[[], Coroutine[Any, Any, None]] | None = None
-    ) -> np.ndarray:
-        """Queue `x` (rows of this model's input) and wait for its outputs."""
+    async def infer(self, x: np.ndarray, disconnected: Disconnected | None = None) -> Outputs:
+        """Queue `x` (rows of this model's input) and wait for its outputs, one array each."""
         n = len(x)
-        if self.queued_items + n > self.max_queue:
+        if self.queued_items + n > self.s.max_queue_size:
             raise Unavailable(
-                f"model {self.model.name!r} is overloaded ({self.queued_items} items queued, "
-                f"limit {self.max_queue}); retry later",
+                f"model {self.name!r} is overloaded ({self.queued_items} items queued, "
+                f"limit {self.s.max_queue_size}); retry later",
                 retry_after=1,
             )
         loop = asyncio.get_running_loop()
@@ -115,10 +136,9 @@ class Batcher:
         if disconnected is not None:
             watcher = loop.create_task(disconnected())
             waiters.add(watcher)
+        timeout = None if self.s.delay_on_timeout else self.s.timeout_s
         try:
-            done, _ = await asyncio.wait(
-                waiters, timeout=self.timeout, return_when="FIRST_COMPLETED"
-            )
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when="FIRST_COMPLETED")
             if job.future in done:
                 return job.future.result()
             if watcher is not None and watcher in done:  # the client went away
@@ -127,9 +147,9 @@ class Batcher:
             if not job.started:  # timed out while still queued
                 self._drop(job)
                 raise Unavailable(
-                    f"request waited more than {self.timeout:g} s in model "
-                    f"{self.model.name!r}'s queue; retry later",
-                    retry_after=max(1, round(self.timeout)),
+                    f"request waited more than {self.s.timeout_s:g} s in model "
+                    f"{self.name!r}'s queue; retry later",
+                    retry_after=max(1, round(self.s.timeout_s)),
                 )
             return await job.future  # already running: finish it
         except asyncio.CancelledError:
@@ -147,10 +167,10 @@ class Batcher:
         self._gauge.set(self.queued_items)
         job.future.cancel()
 
-    def _take(self) -> list[tuple[_Job, int, int]]:
-        """Up to max_batch rows from the front of the queue: (job, start, stop) slices."""
+    def _take(self, limit: int) -> list[tuple[_Job, int, int]]:
+        """Up to `limit` rows from the front of the queue: (job, start, stop) slices."""
         parts: list[tuple[_Job, int, int]] = []
-        room = self.max_batch
+        room = limit
         while self.queue and room > 0:
             job = self.queue[0]
             if job.cancelled:
@@ -166,65 +186,90 @@ class Batcher:
         self._gauge.set(self.queued_items)
         return parts
 
-    async def _run(self) -> None:
+    def _batch_limit(self) -> int:
+        """The largest preferred size that the queue fills, else everything up to a full batch."""
+        n = min(self.queued_items, self.s.max_batch_size)
+        fitting = [p for p in self.s.preferred_batch_sizes if p <= n]
+        return max(fitting) if fitting else self.s.max_batch_size
+
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self.queue:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
+            while self.running >= self.s.instances:  # every instance busy: wait for one
+                self._slot.clear()
+                await self._slot.wait()
             # Let the batch fill, counted from the oldest waiting job.
             deadline = self.queue[0].enqueued + self.delay
-            while self.queued_items < self.max_batch and (wait := deadline - loop.time()) > 0:
+            while self.queued_items < self.eager and (wait := deadline - loop.time()) > 0:
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), wait)
-            parts = self._take()
-            if parts:
-                now = loop.time()
-                for job, start, _ in parts:
-                    if start == 0:
-                        self.metrics.queue_duration.labels(**self._labels).observe(
-                            now - job.enqueued
-                        )
-                await self._execute(parts)
+            parts = self._take(self._batch_limit())
+            if not parts:
+                continue
+            now = loop.time()
+            for job, start, _ in parts:
+                if start == 0:
+                    waited = now - job.enqueued
+                    self._queue_hist.observe(waited)
+                    self.stats.queue.add(int(waited * 1e9))
+            self.running += 1
+            call = loop.create_task(self._execute(parts))
+            self._calls.add(call)
+            call.add_done_callback(self._call_done)
+
+    def _call_done(self, call: asyncio.Task[None]) -> None:
+        self._calls.discard(call)
+        self.running -= 1
+        self._slot.set()
 
     async def _execute(self, parts: list[tuple[_Job, int, int]]) -> None:
         loop = asyncio.get_running_loop()
-        if len(parts) == 1:
-            job, a, b = parts[0]
-            batch = job.x[a:b]
-        else:
-            batch = np.concatenate([job.x[a:b] for job, a, b in parts])
         try:
-            out = await loop.run_in_executor(self.executor, self._timed_run, batch)
+            out, input_ns, infer_ns = await loop.run_in_executor(self.executor, self._call, parts)
         except Exception as exc:
             if len(parts) > 1:  # find the culprit: one call per job
                 for part in parts:
                     await self._execute([part])
                 return
             job = parts[0][0]
-            log.error("model %s failed on a batch of %d: %s", self.model.name, len(batch), exc)
+            log.error("model %s failed on %d items: %s", self.name, parts[0][2] - parts[0][1], exc)
             if not job.future.done():
-                job.future.set_exception(InferenceFailed(f"model {self.model.name!r} failed"))
+                job.future.set_exception(InferenceFailed(f"model {self.name!r} failed"))
             return
+        start = time.perf_counter_ns()
         offset = 0
         for job, a, b in parts:
-            rows = out[offset : offset + (b - a)]
+            rows = tuple(o[offset : offset + (b - a)] for o in out)
             offset += b - a
             if job.future.done():
                 continue
             job.outputs.append(rows)
             if b == len(job.x):
-                result = job.outputs[0] if len(job.outputs) == 1 else np.concatenate(job.outputs)
+                if len(job.outputs) == 1:
+                    result = job.outputs[0]
+                else:
+                    result = tuple(np.concatenate(cols) for cols in zip(*job.outputs, strict=True))
                 job.future.set_result(result)
+        items = offset
+        self.stats.execution(len(parts), items, input_ns, infer_ns, time.perf_counter_ns() - start)
+        self._compute_hist.observe(infer_ns / 1e9)
+        self._executions.inc()
+        self._inferences.inc(items)
+        self._batch_hist.observe(items)
 
-    def _timed_run(self, batch: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
-        out = self.model.run(batch)
-        m, labels = self.metrics, self._labels
-        m.compute_duration.labels(**labels).observe(time.perf_counter() - start)
-        m.execution_count.labels(**labels).inc()
-        m.inference_count.labels(**labels).inc(len(batch))
-        m.batch_size.labels(**labels).observe(len(batch))
-        return out
+    def _call(self, parts: list[tuple[_Job, int, int]]) -> tuple[Outputs, int, int]:
+        """In an executor thread: gather the rows and run onnxruntime. (outputs, ns, ns)."""
+        t0 = time.perf_counter_ns()
+        if len(parts) == 1:
+            job, a, b = parts[0]
+            batch = job.x[a:b]
+        else:
+            batch = np.concatenate([job.x[a:b] for job, a, b in parts])
+        t1 = time.perf_counter_ns()
+        out = self.run(batch)
+        return out, t1 - t0, time.perf_counter_ns() - t1

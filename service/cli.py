@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from service.settings import Settings
 
-LOG_FIELDS = ("request_id", "status", "path", "method", "duration_ms", "model")
+LOG_FIELDS = ("request_id", "status", "path", "method", "duration_ms", "model", "version")
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,9 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         default = field.default
         helptext = f"{field.description or name} (env COORDCONV_{name.upper()}, default {default})"
-        if field.annotation is bool:
+        if field.annotation is bool:  # --flag, --flag false, --no-flag
             p.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=helptext
+                flag,
+                dest=name,
+                nargs="?",
+                const="true",
+                default=None,
+                metavar="true|false",
+                help=helptext,
+            )
+            p.add_argument(
+                "--no-" + flag[2:],
+                dest=name,
+                action="store_const",
+                const="false",
+                help=argparse.SUPPRESS,
+            )
+        elif name == "load_model":
+            p.add_argument(
+                flag,
+                dest=name,
+                action="append",
+                default=None,
+                metavar="NAME",
+                help=f"{field.description} (env COORDCONV_LOAD_MODEL, comma-separated)",
             )
         else:
             p.add_argument(flag, dest=name, default=None, help=helptext, metavar=name.upper())
@@ -135,23 +157,20 @@ def main(argv: Sequence[str]) -> int:
 
 
 def serve(settings: Settings) -> int:
+    """Load the start-up models, then serve HTTP, all on one event loop: the registry's batchers
+    and model control live on the loop that serves the requests. A bad repository is one clear
+    line and exit 1 (inside the app's lifespan it would be uvicorn's traceback)."""
+    import asyncio
+
     import uvicorn
 
     from service.app import create_app
     from service.errors import RepositoryError
-    from service.registry import Registry
+    from service.metrics import Metrics
+    from service.registry import ModelRegistry
 
-    # Load before uvicorn starts, so a bad repository is one clear line and exit 1 (inside the
-    # lifespan it would be uvicorn's traceback).
-    registry = Registry(settings)
-    try:
-        registry.load()
-    except RepositoryError as exc:
-        print(f"coordconv serve: {exc}", file=sys.stderr)
-        return 1
-    app = create_app(settings, registry=registry)
     config = uvicorn.Config(
-        app,
+        "service.app:create_app",  # replaced below; uvicorn wants an app to build a Config
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -164,21 +183,39 @@ def serve(settings: Settings) -> int:
         server_header=False,
         lifespan="on",
     )
-    state = app.state.service
 
-    class _Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            state.ready = False  # /readyz answers 503 while in-flight requests drain
-            super().handle_exit(sig, frame)
-            # A drained SIGTERM is a clean stop: exit 0 instead of re-raising the signal.
-            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+    async def main() -> int:
+        registry = ModelRegistry(settings, Metrics())
+        try:
+            await registry.start()
+        except RepositoryError as exc:
+            await registry.stop()
+            print(f"coordconv serve: {exc}", file=sys.stderr)
+            return 1
+        app = create_app(settings, registry=registry)
+        config.app = app
+        state = app.state.service
 
-    server = _Server(config)
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                state.accepting = False  # /readyz answers 503 while in-flight requests drain
+                super().handle_exit(sig, frame)
+                # A drained SIGTERM is a clean stop: exit 0 instead of re-raising the signal.
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+        server = _Server(config)
+        try:
+            await server.serve()
+        finally:
+            await registry.stop()
+        if not server.started:
+            logging.getLogger("coordconv.serve").error("the server did not start")
+            return 1
+        return 0
+
+    loop_factory = config.get_loop_factory()
     try:
-        server.run()
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
     except KeyboardInterrupt:
         return 0
-    if not server.started:
-        logging.getLogger("coordconv.serve").error("the server did not start")
-        return 1
-    return 0

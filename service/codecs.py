@@ -17,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from coordconv.contract import CANVAS
 from service.errors import BadRequest
 
-CANVAS = 64
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_URL_PREFIX = "data:image/png;base64,"
 # Pillow's own bomb guard, far above 64x64 but below anything that could hurt memory.
@@ -155,21 +155,43 @@ def check_images(images: F32, what: str = "images") -> F32:
     return images
 
 
-def check_coords(coords: Any, what: str = "coords") -> F32:
-    """Nested [[x, y], ...] -> float32 (N, 2), finite, in [0, 63]."""
+def parse_coords(coords: Any, what: str = "coords") -> F32:
+    """Nested [[x, y], ...] -> float64 (N, 2), kept exact until check_coords_array has checked
+    the values (a float32 cast would round 63.0000001 onto the canvas)."""
     if not isinstance(coords, list):
         raise BadRequest(f"{what} must be a list of [x, y] pairs")
+    if any(isinstance(v, bool) for pair in coords if isinstance(pair, list) for v in pair):
+        raise BadRequest(f"{what} must hold numbers, not booleans")
     try:
         arr = np.array(coords)
     except (ValueError, TypeError, OverflowError):
         raise BadRequest(f"{what} must be a list of [x, y] pairs of numbers") from None
-    if arr.dtype.kind not in "iuf" and not (arr.dtype.kind == "b" or arr.size == 0):
+    if arr.dtype.kind not in "iuf":  # strings, objects (ragged)
         raise BadRequest(f"{what} must be a list of [x, y] pairs of numbers")
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise BadRequest(f"{what} must be a list of [x, y] pairs, got shape {list(arr.shape)}")
-    if any(isinstance(v, bool) for pair in coords for v in pair):
-        raise BadRequest(f"{what} must hold numbers, not booleans")
-    return check_coords_array(arr.astype(np.float64), what)
+    return arr.astype(np.float64)
+
+
+def decode_json_images(items: list[Any], what: str = "images") -> F32:
+    """JSON images (base64 PNG strings or 64x64 nested lists) -> float32 (N, 64, 64)."""
+    out = np.empty((len(items), CANVAS, CANVAS), dtype=np.float32)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out[i] = decode_png_b64(item, f"{what}[{i}]")
+        elif isinstance(item, list):
+            out[i] = array_images([item], f"{what}[{i}]")[0]
+        else:
+            raise BadRequest(f"{what}[{i}] must be a base64 PNG string or a 64x64 nested list")
+    return out
+
+
+def decode_pngs(files: list[tuple[str, bytes]], what: str = "images") -> F32:
+    """Uploaded PNG files (name, bytes) -> float32 (N, 64, 64)."""
+    out = np.empty((len(files), CANVAS, CANVAS), dtype=np.float32)
+    for i, (filename, data) in enumerate(files):
+        out[i] = decode_png(data, f"{what}[{i}] ({filename})")
+    return out
 
 
 def check_coords_array(arr: npt.NDArray[Any], what: str = "coords") -> F32:

@@ -1,5 +1,6 @@
-"""Typed errors, each with its HTTP status. Routes raise them; app.py turns them into
-`{"detail": message}` (/v1) or `{"error": message}` (/v2) responses."""
+"""Typed errors, each with its HTTP status. The data plane and the routes raise them; the HTTP
+app turns them into `{"detail": message}` (/v1) or `{"error": message}` (/v2) responses, the gRPC
+server into status codes."""
 
 from __future__ import annotations
 
@@ -63,3 +64,8 @@ class Unavailable(ServiceError):
 
 class RepositoryError(Exception):
     """The model repository cannot be served; the message names the path and the problem."""
+
+
+class ModelError(Exception):
+    """One model (or version) cannot be served: missing or bad config, a graph that disagrees
+    with it, a corrupt file. One line naming the model, the file and the problem."""

@@ -14,42 +14,45 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "coordconv_requests", "HTTP requests", ["route", "model", "status"], registry=r
+            "coordconv_requests",
+            "HTTP requests",
+            ["route", "model", "version", "status"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "coordconv_request_duration_seconds",
             "Request latency",
-            ["route", "model"],
+            ["route", "model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inference_count = Counter(
-            "coordconv_inference_count", "Items inferred", ["model"], registry=r
+            "coordconv_inference_count", "Items inferred", ["model", "version"], registry=r
         )
         self.execution_count = Counter(
-            "coordconv_execution_count", "onnxruntime calls", ["model"], registry=r
+            "coordconv_execution_count", "onnxruntime calls", ["model", "version"], registry=r
         )
         self.batch_size = Histogram(
             "coordconv_batch_size",
             "Items per onnxruntime call",
-            ["model"],
+            ["model", "version"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.queue_duration = Histogram(
             "coordconv_queue_duration_seconds",
             "Time a request waits in the queue",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.compute_duration = Histogram(
             "coordconv_compute_duration_seconds",
             "onnxruntime call time",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_items = Gauge(
-            "coordconv_queue_items", "Items waiting in the queue", ["model"], registry=r
+            "coordconv_queue_items", "Items waiting in the queue", ["model", "version"], registry=r
         )

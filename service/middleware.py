@@ -53,16 +53,18 @@ class ServiceMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         path: str = scope["path"]
         status = 500
-        model = ""
+        model = version = ""
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, model
+            nonlocal status, model, version
             if message["type"] == "http.response.start":
                 status = message["status"]
                 hdrs = list(message.get("headers", []))
                 for k, v in hdrs:
                     if k == b"x-model-name":
                         model = v.decode("latin-1")
+                    elif k == b"x-model-version":
+                        version = v.decode("latin-1")
                 hdrs.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": hdrs}
             await send(message)
@@ -107,8 +109,12 @@ class ServiceMiddleware:
             route_path = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - start
             m = self.metrics
-            m.requests.labels(route=route_path, model=model, status=str(status)).inc()
-            m.request_duration.labels(route=route_path, model=model).observe(elapsed)
+            m.requests.labels(
+                route=route_path, model=model, version=version, status=str(status)
+            ).inc()
+            m.request_duration.labels(route=route_path, model=model, version=version).observe(
+                elapsed
+            )
             if log.isEnabledFor(logging.INFO):  # skip building the record on the hot path
                 log.info(
                     "%s %s %d %.1fms",
@@ -123,6 +129,7 @@ class ServiceMiddleware:
                         "method": scope["method"],
                         "duration_ms": round(elapsed * 1000, 2),
                         "model": model,
+                        "version": version,
                     },
                 )
 

@@ -1,283 +1,353 @@
-"""The model repository: one onnxruntime session per model (highest version), its metadata and
-signature checked against its task, warmed up, with the execution provider actually in use.
+"""The live model registry: every served model version keyed by (name, version), and the model
+control that changes it without a restart (Triton's modes and names):
 
-Layout (Triton's): <repo>/<name>/config.pbtxt and <repo>/<name>/<version>/model.onnx.
+- `none`: every model of the repository is loaded at start; the set never changes.
+- `explicit`: only `--load-model` names (or `*`) at start; then `load` and `unload` requests.
+- `poll`: like `none` at start, then the repository is rescanned every `repository_poll_secs`:
+  a version directory that appeared (and stayed the same for one interval, so a copy in progress
+  is not taken) is loaded, a removed one is drained and unloaded, a changed file is reloaded.
+
+A load builds every new or changed version off the event loop (load -> verify -> warm up) while
+the current versions keep serving; only when all of them are warm does the routing table switch,
+in one step. Outgoing versions drain: what they accepted finishes on them. A broken new version
+fails the load with one line and leaves the serving set as it was. Loads and unloads of one model
+are serialised by a per-model lock.
+
+Several worker processes follow one repository state through `apply`: the desired set of models
+and their config overrides is the whole control state, so a worker that learns a new desired
+state (from a shared file or a broadcast) reconciles to it with the same code path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-import json
 import logging
-import os
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
-
-from service.errors import RepositoryError
+from service import model_config, repository
+from service.errors import (
+    BadRequest,
+    ModelError,
+    NotFound,
+    RepositoryError,
+    Unavailable,
+)
+from service.metrics import Metrics
+from service.model import ModelVersion, open_version, usable_providers
 from service.settings import Settings
 
 log = logging.getLogger("coordconv.registry")
 
-CANVAS = 64
-TASKS = ("pixel", "render", "locate")
-# task -> ((input name, shape without batch), (output name, shape without batch))
-SIGNATURES: dict[str, tuple[tuple[str, tuple[int, ...]], tuple[str, tuple[int, ...]]]] = {
-    "pixel": (("coords", (2,)), ("heatmap", (CANVAS, CANVAS))),
-    "render": (("coords", (2,)), ("image", (CANVAS, CANVAS))),
-    "locate": (("image", (CANVAS, CANVAS)), ("coords", (2,))),
-}
-PROVIDERS = {
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-ORT_WARNING = 2
-ORT_FATAL = 4
-
 
 @dataclass
-class Model:
-    """A loaded model. `run` is thread-safe (onnxruntime sessions are)."""
-
+class IndexEntry:
     name: str
     version: str
-    task: str
-    path: Path
-    sha256: str
-    session: ort.InferenceSession
-    input_name: str
-    input_shape: tuple[int, ...]
-    output_name: str
-    output_shape: tuple[int, ...]
-    provider: str
-    metadata: dict[str, str] = field(default_factory=dict)
+    state: str
+    reason: str = ""
 
-    @property
-    def metrics(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.metadata.get("coordconv.metrics", "{}"))
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-
-    @property
-    def arch(self) -> str:
-        return self.metadata.get("coordconv.arch", "unknown")
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return out
-
-    def describe(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, str]:
         return {
             "name": self.name,
             "version": self.version,
-            "task": self.task,
-            "arch": self.arch,
-            "split": self.metadata.get("coordconv.split"),
-            "sha256": self.sha256,
-            "provider": self.provider,
-            "inputs": [
-                {"name": self.input_name, "datatype": "FP32", "shape": [-1, *self.input_shape]}
-            ],
-            "outputs": [
-                {"name": self.output_name, "datatype": "FP32", "shape": [-1, *self.output_shape]}
-            ],
-            "metrics": self.metrics,
-            "trained_at": self.metadata.get("coordconv.trained_at"),
+            "state": self.state,
+            "reason": self.reason,
         }
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
-    """Chosen deliberately: intra-op threads from settings (0 lets onnxruntime use one per
-    physical core); one inter-op thread (the graphs are sequential chains); no spinning, because
-    the batcher leaves gaps between calls in which spinning threads would steal the CPU from the
-    event loop that parses requests; full graph optimisation."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = settings.intra_op_threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return so
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def find_models(repo: Path) -> list[tuple[str, str, Path]]:
-    """(name, highest version, path) for every model in the repository."""
-    if not repo.exists():
-        raise RepositoryError(f"model repository {repo} does not exist")
-    if not repo.is_dir():
-        raise RepositoryError(f"model repository {repo} is not a directory")
-    try:
-        entries = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except PermissionError:
-        raise RepositoryError(f"model repository {repo} is not readable") from None
-    found = []
-    for model_dir in entries:
-        try:
-            versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-        except PermissionError:
-            raise RepositoryError(f"model directory {model_dir} is not readable") from None
-        if not versions:
-            raise RepositoryError(f"model {model_dir}: no numbered version directory (e.g. 1/)")
-        latest = max(versions, key=lambda p: int(p.name))
-        onnx_path = latest / "model.onnx"
-        if not onnx_path.is_file():
-            raise RepositoryError(f"model {model_dir.name}: {onnx_path} is missing")
-        if not os.access(onnx_path, os.R_OK):
-            raise RepositoryError(f"model {model_dir.name}: {onnx_path} is not readable")
-        found.append((model_dir.name, latest.name, onnx_path))
-    if not found:
-        raise RepositoryError(
-            f"model repository {repo} holds no models (expected <name>/<n>/model.onnx)"
-        )
-    return found
-
-
-def _dims(value: Any) -> list[Any]:
-    return list(value.shape)
-
-
-def _check_signature(name: str, path: Path, session: ort.InferenceSession, task: str) -> None:
-    (in_name, in_shape), (out_name, out_shape) = SIGNATURES[task]
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    for kind, values, want_name, want_shape in (
-        ("input", inputs, in_name, in_shape),
-        ("output", outputs, out_name, out_shape),
-    ):
-        if len(values) != 1:
-            raise RepositoryError(
-                f"model {name} ({path}): expected one {kind}, found {len(values)}"
-            )
-        v = values[0]
-        dims = _dims(v)
-        ok = (
-            v.name == want_name
-            and v.type == "tensor(float)"
-            and len(dims) == len(want_shape) + 1
-            and not isinstance(dims[0], int)
-            and tuple(dims[1:]) == want_shape
-        )
-        if not ok:
-            raise RepositoryError(
-                f"model {name} ({path}): {kind} is {v.name!r} {v.type} {dims}, but task {task!r} "
-                f"needs {want_name!r} tensor(float) ['batch', {', '.join(map(str, want_shape))}]"
-            )
-
-
-class Registry:
-    """Every model of the repository, loaded and warmed. Raises RepositoryError on any problem."""
-
-    def __init__(self, settings: Settings) -> None:
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.models: dict[str, Model] = {}
-        self.cuda_error: str | None = None
+        self.metrics = metrics
+        self.repo = Path(settings.model_dir)
+        self.mode = settings.model_control_mode
+        # The routing table: name -> version -> a READY version. Replaced, never mutated in
+        # place, so a reader on the event loop always sees one consistent set.
+        self.versions: dict[str, dict[str, ModelVersion]] = {}
+        self.loading: set[str] = set()
+        self.failed: dict[str, str] = {}  # name -> why its last load failed
+        self.overrides: dict[str, Any] = {}  # name -> config given with a load request
+        self.requested: set[str] = set()  # models asked for at start: readiness waits for them
+        self.providers: list[str] = []
+        self.provider_problem: str | None = None
+        self.started = False
+        self.stopping = False
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._drains: set[asyncio.Task[None]] = set()
+        self._poll_task: asyncio.Task[None] | None = None
+        self._seen: dict[str, tuple[object, ...]] = {}  # poll: fingerprint at the last scan
+        self._applied: dict[str, tuple[object, ...]] = {}  # poll: fingerprint last acted on
+        self._missing: set[str] = set()  # poll: gone at the last scan
 
-    def load(self) -> None:
+    # Start and stop
+
+    async def start(self) -> None:
+        """Load the start-up set. Raises RepositoryError with one line on any problem."""
         s = self.settings
-        found = find_models(Path(s.model_dir))
-        wanted = [PROVIDERS[p] for p in s.provider_list]
-        providers = self._usable_providers(wanted, found[0][2])
-        for name, version, path in found:
-            self.models[name] = self._open(name, version, path, providers)
-        self.warm_up()
-        in_use = sorted({m.provider for m in self.models.values()})
+        repository.check_root(self.repo)
+        on_disk = await asyncio.to_thread(repository.model_names, self.repo)
+        if self.mode == "explicit":
+            wanted = on_disk if "*" in s.load_model else list(dict.fromkeys(s.load_model))
+        else:
+            if s.load_model:
+                raise RepositoryError("--load-model needs --model-control-mode explicit")
+            wanted = on_disk
+            if not wanted:
+                raise RepositoryError(
+                    f"model repository {self.repo} holds no models (expected "
+                    "<name>/config.pbtxt and <name>/<version>/model.onnx)"
+                )
+        probe = await asyncio.to_thread(self._probe_file, wanted)
+        self.providers, self.provider_problem = usable_providers(s, probe)
+        if self.provider_problem:
+            if s.require_gpu:
+                raise RepositoryError(f"REQUIRE_GPU is set but {self.provider_problem}")
+            log.warning("%s: serving on CPU", self.provider_problem)
+        self.requested = set(wanted)
+        for name in wanted:
+            try:
+                await self.load(name, at_start=True)
+            except (ModelError, NotFound, BadRequest) as exc:
+                raise RepositoryError(str(exc)) from None
+        if self.mode == "poll":
+            for name in on_disk:
+                files = await asyncio.to_thread(repository.scan, self.repo, name)
+                self._seen[name] = self._applied[name] = files.fingerprint
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll())
+        self.started = True
+        loaded = [f"{n}:{v}" for n, vs in sorted(self.versions.items()) for v in vs]
         log.info(
-            "loaded %d models from %s on %s: %s",
-            len(self.models),
-            s.model_dir,
-            ", ".join(in_use),
-            ", ".join(f"{m.name}:{m.version}" for m in self.models.values()),
+            "serving %d model versions from %s (%s mode) on %s: %s",
+            len(loaded),
+            self.repo,
+            self.mode,
+            ", ".join(self.providers),
+            ", ".join(loaded),
         )
 
-    def _usable_providers(self, wanted: list[str], probe_model: Path) -> list[str]:
-        """Drop GPU providers that cannot load here, with one clear log line instead of
-        onnxruntime's library errors for every session."""
-        gpu = [p for p in wanted if p != "CPUExecutionProvider"]
-        if not gpu:
-            return wanted
-        ort.set_default_logger_severity(ORT_FATAL)  # silence the probe's library errors
-        try:
-            probe = ort.InferenceSession(str(probe_model), providers=wanted)
-            active = probe.get_providers()
-        except Exception as exc:  # a corrupt probe model is reported by _open
-            log.debug("provider probe failed: %s", exc)
-            active = ["CPUExecutionProvider"]
-        finally:
-            ort.set_default_logger_severity(ORT_WARNING)
-        usable = [p for p in wanted if p in active]
-        missing = [p for p in gpu if p not in active]
-        if missing:
-            self.cuda_error = (
-                f"{', '.join(missing)} unavailable (no GPU, or its CUDA/cuDNN libraries are "
-                f"missing; onnxruntime {ort.__version__})"
-            )
-            if self.settings.require_gpu:
-                raise RepositoryError(f"REQUIRE_GPU is set but {self.cuda_error}")
-            log.warning("%s: serving on CPU", self.cuda_error)
-        if not usable:
-            usable = ["CPUExecutionProvider"]
-        return usable
+    def _probe_file(self, names: Iterable[str]) -> Path | None:
+        for name in names:
+            with contextlib.suppress(Exception):
+                files = repository.scan(self.repo, name)
+                if files.versions:
+                    return files.versions[max(files.versions)]
+        return None
 
-    def _open(self, name: str, version: str, path: Path, providers: list[str]) -> Model:
-        try:
-            session = ort.InferenceSession(
-                str(path), session_options(self.settings), providers=providers
-            )
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RepositoryError(f"model {name}: cannot load {path}: {first[:300]}") from None
-        meta = dict(session.get_modelmeta().custom_metadata_map)
-        task = meta.get("coordconv.task")
-        if task not in TASKS:
-            raise RepositoryError(
-                f"model {name} ({path}): metadata coordconv.task is {task!r}; expected one of "
-                f"{', '.join(TASKS)}"
-            )
-        _check_signature(name, path, session, task)
-        (in_name, in_shape), (out_name, out_shape) = SIGNATURES[task]
-        provider = session.get_providers()[0]
-        if self.settings.require_gpu and provider != "CUDAExecutionProvider":
-            raise RepositoryError(f"REQUIRE_GPU is set but model {name} runs on {provider}")
-        return Model(
-            name=name,
-            version=version,
-            task=task,
-            path=path,
-            sha256=_sha256(path),
-            session=session,
-            input_name=in_name,
-            input_shape=in_shape,
-            output_name=out_name,
-            output_shape=out_shape,
-            provider=provider,
-            metadata=meta,
+    async def stop(self) -> None:
+        self.stopping = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+        everything = [m for vs in self.versions.values() for m in vs.values()]
+        self.versions = {}
+        await asyncio.gather(
+            *(m.close() for m in everything), *self._drains, return_exceptions=True
         )
 
-    def warm_up(self) -> None:
-        """Run each model at a few batch sizes so the first requests do not pay for allocation."""
-        for m in self.models.values():
-            for n in sorted({1, self.settings.max_batch_size}):
-                x = np.zeros((n, *m.input_shape), dtype=np.float32)
-                if m.task != "locate":
-                    x += CANVAS / 2
-                out = m.run(x)
-                if out.shape != (n, *m.output_shape) or not np.isfinite(out).all():
-                    raise RepositoryError(f"model {m.name} ({m.path}): warm-up gave bad output")
+    # Routing
 
-    def get(self, name: str) -> Model | None:
-        return self.models.get(name)
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.stopping and self.requested <= set(self.versions)
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """The version that answers a request: the one asked for, else the highest ready one."""
+        versions = self.versions.get(name)
+        if not versions:
+            if name in self.loading:
+                raise Unavailable(f"model {name!r} is loading; retry shortly", retry_after=1)
+            if self.stopping:
+                raise Unavailable("the server is shutting down")
+            known = ", ".join(sorted(self.versions)) or "none"
+            raise NotFound(f"unknown model {name!r}; loaded models: {known}")
+        if version is None:
+            return versions[max(versions, key=int)]
+        m = versions.get(version)
+        if m is None:
+            available = sorted(versions, key=int)
+            raise NotFound(
+                f"model {name!r} version {version[:20]!r} is not served; available: {available}"
+            )
+        return m
+
+    def all_versions(self, name: str | None = None) -> list[ModelVersion]:
+        if name is None:
+            return [m for n in sorted(self.versions) for m in self._sorted(n)]
+        self.get(name)  # 404 or 503 with the usual message
+        return self._sorted(name)
+
+    def _sorted(self, name: str) -> list[ModelVersion]:
+        vs = self.versions.get(name, {})
+        return [vs[v] for v in sorted(vs, key=int)]
+
+    # Model control
+
+    def check_control(self) -> None:
+        if self.mode != "explicit":
+            raise BadRequest(
+                f"explicit model load and unload are not allowed in {self.mode!r} model "
+                "control mode; start with --model-control-mode explicit"
+            )
+
+    async def load(self, name: str, config: Any | None = None, *, at_start: bool = False) -> None:
+        """(Re)load model `name` as the repository and its config say: new versions and changed
+        files are loaded and warmed while the current ones serve, then the routing switches.
+        Raises ModelError (the serving set unchanged), NotFound, BadRequest."""
+        repository.check_name(name)
+        if config is not None:
+            self.overrides[name] = config
+        async with self._locks[name]:
+            self.loading.add(name)
+            try:
+                await self._load(name)
+                self.failed.pop(name, None)
+            except (ModelError, NotFound) as exc:
+                self.failed[name] = str(exc)
+                if not at_start:
+                    log.error("load of %s refused, serving set unchanged: %s", name, exc)
+                raise
+            finally:
+                self.loading.discard(name)
+
+    async def _load(self, name: str) -> None:
+        files = await asyncio.to_thread(repository.scan, self.repo, name)
+        override = self.overrides.get(name)
+        if override is not None:
+            config = override
+            config_id = hashlib.sha256(override.SerializeToString(deterministic=True)).hexdigest()
+        else:
+            config = await asyncio.to_thread(
+                model_config.read, files.path, self.settings.strict_model_config
+            )
+            config_id = str(files.fingerprint[0])
+        policy = config if config is not None else model_config.ModelConfig()
+        chosen = model_config.select_versions(policy, sorted(files.versions))
+        if not chosen:
+            on_disk = sorted(files.versions)
+            raise ModelError(
+                f"model {name}: no version to serve (on disk: {on_disk or 'none'}; "
+                f"version_policy {model_config.to_json(policy).get('version_policy', 'latest 1')})"
+            )
+        current = self.versions.get(name, {})
+        new: dict[str, ModelVersion] = {}
+        opened: list[ModelVersion] = []
+        for v in chosen:  # a failure here leaves the routing table as it was
+            fp = (config_id, files.version_fingerprint(v))
+            old = current.get(str(v))
+            if old is not None and old.fingerprint == fp:
+                new[str(v)] = old
+                continue
+            m = await asyncio.to_thread(
+                open_version,
+                name,
+                v,
+                files.versions[v],
+                config,
+                self.settings,
+                self.providers,
+                fp,
+            )
+            opened.append(m)
+            new[str(v)] = m
+        for m in opened:
+            m.start(self.metrics)
+        self.versions = {**self.versions, name: new}  # the switch
+        outgoing = [m for m in current.values() if m not in new.values()]
+        for m in outgoing:
+            self._drain_later(m)
+        log.info(
+            "%s %s: serving versions %s%s",
+            "loaded" if not current else "reloaded",
+            name,
+            sorted(new, key=int),
+            f" (draining {[m.version for m in outgoing]})" if outgoing else "",
+        )
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to `name` and drain every version of it (waits for the drain)."""
+        repository.check_name(name)
+        async with self._locks[name]:
+            current = self.versions.get(name)
+            if not current:
+                raise NotFound(f"model {name!r} is not loaded")
+            self.versions = {n: vs for n, vs in self.versions.items() if n != name}
+            self.overrides.pop(name, None)
+            self.requested.discard(name)
+            await asyncio.gather(*(m.drain(self._grace()) for m in current.values()))
+            log.info("unloaded %s (versions %s)", name, sorted(current, key=int))
+
+    def _grace(self) -> float:
+        # A request can wait for its queue timeout and then for one call.
+        return self.settings.request_timeout_s + 30
+
+    def _drain_later(self, m: ModelVersion) -> None:
+        task = asyncio.get_running_loop().create_task(m.drain(self._grace()))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    # Repository index
+
+    async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        on_disk = await asyncio.to_thread(repository.model_names, self.repo)
+        entries: list[IndexEntry] = []
+        for name in sorted(set(on_disk) | set(self.versions)):
+            served = self._sorted(name)
+            if served:
+                entries += [IndexEntry(name, m.version, m.state.value) for m in served]
+            elif not ready_only:
+                if name in self.loading:
+                    entries.append(IndexEntry(name, "", "LOADING"))
+                else:
+                    entries.append(
+                        IndexEntry(name, "", "UNAVAILABLE", self.failed.get(name, "unloaded"))
+                    )
+        if ready_only:
+            entries = [e for e in entries if e.state == "READY"]
+        return [e.as_dict() for e in entries]
+
+    # Poll mode
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self.poll_once()
+            except Exception:  # never let the poller die
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        on_disk = set(await asyncio.to_thread(repository.model_names, self.repo))
+        for name in sorted(on_disk):
+            try:
+                files = await asyncio.to_thread(repository.scan, self.repo, name)
+            except (NotFound, BadRequest):
+                continue
+            fp = files.fingerprint
+            if not files.versions:  # every version directory removed
+                if name in self.versions:
+                    with contextlib.suppress(NotFound):
+                        await self.unload(name)
+                continue
+            stable = self._seen.get(name) == fp
+            self._seen[name] = fp
+            if stable and self._applied.get(name) != fp:
+                self._applied[name] = fp
+                with contextlib.suppress(ModelError, NotFound):
+                    await self.load(name)
+        for name in sorted(set(self.versions) - on_disk):
+            if name in self._missing:  # gone for two scans in a row
+                self._missing.discard(name)
+                self._seen.pop(name, None)
+                self._applied.pop(name, None)
+                with contextlib.suppress(NotFound):
+                    await self.unload(name)
+            else:
+                self._missing.add(name)
+        self._missing &= set(self.versions) - on_disk

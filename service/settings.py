@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -22,9 +22,15 @@ class Settings(BaseSettings):
     )
     require_gpu: bool = Field(False, description="refuse to start unless CUDA is in use")
     intra_op_threads: int = Field(0, ge=0, description="threads per inference (0: onnxruntime)")
-    max_batch_size: int = Field(64, ge=1, description="items per onnxruntime call")
-    max_queue_delay_us: int = Field(500, ge=0, description="longest wait for a batch to fill")
-    max_queue_size: int = Field(1024, ge=1, description="items waiting per model before 503")
+    max_batch_size: int = Field(
+        64, ge=1, description="items per onnxruntime call, where a config.pbtxt does not say"
+    )
+    max_queue_delay_us: int = Field(
+        500, ge=0, description="longest wait for a batch to fill (config default)"
+    )
+    max_queue_size: int = Field(
+        1024, ge=1, description="items waiting per model before 503 (config default)"
+    )
     max_items_per_request: int = Field(1024, ge=1, description="items in one request")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
     request_timeout_s: float = Field(30.0, gt=0, description="queued longer than this: 503")
@@ -33,6 +39,28 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="bearer token for inference routes")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="none: load everything at start; explicit: --load-model and the "
+        "repository API; poll: follow the repository's files",
+    )
+    load_model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="models to load at start in explicit mode (repeatable; * for all)",
+    )
+    repository_poll_secs: float = Field(
+        15.0, gt=0, description="poll mode: seconds between scans of the repository"
+    )
+    strict_model_config: bool = Field(
+        True, description="refuse a model without config.pbtxt (false: derive it from the graph)"
+    )
+
+    @field_validator("load_model", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @field_validator("providers")
     @classmethod

@@ -1,18 +1,18 @@
-"""What the routes share: settings, models, batchers, metrics, readiness. Reached through the
-`ServiceDep` dependency."""
+"""What the HTTP routes share, reached through the `ServiceDep` dependency: settings, metrics,
+the registry and the data plane that every route adapts."""
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.batching import Batcher
-from service.errors import BadRequest, NotFound, Unauthorized, Unavailable
+from service.dataplane import DataPlane
+from service.errors import Unauthorized, Unavailable
 from service.metrics import Metrics
-from service.registry import Model, Registry
+from service.registry import ModelRegistry
 from service.settings import Settings
 
 
@@ -20,25 +20,19 @@ from service.settings import Settings
 class ServiceState:
     settings: Settings
     metrics: Metrics
-    registry: Registry | None = None
-    batchers: dict[str, Batcher] = field(default_factory=dict)
-    ready: bool = False
+    registry: ModelRegistry
+    dataplane: DataPlane
+    accepting: bool = True  # False once SIGTERM arrived: /readyz says 503 while we drain
 
-    def model(self, name: str, task: str | tuple[str, ...] | None = None) -> tuple[Model, Batcher]:
-        """The model and its batcher; 404 if unknown, 400 if it does the wrong task."""
-        if not self.ready or self.registry is None:
+    @property
+    def ready(self) -> bool:
+        return self.accepting and self.dataplane.ready()
+
+    def plane(self) -> DataPlane:
+        """The data plane, once the start-up models are loaded (503 before)."""
+        if not self.registry.started:
             raise Unavailable("models are not loaded yet", retry_after=1)
-        model = self.registry.get(name)
-        if model is None:
-            known = ", ".join(sorted(self.registry.models)) or "none"
-            raise NotFound(f"unknown model {name!r}; loaded models: {known}")
-        tasks = (task,) if isinstance(task, str) else task
-        if tasks and model.task not in tasks:
-            raise BadRequest(
-                f"model {name!r} does {model.task!r}; this route needs a model for "
-                f"{' or '.join(repr(t) for t in tasks)}"
-            )
-        return model, self.batchers[name]
+        return self.dataplane
 
 
 # Dependencies are `async def`: FastAPI runs plain `def` dependencies in a worker thread, a thread
@@ -53,10 +47,13 @@ ServiceDep = Annotated[ServiceState, Depends(get_state)]
 
 async def require_api_key(request: Request, state: ServiceDep) -> None:
     """Bearer authentication when API_KEY is set; constant-time comparison."""
-    key = state.settings.api_key
+    check_api_key(state.settings.api_key, request.headers.get("authorization", ""))
+
+
+def check_api_key(key: str | None, header: str) -> None:
+    """The rule for every front end: `Authorization: Bearer <API_KEY>` when a key is set."""
     if key is None:
         return
-    header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <API_KEY>'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import threading
 import time
@@ -23,8 +24,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Settings that only decide where a model's config.pbtxt is silent (DESIGN.md section 6).
+SCHEDULING = {"max_batch_size", "max_queue_delay_us", "max_queue_size", "request_timeout_s"}
+
+
+def silent_repository(root: Path | None = None) -> Path:
+    """A copy of the shipped models whose configs leave batching to the settings."""
+    import tempfile
+
+    from service.model_config import without_scheduling
+
+    root = Path(tempfile.mkdtemp(prefix="models-")) if root is None else root
+    for model in MODELS.iterdir():
+        shutil.copytree(model, root / model.name)
+        config = root / model.name / "config.pbtxt"
+        config.write_text(without_scheduling(config.read_text()))
+    return root
+
+
 class LiveServer:
-    """uvicorn running `create_app(settings)` in a thread, on 127.0.0.1 and a free port."""
+    """uvicorn running `create_app(settings)` in a thread, on 127.0.0.1 and a free port. With
+    scheduling settings, it serves a copy of the models whose configs leave those to settings."""
 
     def __init__(self, **overrides: Any) -> None:
         import uvicorn
@@ -33,7 +53,10 @@ class LiveServer:
         from service.cli import configure_logging
         from service.settings import Settings
 
-        self.settings = Settings(model_dir=MODELS, port=0, **overrides)
+        if SCHEDULING & set(overrides) and "model_dir" not in overrides:
+            overrides["model_dir"] = silent_repository()
+        overrides.setdefault("model_dir", MODELS)
+        self.settings = Settings(port=0, **overrides)
         configure_logging("warning", "text")
         self.app = create_app(self.settings)
         config = uvicorn.Config(

@@ -17,12 +17,14 @@ import pytest
 from service.batching import Batcher, InferenceFailed
 from service.errors import ClientClosedRequest, Unavailable
 from service.metrics import Metrics
+from service.model_config import Scheduling
+from service.stats import ModelStats
 from tests.conftest import live_server
 from training import data, metrics
 
 
-def counter(text: str, name: str, model: str) -> float:
-    m = re.search(rf'^{name}\{{model="{model}"\}} ([0-9.e+]+)$', text, re.M)
+def counter(text: str, name: str, model: str, version: str = "1") -> float:
+    m = re.search(rf'^{name}\{{model="{model}",version="{version}"\}} ([0-9.e+]+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -99,22 +101,33 @@ class FakeModel:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         self.calls.append(len(batch))
         if (batch < 0).any():
             raise RuntimeError("bad batch")
-        return batch * 2
+        return (batch * 2,)
 
 
 def make_batcher(model: FakeModel, **kw: Any) -> Batcher:
-    args = {
+    args: dict[str, Any] = {
         "max_batch_size": 8,
         "max_queue_delay_us": 20_000,
+        "preferred_batch_sizes": (),
         "max_queue_size": 100,
-        "request_timeout_s": 5.0,
+        "timeout_s": 5.0,
+        "delay_on_timeout": False,
+        "instances": 1,
         **kw,
     }
-    return Batcher(model, ThreadPoolExecutor(2), Metrics(), **args)  # type: ignore[arg-type]
+    return Batcher(
+        "fake",
+        "1",
+        model.run,
+        ThreadPoolExecutor(2),
+        Scheduling(**args),
+        Metrics(),
+        ModelStats("fake", "1"),
+    )
 
 
 def test_a_failing_request_does_not_fail_its_neighbours() -> None:
@@ -129,7 +142,7 @@ def test_a_failing_request_does_not_fail_its_neighbours() -> None:
 
     out, calls = asyncio.run(go())
     for i in range(5):
-        np.testing.assert_array_equal(out[i], np.full((1, 2), 2 * i))
+        np.testing.assert_array_equal(out[i][0], np.full((1, 2), 2 * i))
     assert isinstance(out[5], InferenceFailed)
     assert calls[0] == 6  # one batch first, then one call per request to isolate the failure
 
@@ -140,7 +153,7 @@ def test_large_requests_are_split_into_max_batch_calls_and_reassembled() -> None
         b = make_batcher(model, max_queue_delay_us=0)
         b.start()
         x = np.arange(40, dtype=np.float32).reshape(20, 2)
-        y = await b.infer(x)
+        (y,) = await b.infer(x)
         await b.stop()
         return y, model.calls
 
@@ -160,7 +173,7 @@ def test_a_request_whose_client_left_is_dropped_before_it_runs() -> None:
 
         with pytest.raises(ClientClosedRequest):
             await b.infer(np.ones((3, 2), np.float32), gone)
-        kept = await b.infer(np.ones((1, 2), np.float32))
+        (kept,) = await b.infer(np.ones((1, 2), np.float32))
         await b.stop()
         return model.calls, int(kept.sum())
 
@@ -177,7 +190,7 @@ def test_queue_limit_is_counted_in_items() -> None:
         await asyncio.sleep(0.01)
         with pytest.raises(Unavailable, match="overloaded"):
             await b.infer(np.ones((2, 2), np.float32))
-        assert (await first).shape == (4, 2)
+        assert (await first)[0].shape == (4, 2)
         await b.stop()
 
     asyncio.run(go())

@@ -65,14 +65,14 @@ coords_ok = st.lists(st.tuples(st.floats(0, 63), st.floats(0, 63)), min_size=1, 
 
 @given(coords_ok)
 def test_valid_coordinates_are_accepted_unchanged(points) -> None:
-    arr = codecs.check_coords([list(p) for p in points])
+    arr = codecs.check_coords_array(codecs.parse_coords([list(p) for p in points]))
     np.testing.assert_allclose(arr, np.asarray(points, np.float32))
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: not 0 <= v <= 63))
 def test_any_coordinate_off_the_canvas_is_refused(value) -> None:
     with pytest.raises(BadRequest, match=r"coords\[1\]"):
-        codecs.check_coords([[1, 1], [value, 5]])
+        codecs.check_coords_array(codecs.parse_coords([[1, 1], [value, 5]]))
 
 
 @given(

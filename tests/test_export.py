@@ -9,7 +9,8 @@ import shutil
 import onnx
 import pytest
 
-from training.export import ExportError, export_run, triton_config, verify_onnx
+from coordconv.contract import config_pbtxt
+from training.export import ExportError, export_run, verify_onnx
 from training.train import TrainConfig, train
 
 
@@ -85,6 +86,39 @@ def test_bad_names_and_missing_runs_are_refused(runs, tmp_path) -> None:
 
 
 def test_triton_config_leaves_the_batch_axis_out() -> None:
-    text = triton_config("render", "render")
+    text = config_pbtxt("render", "render")
     assert 'name: "coords"' in text and "dims: [ 2 ]" in text
     assert 'name: "image"' in text and "dims: [ 64, 64 ]" in text
+
+
+def test_exported_configs_pass_the_services_own_check(runs, tmp_path) -> None:
+    """`coordconv export` writes what `coordconv serve` accepts: the config parses as Triton's
+    ModelConfig and agrees with the graph (the service's verification, strict)."""
+    from service import model_config
+    from service.model import open_version
+    from service.settings import Settings
+
+    for task in ("pixel", "locate"):
+        export_run(runs / task, task, repo=tmp_path, version=1)
+        config = model_config.read(tmp_path / task, strict=True)
+        m = open_version(
+            task,
+            1,
+            tmp_path / task / "1" / "model.onnx",
+            config,
+            Settings(model_dir=tmp_path),
+            ["CPUExecutionProvider"],
+        )
+        assert m.task == task and m.scheduling.max_batch_size == 64
+
+
+def test_a_failed_export_leaves_no_version_directory(runs, tmp_path, monkeypatch) -> None:
+    import training.export as export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(export, "export_onnx", broken)
+    with pytest.raises(ExportError, match="ONNX export failed: exporter crashed"):
+        export_run(runs / "pixel", "pixel", repo=tmp_path, version=2)
+    assert sorted(p.name for p in (tmp_path / "pixel").iterdir()) == []

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, SCHEDULING, free_port, silent_repository
 from training import data, metrics
 
 
@@ -24,6 +24,8 @@ from training import data, metrics
 def serve_process(**settings: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     env = {**os.environ, "COORDCONV_PORT": str(port), "COORDCONV_LOG_LEVEL": "info"}
+    if SCHEDULING & set(settings):
+        env["COORDCONV_MODEL_DIR"] = str(silent_repository())
     env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordconv", "serve"],

@@ -75,7 +75,9 @@ def test_options_override_environment_and_bad_settings_are_refused() -> None:
     assert "invalid setting max_batch_size" in proc.stderr
 
 
-@pytest.mark.parametrize("fault", ["missing", "empty", "corrupt", "mismatch", "no-version"])
+@pytest.mark.parametrize(
+    "fault", ["missing", "empty", "corrupt", "mismatch", "no-config", "no-version"]
+)
 def test_a_bad_repository_stops_start_up_naming_the_path(fault, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     if fault == "missing":
@@ -86,7 +88,8 @@ def test_a_bad_repository_stops_start_up_naming_the_path(fault, tmp_path: Path) 
     elif fault == "corrupt":
         (repo / "render" / "1").mkdir(parents=True)
         (repo / "render" / "1" / "model.onnx").write_bytes(b"not an onnx file")
-        expected = f"cannot load {repo / 'render' / '1' / 'model.onnx'}"
+        shutil.copy(MODELS / "render" / "config.pbtxt", repo / "render")
+        expected = f"({repo / 'render' / '1' / 'model.onnx'}): cannot load the ONNX file"
     elif fault == "mismatch":
         shutil.copytree(MODELS / "locate", repo / "render")
         # A locate graph whose metadata claims it renders.
@@ -98,10 +101,16 @@ def test_a_bad_repository_stops_start_up_naming_the_path(fault, tmp_path: Path) 
             if p.key == "coordconv.task":
                 p.value = "render"
         onnx.save(m, str(path))
-        expected = "task 'render' needs 'coords'"
+        shutil.copy(MODELS / "render" / "config.pbtxt", repo / "render")
+        expected = "config inputs ['coords'] differ from the graph's ['image']"
+    elif fault == "no-config":
+        shutil.copytree(MODELS / "render", repo / "render")
+        (repo / "render" / "config.pbtxt").unlink()
+        expected = "model render: config.pbtxt is missing"
     else:
         (repo / "render").mkdir(parents=True)
-        expected = "no numbered version directory"
+        shutil.copy(MODELS / "render" / "config.pbtxt", repo / "render")
+        expected = "model render: no version to serve (on disk: none"
     proc = subprocess.run(
         [
             sys.executable,
@@ -161,8 +170,12 @@ def test_require_gpu_refuses_to_start_without_cuda() -> None:
 
 def test_an_unreadable_model_directory_is_named(tmp_path: Path, monkeypatch) -> None:
     """The tests run as root, whom permissions do not stop, so the refusal is simulated."""
+    import asyncio
+
     from service.errors import RepositoryError
-    from service.registry import find_models
+    from service.metrics import Metrics
+    from service.registry import ModelRegistry
+    from service.settings import Settings
 
     repo = tmp_path / "repo"
     shutil.copytree(MODELS / "locate", repo / "locate")
@@ -174,5 +187,6 @@ def test_an_unreadable_model_directory_is_named(tmp_path: Path, monkeypatch) -> 
         return real_iterdir(self)
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
+    registry = ModelRegistry(Settings(model_dir=repo, providers="cpu"), Metrics())
     with pytest.raises(RepositoryError, match=f"model directory {repo / 'locate'} is not readable"):
-        find_models(repo)
+        asyncio.run(registry.start())

@@ -139,7 +139,10 @@ def test_health_ready_and_metrics(client) -> None:
         "coordconv_queue_items",
     ):
         assert name in text
-    assert 'coordconv_requests_total{model="render",route="/v1/render",status="200"}' in text
+    assert (
+        'coordconv_requests_total{model="render",route="/v1/render",status="200",version="1"}'
+        in text
+    )
 
 
 def test_docs_work_offline(client) -> None:

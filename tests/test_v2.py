@@ -117,7 +117,7 @@ V2_BAD = [
         b'{"inputs": [{"name": "coords", "shape": [65, 2], "datatype": "FP32", "data": []}]}',
         {},
         400,
-        "batch size 65 exceeds MAX_BATCH_SIZE 64",
+        "batch size 65 exceeds max_batch_size 64",
     ),
     (
         SHORT_BINARY + b"\x00" * 4,

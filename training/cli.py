@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from training.nets import Arch, Task
 
-TASKS = ("pixel", "render", "locate")
+from coordconv.contract import TASKS
+
 ARCHS = ("coordconv", "baseline")
 SPLITS = ("uniform", "quadrant", "all")
 # The shipped models: trained on the quadrant split's training set, seed 0.

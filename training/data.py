@@ -11,8 +11,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-CANVAS = 64
-SQUARE = 9
+from coordconv.contract import CANVAS, SQUARE
+
 HALF = SQUARE // 2
 LOW, HIGH = HALF, CANVAS - 1 - HALF  # centres 4..59, so every square lies inside the canvas
 N_SAMPLES = (HIGH - LOW + 1) ** 2  # 3136

@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,29 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from coordconv import contract
+from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
 from training import data
 from training.nets import CoordNet, Task
 
 OPSET = 18
 IR_VERSION = 9  # the IR of opset 18 (onnx 1.13): loadable by onnxruntime >= 1.14
-BATCH_DIM = "batch"
-MAX_BATCH_SIZE = 256  # Triton's per-call limit in config.pbtxt
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class Signature:
-    input_name: str
-    input_shape: tuple[int, ...]  # without the batch axis
-    output_name: str
-    output_shape: tuple[int, ...]
-
-
-SIGNATURES: dict[str, Signature] = {
-    "pixel": Signature("coords", (2,), "heatmap", (data.CANVAS, data.CANVAS)),
-    "render": Signature("coords", (2,), "image", (data.CANVAS, data.CANVAS)),
-    "locate": Signature("image", (data.CANVAS, data.CANVAS), "coords", (2,)),
-}
+# Items per onnxruntime call in config.pbtxt: on a CPU, batch 64 is as fast per item as 256
+# (benchmarks/results.md) at a quarter of the latency.
+MAX_BATCH_SIZE = 64
 
 
 class ExportError(RuntimeError):
@@ -90,8 +76,8 @@ def export_onnx(model: CoordNet, task: Task, path: str | Path, metadata: dict[st
         program = torch.onnx.export(
             _Serving(model).eval(),
             (example,),
-            input_names=[sig.input_name],
-            output_names=[sig.output_name],
+            input_names=[sig.input.name],
+            output_names=[sig.output.name],
             dynamic_shapes=({0: batch},),
             opset_version=OPSET,
             dynamo=True,
@@ -130,8 +116,8 @@ def verify_onnx(
     except Exception as exc:
         raise ExportError(f"{path}: not a valid ONNX model: {exc}") from None
     sig = SIGNATURES[task]
-    _check_value(path, "input", proto.graph.input, sig.input_name, sig.input_shape)
-    _check_value(path, "output", proto.graph.output, sig.output_name, sig.output_shape)
+    _check_value(path, "input", proto.graph.input, sig.input.name, sig.input.dims)
+    _check_value(path, "output", proto.graph.output, sig.output.name, sig.output.dims)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = sample_inputs(task)
@@ -143,7 +129,7 @@ def verify_onnx(
     for bs in batch_sizes:
         got = np.concatenate(
             [
-                session.run([sig.output_name], {sig.input_name: x[i : i + bs]})[0]
+                session.run([sig.output.name], {sig.input.name: x[i : i + bs]})[0]
                 for i in range(0, len(x), bs)
             ]
         )
@@ -195,25 +181,6 @@ def _check_value(path: Path, kind: str, values: Any, name: str, shape: tuple[int
         raise ExportError(f"{path}: {kind} {name!r} has dims {got}, expected {want}")
 
 
-def triton_config(name: str, task: str, max_batch_size: int = MAX_BATCH_SIZE) -> str:
-    """config.pbtxt for Triton's onnxruntime backend; dims leave the batch axis out."""
-    sig = SIGNATURES[task]
-
-    def tensor(name_: str, shape: tuple[int, ...]) -> str:
-        dims = ", ".join(str(d) for d in shape)
-        return f'  {{\n    name: "{name_}"\n    data_type: TYPE_FP32\n    dims: [ {dims} ]\n  }}'
-
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f"input [\n{tensor(sig.input_name, sig.input_shape)}\n]\n"
-        f"output [\n{tensor(sig.output_name, sig.output_shape)}\n]\n"
-        "dynamic_batching {\n  max_queue_delay_microseconds: 500\n}\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-    )
-
-
 def next_version(model_dir: Path) -> int:
     versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
@@ -222,43 +189,67 @@ def next_version(model_dir: Path) -> int:
 def export_run(
     run_dir: str | Path, name: str, repo: str | Path = "models", version: int | None = None
 ) -> dict[str, Any]:
-    """Export a run folder to `repo/name/version/model.onnx` (+ config.pbtxt), verified first."""
+    """Export a run folder to `repo/name/version/model.onnx` (+ config.pbtxt).
+
+    Nothing half-done ever appears in the repository, which a polling server may be watching:
+    the version is built in a temporary directory beside it (a dot-name the server skips),
+    verified against PyTorch, and only then renamed into place; config.pbtxt is replaced by a
+    rename too. A failed export leaves the repository as it
+    was."""
     from training.train import load_run, predict
 
-    if not NAME_RE.match(name):
-        raise ExportError(f"invalid model name {name!r}: use lowercase letters, digits, - _ .")
+    if not MODEL_NAME_RE.match(name):
+        raise ExportError(f"invalid model name {name!r}: use letters, digits, - _ .")
     model, cfg, run_metrics = load_run(run_dir)
     model_dir = Path(repo) / name
     version = next_version(model_dir) if version is None else version
     if version < 1:
         raise ExportError(f"version must be >= 1, got {version}")
-    target = model_dir / str(version) / "model.onnx"
+    target = model_dir / str(version)
     metadata = {
-        "coordconv.task": cfg.task,
-        "coordconv.arch": cfg.arch,
-        "coordconv.canvas": str(data.CANVAS),
-        "coordconv.split": cfg.split,
-        "coordconv.metrics": json.dumps(run_metrics["test"], sort_keys=True),
-        "coordconv.trained_at": run_metrics["trained_at"],
+        contract.META_TASK: cfg.task,
+        contract.META_ARCH: cfg.arch,
+        contract.META_CANVAS: str(data.CANVAS),
+        contract.META_SPLIT: cfg.split,
+        contract.META_METRICS: json.dumps(run_metrics["test"], sort_keys=True),
+        contract.META_TRAINED_AT: run_metrics["trained_at"],
         "coordconv.seed": str(cfg.seed),
         "coordconv.parameters": str(run_metrics["parameters"]),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
+        version_dir = staging / str(version)
+        version_dir.mkdir()
+        onnx_path = version_dir / "model.onnx"
         try:
-            export_onnx(model, cfg.task, tmp, metadata)
+            export_onnx(model, cfg.task, onnx_path, metadata)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"{target}: ONNX export failed: {first[:400]}") from exc
         summary = verify_onnx(
-            tmp, cfg.task, reference=lambda x: predict(model, torch.from_numpy(x))
+            onnx_path, cfg.task, reference=lambda x: predict(model, torch.from_numpy(x))
         )
-        os.replace(tmp, target)  # publish only a verified file
+        # The service's own check of this config against the graph runs in the test suite
+        # (tests/test_export.py, tests/test_shipped_models.py): training never imports service.
+        config_tmp = staging / "config.pbtxt"
+        config_tmp.write_text(contract.config_pbtxt(name, cfg.task, MAX_BATCH_SIZE))
+        # Publish: the version directory first (complete), then the config beside it.
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(version_dir, target)
+        os.replace(config_tmp, model_dir / "config.pbtxt")
+        final_onnx = target / "model.onnx"
     finally:
-        tmp.unlink(missing_ok=True)
-    config = model_dir / "config.pbtxt"
-    config.write_text(triton_config(name, cfg.task))
-    return {"path": str(target), "config": str(config), "bytes": target.stat().st_size, **summary}
+        shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "path": str(final_onnx),
+        "config": str(model_dir / "config.pbtxt"),
+        "bytes": final_onnx.stat().st_size,
+        **summary,
+    }
+
+
+def _fresh_dir(path: Path) -> Path:
+    path.mkdir()
+    return path

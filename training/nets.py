@@ -20,12 +20,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from coordconv import contract
 from training.data import CANVAS
 from training.layers import AddCoords, CoordConv2d
 
 Task = Literal["pixel", "render", "locate"]
 Arch = Literal["coordconv", "baseline"]
-TASKS: tuple[Task, ...] = ("pixel", "render", "locate")
+TASKS: tuple[Task, ...] = contract.TASKS  # type: ignore[assignment]  # the same three names
 ARCHS: tuple[Arch, ...] = ("coordconv", "baseline")
 
 

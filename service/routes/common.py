@@ -1,19 +1,21 @@
-"""Helpers the routers share: JSON in and out with orjson, Accept negotiation, model headers,
-and a waiter that notices when the client goes away."""
+"""Helpers the HTTP adapters share: JSON in and out with orjson, Accept negotiation, model
+headers, parsing off the event loop, and a waiter that notices when the client goes away."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
 from service.errors import BadRequest, NotAcceptable
-from service.registry import Model
+from service.messages import InferResponse
+from service.schemas import INLINE_BODY_BYTES
 
+T = TypeVar("T")
 NPY = "application/x-npy"
 JSON = "application/json"
 
@@ -56,12 +58,20 @@ def wants_npy(request: Request) -> bool:
     raise NotAcceptable(f"cannot answer with {accept!r}: accept {JSON} or {NPY}")
 
 
-def model_headers(model: Model) -> dict[str, str]:
+def model_headers(response: InferResponse) -> dict[str, str]:
     return {
-        "X-Model-Name": model.name,
-        "X-Model-Version": model.version,
-        "X-Model-SHA256": model.sha256,
+        "X-Model-Name": response.model_name,
+        "X-Model-Version": response.model_version,
+        "X-Model-SHA256": response.model_sha256,
     }
+
+
+async def off_loop_if_large(size: int, func: Callable[..., T], *args: Any) -> T:
+    """Run `func` inline for a small body, in a worker thread for a large one: parsing a big
+    body on the event loop would stall every other request (health checks included)."""
+    if size > INLINE_BODY_BYTES:
+        return await asyncio.to_thread(func, *args)
+    return func(*args)
 
 
 def disconnect_waiter(request: Request) -> Callable[[], Coroutine[Any, Any, None]]:

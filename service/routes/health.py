@@ -29,13 +29,15 @@ async def healthz() -> Response:
 
 @router.get(
     "/readyz",
-    summary="Readiness: models loaded and warmed",
+    summary="Readiness: every start-up model loaded and warmed",
     responses={503: {"description": "not ready (starting or draining)"}},
 )
 async def readyz(state: ServiceDep) -> Response:
-    if not state.ready or state.registry is None:
+    if not state.ready:
         return json_response({"status": "not ready"}, 503, headers={"Retry-After": "1"})
-    models = {m.name: m.provider for m in state.registry.models.values()}
+    models: dict[str, dict[str, str]] = {}
+    for m in state.registry.all_versions():
+        models.setdefault(m.name, {})[m.version] = m.provider
     return json_response({"status": "ready", "models": models})
 
 

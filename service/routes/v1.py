@@ -1,23 +1,26 @@
-"""The product API, version 1: /v1/render, /v1/locate, /v1/models."""
+"""The product API, version 1, as an adapter over the data plane: /v1/render, /v1/locate,
+/v1/models. Each route decodes its body (the pydantic schema that documents it checks it),
+calls `DataPlane.infer` and encodes the answer as JSON, PNGs or NPY."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from coordconv.contract import COORDS, IMAGE
 from service import codecs
 from service.errors import BadRequest, UnsupportedMediaType
+from service.messages import InferRequest, InputTensor
 from service.routes.common import (
     JSON,
     NPY,
     disconnect_waiter,
     json_response,
     model_headers,
-    parse_json,
+    off_loop_if_large,
     wants_npy,
 )
 from service.schemas import (
@@ -27,55 +30,36 @@ from service.schemas import (
     ModelList,
     RenderRequest,
     RenderResponse,
+    check_count,
     error_responses,
     json_body,
+    parse_body,
 )
-from service.state import AuthDep, ServiceDep, ServiceState
+from service.state import AuthDep, ServiceDep
 
 ERRORS = error_responses(
     Error,
     {
         400: "bad input (the message says what)",
         401: "missing or wrong API key",
-        404: "unknown model",
+        404: "unknown model or version",
         406: "unsupported Accept",
         415: "unsupported Content-Type",
     },
 )
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[AuthDep], responses=ERRORS)
-# Encoding or decoding more than this many PNGs moves to a worker thread (zlib releases the GIL),
-# so a big request does not stall the event loop.
+# Encoding more than this many PNGs moves to a worker thread (zlib releases the GIL), so a big
+# answer does not stall the event loop.
 THREAD_THRESHOLD = 16
+RENDER_TASKS = ("render", "pixel")
 
 
-def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-    return body
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
 
 
-def _string(body: dict[str, Any], key: str, default: str) -> str:
-    value = body.get(key, default)
-    if not isinstance(value, str):
-        raise BadRequest(f"{key} must be a string")
-    return value
-
-
-def _check_count(state: ServiceState, n: int, what: str) -> None:
-    if n == 0:
-        raise BadRequest(f"{what} is empty: send at least one item")
-    limit = state.settings.max_items_per_request
-    if n > limit:
-        raise BadRequest(
-            f"{what} has {n} items; at most {limit} per request (MAX_ITEMS_PER_REQUEST)"
-        )
-
-
-async def _maybe_thread(n: int, func: Any, *args: Any) -> Any:
-    return await asyncio.to_thread(func, *args) if n > THREAD_THRESHOLD else func(*args)
+def _tensor(name: str, array: Any, label: str) -> InputTensor:
+    return InputTensor(name, "FP32", list(array.shape), array=array, label=label)
 
 
 @router.post(
@@ -83,64 +67,67 @@ async def _maybe_thread(n: int, func: Any, *args: Any) -> Any:
     summary="Render coordinates as images",
     description="Each (x, y) becomes a 64x64 image: a 9x9 square (`render`) or a softmax "
     "heatmap (`pixel`, PNG scaled so its brightest pixel is 255). With `Accept: "
-    "application/x-npy` the body is an NPY float32 array (N, 64, 64) and `format` is ignored.",
+    "application/x-npy` the body is an NPY float32 array (N, 64, 64) and `format` is ignored. "
+    "`version` picks a model version; without it the highest ready version answers.",
     response_model=RenderResponse,
     responses={200: {"content": {NPY: {}}}},
     openapi_extra=json_body(RenderRequest),
 )
 async def render(request: Request, state: ServiceDep) -> Response:
     npy = wants_npy(request)
-    _require_json(request)
-    body = _object(parse_json(await request.body()), {"coords", "model", "format"})
-    if "coords" not in body:
-        raise BadRequest("missing field 'coords': a list of [x, y] pairs")
-    name = _string(body, "model", "render")
-    fmt = _string(body, "format", "png")
-    if fmt not in ("png", "array"):
-        raise BadRequest(f"format must be 'png' or 'array', got {fmt!r}")
-    coords = body["coords"]
-    _check_count(state, len(coords) if isinstance(coords, list) else 1, "coords")
-    x = codecs.check_coords(coords)
-    model, batcher = state.model(name, ("render", "pixel"))
-    out = await batcher.infer(x, disconnect_waiter(request))
-    headers = model_headers(model)
+    if (ctype := _content_type(request)) != JSON:
+        raise UnsupportedMediaType(f"Content-Type must be {JSON}, got {ctype!r}")
+    plane = state.plane()
+    raw = await request.body()
+    limit = state.settings.max_items_per_request
+    body = await off_loop_if_large(len(raw), parse_body, RenderRequest, raw, limit)
+    answer = await plane.infer(
+        InferRequest(
+            model=body.model,
+            version=body.version,
+            inputs=[_tensor(COORDS.name, body.coords, "coords")],
+            tasks=RENDER_TASKS,
+            max_items=limit,
+        ),
+        disconnect_waiter(request),
+    )
+    out = answer.outputs[0].data
+    headers = model_headers(answer)
     if npy:
         return Response(codecs.encode_npy(out), media_type=NPY, headers=headers)
-    scale = model.task == "pixel"
+    scale = answer.task == "pixel"
+    fmt = body.format
 
     def encode() -> Response:  # PNG or float-list encoding of many images: off the event loop
         images = out if fmt == "array" else [codecs.encode_png_b64(im, scale) for im in out]
         return json_response(
-            {"model": model.name, "version": model.version, "images": images}, headers=headers
+            {"model": answer.model_name, "version": answer.model_version, "images": images},
+            headers=headers,
         )
 
-    response: Response = await _maybe_thread(len(out), encode)
-    return response
+    if len(out) > THREAD_THRESHOLD:
+        return await asyncio.to_thread(encode)
+    return encode()
 
 
-def _require_json(request: Request) -> None:
-    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
-    if ctype != JSON:
-        raise UnsupportedMediaType(f"Content-Type must be {JSON}, got {ctype!r}")
-
-
-def _decode_json_images(items: list[Any]) -> np.ndarray:
-    out = np.empty((len(items), codecs.CANVAS, codecs.CANVAS), dtype=np.float32)
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            out[i] = codecs.decode_png_b64(item, f"images[{i}]")
-        elif isinstance(item, list):
-            out[i] = codecs.array_images([item], f"images[{i}]")[0]
-        else:
-            raise BadRequest(f"images[{i}] must be a base64 PNG string or a 64x64 nested list")
-    return out
-
-
-def _decode_pngs(files: list[tuple[str, bytes]]) -> np.ndarray:
-    out = np.empty((len(files), codecs.CANVAS, codecs.CANVAS), dtype=np.float32)
-    for i, (filename, data) in enumerate(files):
-        out[i] = codecs.decode_png(data, f"images[{i}] ({filename})")
-    return out
+LOCATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": LocateRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["images"],
+                }
+            },
+            NPY: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 @router.post(
@@ -149,49 +136,26 @@ def _decode_pngs(files: list[tuple[str, bytes]]) -> np.ndarray:
     description="Images in one of three encodings: JSON (`images`: base64 PNGs or 64x64 float "
     "lists), `multipart/form-data` with PNG files in field `images`, or an NPY body "
     "(`Content-Type: application/x-npy`, shape (N, 64, 64), float32 or float64). For multipart "
-    "and NPY the model is the `model` query parameter. Values must be finite and in [0, 1].",
+    "and NPY the model and version are query parameters. Values must be finite and in [0, 1].",
     response_model=LocateResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {"schema": LocateRequest.model_json_schema()},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "images": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            }
-                        },
-                        "required": ["images"],
-                    }
-                },
-                NPY: {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    },
+    openapi_extra=LOCATE_BODY,
 )
 async def locate(
     request: Request,
     state: ServiceDep,
     model: str | None = Query(None, description="model name (default `locate`)"),
+    version: str | None = Query(None, description="model version (default: the highest)"),
 ) -> Response:
     npy_out = wants_npy(request)
-    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
-    name = model or "locate"
+    ctype = _content_type(request)
+    plane = state.plane()
     limit = state.settings.max_items_per_request
+    name = model or "locate"
     if ctype == JSON:
-        body = _object(parse_json(await request.body()), {"images", "model"})
-        if "images" not in body:
-            raise BadRequest("missing field 'images': base64 PNGs or 64x64 nested lists")
-        items = body["images"]
-        if not isinstance(items, list):
-            raise BadRequest("images must be a list")
-        name = _string(body, "model", name)
-        _check_count(state, len(items), "images")
-        images = await _maybe_thread(len(items), _decode_json_images, items)
+        raw = await request.body()
+        body = await off_loop_if_large(len(raw), parse_body, LocateRequest, raw, limit)
+        images, name = body.images, body.model if model is None else model
+        version = body.version if version is None else version
     elif ctype == "multipart/form-data":
         async with request.form(max_files=limit + 1, max_fields=limit + 1) as form:
             uploads = form.getlist("images")
@@ -200,26 +164,39 @@ async def locate(
                 if isinstance(up, str):
                     raise BadRequest(f"images[{i}] must be a file upload, not a text field")
                 files.append((up.filename or f"#{i}", await up.read()))
-        _check_count(state, len(files), "images")
-        images = await _maybe_thread(len(files), _decode_pngs, files)
+        check_count(len(files), "images", limit)
+        size = sum(len(d) for _, d in files)
+        images = await off_loop_if_large(size, codecs.decode_pngs, files)
     elif ctype == NPY:
-        images = codecs.decode_npy(await request.body())
-        _check_count(state, len(images), "images")
+        raw = await request.body()
+        images = await off_loop_if_large(len(raw), codecs.decode_npy, raw)
+        check_count(len(images), "images", limit)
     else:
         raise UnsupportedMediaType(
             f"Content-Type {ctype!r} is not supported: use {JSON}, multipart/form-data or {NPY}"
         )
-    codecs.check_images(images)
-    m, batcher = state.model(name, "locate")
-    out = await batcher.infer(images, disconnect_waiter(request))
-    headers = model_headers(m)
+    answer = await plane.infer(
+        InferRequest(
+            model=name,
+            version=version,
+            inputs=[_tensor(IMAGE.name, images, "images")],
+            tasks=("locate",),
+            max_items=limit,
+        ),
+        disconnect_waiter(request),
+    )
+    headers = model_headers(answer)
+    coords = answer.output(COORDS.name)
     if npy_out:
-        return Response(codecs.encode_npy(out), media_type=NPY, headers=headers)
-    return json_response({"model": m.name, "version": m.version, "coords": out}, headers=headers)
+        return Response(codecs.encode_npy(coords), media_type=NPY, headers=headers)
+    result: dict[str, Any] = {
+        "model": answer.model_name,
+        "version": answer.model_version,
+        "coords": coords,
+    }
+    return json_response(result, headers=headers)
 
 
-@router.get("/models", summary="Loaded models", response_model=ModelList)
+@router.get("/models", summary="Loaded model versions", response_model=ModelList)
 async def models(state: ServiceDep) -> Response:
-    registry = state.registry
-    listed = [m.describe() for m in registry.models.values()] if registry else []
-    return json_response({"models": listed})
+    return json_response({"models": state.plane().models()})

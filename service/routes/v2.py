@@ -1,5 +1,6 @@
-"""The Open Inference Protocol (KServe V2) as NVIDIA Triton speaks it over HTTP, so that
-`tritonclient.http` and other V2 clients work unchanged. Errors are `{"error": message}`.
+"""The Open Inference Protocol (KServe V2) over HTTP as NVIDIA Triton speaks it, with its model
+repository and statistics extensions, as an adapter over the data plane: decode the JSON (and
+binary tensor data), call `DataPlane`, encode. Errors are `{"error": message}`.
 
 The infer route reads the raw body (clients may send no Content-Type). With the binary tensor
 data extension the body is a JSON header of `Inference-Header-Content-Length` bytes followed by
@@ -17,13 +18,17 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from coordconv import __version__
-from service import codecs
-from service.errors import BadRequest, NotFound
-from service.registry import Model
-from service.routes.common import disconnect_waiter, json_response, model_headers, parse_json
+from service.errors import BadRequest
+from service.messages import InferRequest, InferResponse, InputTensor
+from service.routes.common import (
+    disconnect_waiter,
+    json_response,
+    model_headers,
+    off_loop_if_large,
+    parse_json,
+)
 from service.schemas import V2Error, error_responses
-from service.state import AuthDep, ServiceDep, ServiceState
+from service.state import AuthDep, ServiceDep
 
 TAGS: list[str | Enum] = ["v2 (Open Inference Protocol)"]
 ERRORS = error_responses(
@@ -39,7 +44,7 @@ guarded = APIRouter(prefix="/v2", tags=TAGS, dependencies=[AuthDep], responses=E
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 ModelName = Path(description="model name, e.g. render")
-Version = Path(description="model version; only the highest is served")
+Version = Path(description="model version, e.g. 1")
 
 
 @health.get("/live", summary="Server liveness")
@@ -55,96 +60,125 @@ async def ready(state: ServiceDep) -> Response:
 
 
 @guarded.get("", summary="Server metadata")
-async def server_metadata() -> Response:
-    return json_response(
-        {
-            "name": "coordconv",
-            "version": __version__,
-            "extensions": ["binary_tensor_data", "model_configuration"],
-        }
-    )
+async def server_metadata(state: ServiceDep) -> Response:
+    return json_response(state.dataplane.server_metadata())
 
 
-def _model(state: ServiceState, name: str, version: str | None) -> Model:
-    model, _ = state.model(name)
-    if version is not None and version != model.version:
-        raise NotFound(
-            f"model {name!r} version {version!r} is not served; available: {model.version!r}"
-        )
-    return model
+# Statistics extension (declared before /models/{name}, which would swallow "stats")
 
 
-def _metadata(model: Model) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "versions": [model.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {"name": model.input_name, "datatype": "FP32", "shape": [-1, *model.input_shape]}
-        ],
-        "outputs": [
-            {"name": model.output_name, "datatype": "FP32", "shape": [-1, *model.output_shape]}
-        ],
-    }
+@guarded.get("/models/stats", summary="Statistics of every model version")
+async def all_stats(state: ServiceDep) -> Response:
+    return json_response(state.plane().model_statistics())
 
 
-def _config(model: Model, max_batch_size: int) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "platform": "onnxruntime_onnx",
-        "backend": "onnxruntime",
-        "version_policy": {"latest": {"num_versions": 1}},
-        "max_batch_size": max_batch_size,
-        "input": [
-            {"name": model.input_name, "data_type": "TYPE_FP32", "dims": list(model.input_shape)}
-        ],
-        "output": [
-            {"name": model.output_name, "data_type": "TYPE_FP32", "dims": list(model.output_shape)}
-        ],
-        "dynamic_batching": {},
-        "parameters": {"coordconv.task": {"string_value": model.task}},
-    }
+@guarded.get("/models/{name}/stats", summary="Statistics of a model's versions")
+async def model_stats(state: ServiceDep, name: str = ModelName) -> Response:
+    return json_response(state.plane().model_statistics(name))
 
 
-@guarded.get("/models/{name}", summary="Model metadata")
+@guarded.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
+async def version_stats(
+    state: ServiceDep, name: str = ModelName, version: str = Version
+) -> Response:
+    return json_response(state.plane().model_statistics(name, version))
+
+
+# Metadata, readiness, configuration
+
+
+@guarded.get("/models/{name}", summary="Model metadata (every served version)")
 async def model_metadata(state: ServiceDep, name: str = ModelName) -> Response:
-    return json_response(_metadata(_model(state, name, None)))
+    return json_response(state.plane().model_metadata(name))
 
 
 @guarded.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
-async def model_version_metadata(
+async def version_metadata(
     state: ServiceDep, name: str = ModelName, version: str = Version
 ) -> Response:
-    return json_response(_metadata(_model(state, name, version)))
+    return json_response(state.plane().model_metadata(name, version))
 
 
-@guarded.get("/models/{name}/ready", summary="Model readiness")
+async def _ready(state: Any, name: str, version: str | None) -> Response:
+    plane = state.plane()
+    if plane.model_ready(name, version):
+        return json_response({"name": name, "ready": True})
+    plane.registry.get(name, version)  # 404 (unknown) or 503 (loading) with the usual message
+    raise BadRequest(f"model {name!r} is not ready")
+
+
+@guarded.get("/models/{name}/ready", summary="Model readiness (any version)")
 async def model_ready(state: ServiceDep, name: str = ModelName) -> Response:
-    model = _model(state, name, None)
-    return json_response({"name": model.name, "ready": True})
+    return await _ready(state, name, None)
 
 
 @guarded.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
-async def model_version_ready(
+async def version_ready(
     state: ServiceDep, name: str = ModelName, version: str = Version
 ) -> Response:
-    model = _model(state, name, version)
-    return json_response({"name": model.name, "ready": True})
+    return await _ready(state, name, version)
 
 
-@guarded.get("/models/{name}/config", summary="Model configuration (Triton's JSON form)")
+@guarded.get("/models/{name}/config", summary="Effective model configuration (Triton's JSON)")
 async def model_config(state: ServiceDep, name: str = ModelName) -> Response:
-    return json_response(_config(_model(state, name, None), state.settings.max_batch_size))
+    return json_response(state.plane().model_config(name))
 
 
-@guarded.get(
-    "/models/{name}/versions/{version}/config", summary="Model configuration (one version)"
-)
-async def model_version_config(
+@guarded.get("/models/{name}/versions/{version}/config", summary="Configuration (one version)")
+async def version_config(
     state: ServiceDep, name: str = ModelName, version: str = Version
 ) -> Response:
-    return json_response(_config(_model(state, name, version), state.settings.max_batch_size))
+    return json_response(state.plane().model_config(name, version))
 
+
+# Repository extension
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _parameters(body: dict[str, Any]) -> dict[str, Any]:
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("'parameters' must be an object")
+    return params
+
+
+@guarded.post("/repository/index", summary="The models of the repository and their state")
+async def repository_index(request: Request, state: ServiceDep) -> Response:
+    body = await _json_object(request)
+    ready_only = body.get("ready", False)
+    if not isinstance(ready_only, bool):
+        raise BadRequest("'ready' must be true or false")
+    return json_response(await state.plane().repository_index(ready_only))
+
+
+@guarded.post("/repository/models/{name}/load", summary="Load or reload a model")
+async def repository_load(request: Request, state: ServiceDep, name: str = ModelName) -> Response:
+    body = await _json_object(request)
+    await state.plane().load(name, _parameters(body))
+    return json_response({})
+
+
+@guarded.post("/repository/models/{name}/unload", summary="Unload a model (drains it first)")
+async def repository_unload(request: Request, state: ServiceDep, name: str = ModelName) -> Response:
+    body = await _json_object(request)
+    params = _parameters(body)
+    unknown = sorted(set(params) - {"unload_dependents"})
+    if unknown:
+        raise BadRequest(f"unknown unload parameter(s) {unknown}")
+    await state.plane().unload(name)
+    return json_response({})
+
+
+# Inference
 
 INFER_DOC: dict[str, Any] = {
     "requestBody": {
@@ -197,133 +231,138 @@ async def infer_version(
     return await _infer(request, state, name, version)
 
 
-def _split_body(request: Request, body: bytes) -> tuple[Any, bytes]:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
-        return parse_json(body), b""
-    if not raw.isdigit() or int(raw) > len(body):
-        raise BadRequest(f"{HEADER_LENGTH} {raw!r} is not a length within the body")
-    n = int(raw)
-    return parse_json(body[:n]), body[n:]
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{what} must be true or false (a JSON boolean), got {value!r}")
+    return value
 
 
-def _input_tensor(
-    header: dict[str, Any], binary: bytes, model: Model, max_batch: int
-) -> np.ndarray:
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise BadRequest("'inputs' must be a non-empty list")
-    if len(inputs) != 1:
-        raise BadRequest(f"model {model.name!r} takes one input, got {len(inputs)}")
-    spec = inputs[0]
-    if not isinstance(spec, dict):
-        raise BadRequest("each input must be an object")
-    if spec.get("name") != model.input_name:
-        raise BadRequest(
-            f"unknown input {spec.get('name')!r}; model {model.name!r} takes {model.input_name!r}"
-        )
-    if spec.get("datatype") != "FP32":
-        raise BadRequest(f"input {model.input_name!r} must be FP32, got {spec.get('datatype')!r}")
-    shape = spec.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        or tuple(shape[1:]) != model.input_shape
-        or len(shape) != len(model.input_shape) + 1
-    ):
-        want = ["N", *model.input_shape]
-        raise BadRequest(f"input {model.input_name!r} has shape {shape}; expected {want}")
-    batch = shape[0]
-    if batch < 1:
-        raise BadRequest(f"input {model.input_name!r}: batch size must be >= 1, got {batch}")
-    if batch > max_batch:
-        raise BadRequest(
-            f"input {model.input_name!r}: batch size {batch} exceeds MAX_BATCH_SIZE {max_batch}"
-        )
-    count = int(np.prod(shape))
-    params = spec.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest("input parameters must be an object")
-    size = params.get("binary_data_size")
-    if size is not None:
-        if "data" in spec:
-            raise BadRequest(f"input {model.input_name!r} has both 'data' and binary_data_size")
-        if size != count * 4:
-            raise BadRequest(
-                f"input {model.input_name!r}: binary_data_size {size} != "
-                f"{count} FP32 values ({count * 4} bytes)"
-            )
-        if len(binary) != size:
-            raise BadRequest(
-                f"input {model.input_name!r}: binary_data_size {size} but "
-                f"{len(binary)} bytes follow the JSON header"
-            )
-        return np.frombuffer(binary, dtype="<f4").reshape(shape).astype(np.float32)
-    if binary:
-        raise BadRequest(
-            f"{len(binary)} bytes follow the JSON header but no input declares binary_data_size"
-        )
-    if "data" not in spec:
-        raise BadRequest(f"input {model.input_name!r} has neither 'data' nor binary_data_size")
-    try:
-        with np.errstate(over="ignore"):  # huge values become inf; the checks refuse them
-            arr = np.asarray(spec["data"], dtype=np.float32)
-    except (ValueError, TypeError, OverflowError):
-        raise BadRequest(
-            f"input {model.input_name!r}: data must be numbers (flat or nested)"
-        ) from None
-    if arr.size != count:
-        raise BadRequest(
-            f"input {model.input_name!r}: {arr.size} values for shape {shape} ({count} values)"
-        )
-    return arr.reshape(shape)
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object")
+    return value
 
 
-def _binary_outputs(header: dict[str, Any], model: Model) -> bool:
-    params = header.get("parameters") or {}
-    binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
-    outputs = header.get("outputs")
-    if outputs is None:
-        return binary
-    if not isinstance(outputs, list):
-        raise BadRequest("'outputs' must be a list")
-    for out in outputs:
-        if not isinstance(out, dict) or out.get("name") != model.output_name:
-            got = out.get("name") if isinstance(out, dict) else out
-            raise BadRequest(
-                f"unknown output {got!r}; model {model.name!r} has {model.output_name!r}"
-            )
-        p = out.get("parameters") or {}
-        if isinstance(p, dict) and "binary_data" in p:
-            binary = bool(p["binary_data"])
-    return binary
-
-
-async def _infer(request: Request, state: ServiceState, name: str, version: str | None) -> Response:
-    model = _model(state, name, version)
-    batcher = state.batchers[model.name]
-    header, binary = _split_body(request, await request.body())
+def decode_infer(
+    body: bytes, header_length: str | None, name: str, version: str | None
+) -> tuple[InferRequest, dict[str, bool]]:
+    """A V2 HTTP infer body -> the data plane's request, and whether each output goes binary."""
+    binary = b""
+    if header_length is not None:
+        n = len(header_length)
+        if not (header_length.isascii() and header_length.isdigit()) or n > 12:
+            raise BadRequest(f"{HEADER_LENGTH} {header_length[:20]!r} is not a length in bytes")
+        length = int(header_length)
+        if length > len(body):
+            raise BadRequest(f"{HEADER_LENGTH} {length} is not a length within the body")
+        body, binary = body[:length], body[length:]
+    header = parse_json(body)
     if not isinstance(header, dict):
         raise BadRequest("the inference request must be a JSON object")
-    x = _input_tensor(header, binary, model, state.settings.max_batch_size)
-    if model.task == "locate":
-        codecs.check_images(x, model.input_name)
-    else:
-        codecs.check_coords_array(x, model.input_name)
-    as_binary = _binary_outputs(header, model)
-    y = await batcher.infer(x, disconnect_waiter(request))
-    out: dict[str, Any] = {"name": model.output_name, "datatype": "FP32", "shape": list(y.shape)}
-    response: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-    if isinstance(header.get("id"), str):
-        response["id"] = header["id"]
-    headers = model_headers(model)
-    if not as_binary:
-        out["data"] = y.reshape(-1)
-        response["outputs"] = [out]
+    specs = header.get("inputs")
+    if not isinstance(specs, list) or not specs:
+        raise BadRequest("'inputs' must be a non-empty list")
+    inputs: list[InputTensor] = []
+    offset = 0
+    view = memoryview(binary)
+    for spec in specs:
+        if not isinstance(spec, dict):
+            raise BadRequest("each input must be an object")
+        params = _object(spec.get("parameters"), "input parameters")
+        t = InputTensor(
+            name=str(spec.get("name")), datatype=str(spec.get("datatype")), shape=spec.get("shape")
+        )
+        size = params.get("binary_data_size")
+        if size is not None:
+            if "data" in spec:
+                raise BadRequest(f"input {t.name!r} has both 'data' and binary_data_size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(f"input {t.name!r}: binary_data_size must be a byte count")
+            if offset + size > len(binary):
+                raise BadRequest(
+                    f"input {t.name!r}: binary_data_size {size} but "
+                    f"{len(binary) - offset} bytes follow the JSON header"
+                )
+            t.raw = view[offset : offset + size]
+            offset += size
+        elif "data" in spec:
+            t.data = spec["data"]
+        inputs.append(t)
+    if offset != len(binary):
+        raise BadRequest(
+            f"{len(binary) - offset} bytes follow the JSON header that no input's "
+            "binary_data_size accounts for"
+        )
+    default_binary = _bool(
+        _object(header.get("parameters"), "parameters").get("binary_data_output", False),
+        "parameters.binary_data_output",
+    )
+    outputs = header.get("outputs")
+    binary_out: dict[str, bool] = {}
+    names: list[str] | None = None
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise BadRequest("'outputs' must be a list")
+        names = []
+        for out in outputs:
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise BadRequest("each requested output must be an object with a 'name'")
+            p = _object(out.get("parameters"), f"output {out['name']!r} parameters")
+            if "classification" in p:
+                raise BadRequest("the classification extension is not supported")
+            binary_out[out["name"]] = _bool(
+                p.get("binary_data", default_binary), f"output {out['name']!r} binary_data"
+            )
+            names.append(out["name"])
+    request_id = header.get("id")
+    req = InferRequest(
+        model=name,
+        version=version,
+        inputs=inputs,
+        id=request_id if isinstance(request_id, str) else None,
+        outputs=names,
+    )
+    binary_out["*"] = default_binary
+    return req, binary_out
+
+
+def encode_infer(answer: InferResponse, binary_out: dict[str, bool]) -> Response:
+    headers = model_headers(answer)
+    response: dict[str, Any] = {
+        "model_name": answer.model_name,
+        "model_version": answer.model_version,
+    }
+    if answer.id is not None:
+        response["id"] = answer.id
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for t in answer.outputs:
+        out: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
+        if binary_out.get(t.name, binary_out["*"]):
+            raw = np.ascontiguousarray(t.data, dtype="<f4").tobytes()
+            out["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            out["data"] = t.data.reshape(-1)
+        outputs.append(out)
+    response["outputs"] = outputs
+    if not chunks:
         return json_response(response, headers=headers)
-    raw = np.ascontiguousarray(y, dtype="<f4").tobytes()
-    out["parameters"] = {"binary_data_size": len(raw)}
-    response["outputs"] = [out]
-    head = orjson.dumps(response)
+    head = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
     headers[HEADER_LENGTH] = str(len(head))
-    return Response(head + raw, media_type="application/octet-stream", headers=headers)
+    return Response(
+        b"".join([head, *chunks]), media_type="application/octet-stream", headers=headers
+    )
+
+
+async def _infer(request: Request, state: Any, name: str, version: str | None) -> Response:
+    plane = state.plane()
+    plane.resolve(name, version, None)  # an unknown model or version is a 404 before decoding
+    raw = await request.body()
+    req, binary_out = await off_loop_if_large(
+        len(raw), decode_infer, raw, request.headers.get(HEADER_LENGTH), name, version
+    )
+    answer = await plane.infer(req, disconnect_waiter(request))
+    return encode_infer(answer, binary_out)

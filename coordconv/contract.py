@@ -1,0 +1,97 @@
+"""The one definition of what crosses the training -> models/ -> service boundary (DESIGN.md
+sections 3 and 4): the canvas, the tasks, each task's tensors, the metadata keys an ONNX file
+carries, and the `config.pbtxt` the exporter writes. Standard library only, so `training`,
+`service` and `client` can all import it without pulling each other's dependencies.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+CANVAS = 64  # pixels per side; coordinates are in [0, CANVAS - 1]
+SQUARE = 9  # a square covers centre +- SQUARE // 2, clipped to the canvas
+TASKS = ("pixel", "render", "locate")
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+BATCH_DIM = "batch"  # the symbolic first axis of every input and output
+# Model names: also directory names in the repository, so nothing that could walk out of it.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# ONNX metadata_props keys
+META_TASK = "coordconv.task"
+META_ARCH = "coordconv.arch"
+META_CANVAS = "coordconv.canvas"
+META_SPLIT = "coordconv.split"
+META_METRICS = "coordconv.metrics"
+META_TRAINED_AT = "coordconv.trained_at"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of a model's signature: its name, FP32 data, and its dims without the batch."""
+
+    name: str
+    dims: tuple[int, ...]
+    datatype: str = "FP32"  # the Open Inference Protocol's name; TYPE_FP32 in config.pbtxt
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    # Outputs a model of this task may add after the required ones (the locate confidence).
+    optional_outputs: tuple[Tensor, ...] = ()
+
+    @property
+    def input(self) -> Tensor:
+        return self.inputs[0]
+
+    @property
+    def output(self) -> Tensor:
+        """The primary output, the one the product API answers with."""
+        return self.outputs[0]
+
+
+COORDS = Tensor("coords", (2,))
+IMAGE = Tensor("image", (CANVAS, CANVAS))
+SIGNATURES: dict[str, Signature] = {
+    "pixel": Signature((COORDS,), (Tensor("heatmap", (CANVAS, CANVAS)),)),
+    "render": Signature((COORDS,), (IMAGE,)),
+    "locate": Signature((IMAGE,), (COORDS,), (Tensor("confidence", ()),)),
+}
+
+
+def config_pbtxt(
+    name: str,
+    task: str,
+    max_batch_size: int = 256,
+    max_queue_delay_us: int = 500,
+    outputs: tuple[Tensor, ...] | None = None,
+) -> str:
+    """Triton's `config.pbtxt` (text format of its ModelConfig) for a model of `task`. Dims leave
+    the batch axis out. The service parses and verifies it against the graph."""
+    sig = SIGNATURES[task]
+
+    def tensors(values: tuple[Tensor, ...]) -> str:
+        items = []
+        for t in values:
+            dims = ", ".join(str(d) for d in t.dims) if t.dims else "1"
+            reshape = "\n    reshape: { shape: [ ] }" if not t.dims else ""
+            items.append(
+                f'  {{\n    name: "{t.name}"\n    data_type: TYPE_{t.datatype}\n'
+                f"    dims: [ {dims} ]{reshape}\n  }}"
+            )
+        return ",\n".join(items)
+
+    return (
+        f'name: "{name}"\n'
+        f'platform: "{PLATFORM}"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f"input [\n{tensors(sig.inputs)}\n]\n"
+        f"output [\n{tensors(outputs or sig.outputs)}\n]\n"
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+        "version_policy: { latest: { num_versions: 2 } }\n"
+        "instance_group [ { count: 1, kind: KIND_AUTO } ]\n"
+        f'parameters: {{ key: "{META_TASK}" value: {{ string_value: "{task}" }} }}\n'
+    )

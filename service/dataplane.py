@@ -1,0 +1,234 @@
+"""The data plane: everything a front end can ask of the server, as methods on plain types
+(`service.messages`), with no HTTP or gRPC in sight. `/v1`, `/v2` over HTTP and the gRPC servicer
+decode their wire format, call these and encode the answers, so every rule (names, types, shapes,
+limits, value ranges, version routing, statistics) has one home.
+
+Dictionaries returned for metadata, config, statistics and the repository index have the field
+names of Triton's protocol messages, so the HTTP adapter writes them as JSON and the gRPC adapter
+turns them into the protobuf messages of the same name without renaming anything.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from coordconv import __version__
+from coordconv.contract import COORDS, IMAGE, PLATFORM, Tensor
+from service import codecs, model_config, repository
+from service.batching import Disconnected
+from service.errors import BadRequest, ModelError, NotFound
+from service.messages import InferRequest, InferResponse, InputTensor, OutputTensor
+from service.model import ModelVersion, tensor_info
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+
+    # Health and metadata
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.registry.ready
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            return self.registry.get(name, version).ready
+        except (NotFound, BadRequest):
+            return False
+        except Exception:  # loading or shutting down
+            return False
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "coordconv", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        m = self.registry.get(name, version)
+        versions = [version] if version else [v.version for v in self.registry.all_versions(name)]
+        return {
+            "name": m.name,
+            "versions": versions,
+            "platform": PLATFORM,
+            "inputs": [tensor_info(t) for t in m.inputs],
+            "outputs": [tensor_info(t) for t in m.outputs],
+        }
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The effective config: config.pbtxt with the service's defaults where it is silent."""
+        return model_config.to_json(self.registry.get(name, version).config)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every served version, for /v1/models."""
+        return [m.describe() for m in self.registry.all_versions()]
+
+    def model_statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> dict[str, Any]:
+        if name is None:
+            chosen = self.registry.all_versions()
+        elif version is None:
+            chosen = self.registry.all_versions(name)
+        else:
+            chosen = [self.registry.get(name, version)]
+        return {"model_stats": [m.stats.as_dict() for m in chosen]}
+
+    # Repository
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return await self.registry.index(ready_only)
+
+    async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """Load or reload `name`; parameters may carry `config`, a ModelConfig as JSON text,
+        which replaces config.pbtxt for this model (as Triton accepts)."""
+        self.registry.check_control()
+        repository.check_name(name)
+        config = None
+        for key, value in (parameters or {}).items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise BadRequest("parameter 'config' must be a string holding JSON")
+                try:
+                    config = model_config.parse_json(value, f"model {name}: config parameter")
+                except ModelError as exc:
+                    raise BadRequest(str(exc)) from None
+            elif key.startswith("file:"):
+                raise BadRequest("loading model files sent with the request is not supported")
+            else:
+                raise BadRequest(f"unknown load parameter {key!r}; supported: 'config'")
+        try:
+            await self.registry.load(name, config)
+        except ModelError as exc:
+            raise BadRequest(f"failed to load {name!r}: {exc}") from None
+
+    async def unload(self, name: str) -> None:
+        self.registry.check_control()
+        await self.registry.unload(name)
+
+    # Inference
+
+    def resolve(
+        self, name: str, version: str | None, tasks: tuple[str, ...] | None
+    ) -> ModelVersion:
+        m = self.registry.get(name, version)
+        if tasks and m.task not in tasks:
+            raise BadRequest(
+                f"model {name!r} does {m.task!r}; this route needs a model for "
+                f"{' or '.join(repr(t) for t in tasks)}"
+            )
+        return m
+
+    async def infer(
+        self, req: InferRequest, disconnected: Disconnected | None = None
+    ) -> InferResponse:
+        """Validate the request against the version that answers it, queue it in that version's
+        batcher and return its outputs. The version is held until the answer is ready, so an
+        unload or a reload lets it finish."""
+        start = time.perf_counter_ns()
+        m = self.resolve(req.model, req.version, req.tasks)
+        with m.hold():
+            try:
+                x = self._input(req, m)
+                names = self._outputs(req, m)
+                outs = await m.infer(x, disconnected)
+            except BaseException:
+                m.stats.request_done(False, time.perf_counter_ns() - start)
+                raise
+            m.stats.request_done(True, time.perf_counter_ns() - start)
+        tensors = [
+            OutputTensor(t.name, t.datatype, list(y.shape), y)
+            for t, y in zip(m.outputs, outs, strict=True)
+            if t.name in names
+        ]
+        return InferResponse(m.name, m.version, m.sha256, m.task, tensors, req.id)
+
+    def _input(self, req: InferRequest, m: ModelVersion) -> np.ndarray:
+        if not req.inputs:
+            raise BadRequest("'inputs' must be a non-empty list")
+        if len(req.inputs) != len(m.inputs):
+            raise BadRequest(f"model {m.name!r} takes {len(m.inputs)} input, got {len(req.inputs)}")
+        t = req.inputs[0]
+        spec = m.input
+        if t.name != spec.name:
+            raise BadRequest(f"unknown input {t.name!r}; model {m.name!r} takes {spec.name!r}")
+        limit = req.max_items or m.scheduling.max_batch_size
+        x = decode_tensor(
+            t, spec, limit, "max_batch_size" if req.max_items is None else "MAX_ITEMS_PER_REQUEST"
+        )
+        if len(x) > m.scheduling.max_queue_size:
+            raise BadRequest(
+                f"{len(x)} items can never fit model {m.name!r}'s queue (max_queue_size "
+                f"{m.scheduling.max_queue_size}); send at most that many per request"
+            )
+        label = t.label or t.name
+        if spec.name == IMAGE.name:
+            codecs.check_images(x, label)
+        elif spec.name == COORDS.name:
+            codecs.check_coords_array(x, label)
+        return x.astype(np.float32, copy=False)
+
+    def _outputs(self, req: InferRequest, m: ModelVersion) -> set[str]:
+        have = m.output_names
+        if req.outputs is None:
+            return set(have)
+        for name in req.outputs:
+            if name not in have:
+                raise BadRequest(f"unknown output {name!r}; model {m.name!r} has {have}")
+        return set(req.outputs)
+
+
+def decode_tensor(t: InputTensor, spec: Tensor, max_items: int, limit_name: str) -> np.ndarray:
+    """An input tensor as float32 of shape [N, *spec.dims], its shape and size checked."""
+    label = t.label or t.name
+    if t.datatype != spec.datatype:
+        raise BadRequest(f"input {label!r} must be {spec.datatype}, got {t.datatype!r}")
+    shape = t.shape
+    if (
+        not isinstance(shape, list | tuple)
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or len(shape) != len(spec.dims) + 1
+        or tuple(shape[1:]) != spec.dims
+    ):
+        raise BadRequest(f"input {label!r} has shape {shape}; expected {['N', *spec.dims]}")
+    batch = shape[0]
+    if batch < 1:
+        raise BadRequest(f"input {label!r}: batch size must be >= 1, got {batch}")
+    if batch > max_items:
+        raise BadRequest(f"input {label!r}: batch size {batch} exceeds {limit_name} {max_items}")
+    count = int(np.prod(shape))
+    if t.array is not None:
+        arr = t.array
+        if arr.shape != tuple(shape):
+            raise BadRequest(f"input {label!r} has shape {list(arr.shape)}; expected {shape}")
+        return arr  # cast to float32 once its values are checked
+    if t.raw is not None:
+        if len(t.raw) != count * 4:
+            raise BadRequest(
+                f"input {label!r}: {len(t.raw)} bytes of data for shape {shape} "
+                f"({count} FP32 values, {count * 4} bytes)"
+            )
+        return np.frombuffer(t.raw, dtype="<f4").reshape(shape).astype(np.float32)
+    if t.data is None:
+        raise BadRequest(f"input {label!r} has no data")
+    try:
+        raw = np.asarray(t.data)
+        if raw.dtype.kind not in "iuf":  # strings, booleans, ragged lists
+            raise TypeError
+        with np.errstate(over="ignore"):  # huge values become inf; the checks refuse them
+            arr = raw.astype(np.float32)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(
+            f"input {label!r}: data must be numbers (flat or nested), not strings or booleans"
+        ) from None
+    if arr.size != count:
+        raise BadRequest(f"input {label!r}: {arr.size} values for shape {shape} ({count} values)")
+    return arr.reshape(shape)

@@ -1,0 +1,328 @@
+"""One model version, served: its onnxruntime session, its batcher and its threads, with an
+explicit lifecycle
+
+    LOADING -> VERIFYING -> WARMING -> READY -> DRAINING -> CLOSED      (or FAILED)
+
+`open_version` does the blocking part (load, verify against the config and the task's contract,
+warm up) in a worker thread; `start` puts the batcher on the event loop; `drain` waits until no
+request holds the version any more, then closes it. Requests hold a version between `acquire`
+and `release`, so a version that is unloaded or replaced finishes everything it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from coordconv.contract import (
+    CANVAS,
+    META_ARCH,
+    META_METRICS,
+    META_SPLIT,
+    META_TASK,
+    META_TRAINED_AT,
+    SIGNATURES,
+    TASKS,
+    Tensor,
+)
+from service import model_config
+from service.batching import Batcher, Disconnected, Outputs
+from service.errors import ModelError
+from service.metrics import Metrics
+from service.model_config import GraphTensor, Scheduling
+from service.settings import Settings
+from service.stats import ModelStats
+
+log = logging.getLogger("coordconv.model")
+
+PROVIDERS = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class State(enum.Enum):
+    LOADING = "LOADING"
+    VERIFYING = "VERIFYING"
+    WARMING = "WARMING"
+    READY = "READY"
+    DRAINING = "DRAINING"
+    CLOSED = "CLOSED"
+    FAILED = "FAILED"
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    """Chosen deliberately: intra-op threads from settings (0 lets onnxruntime use one per
+    physical core); one inter-op thread (the graphs are sequential chains); no spinning, because
+    the batcher leaves gaps between calls in which spinning threads would steal the CPU from the
+    event loop that parses requests; full graph optimisation."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = settings.intra_op_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _graph(values: list[Any]) -> list[GraphTensor]:
+    return [GraphTensor(v.name, v.type, tuple(v.shape)) for v in values]
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    name: str
+    version: str
+    task: str
+    path: Path
+    sha256: str
+    config: Any  # the effective ModelConfig
+    scheduling: Scheduling
+    session: ort.InferenceSession
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    provider: str
+    metadata: dict[str, str]
+    stats: ModelStats
+    fingerprint: tuple[object, ...] = ()
+    state: State = State.LOADING
+    executor: ThreadPoolExecutor | None = None
+    batcher: Batcher | None = None
+    holders: int = 0  # requests that hold this version (acquire/release)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    @property
+    def input(self) -> Tensor:
+        return self.inputs[0]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.metadata.get(META_METRICS, "{}"))
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def run(self, batch: np.ndarray) -> Outputs:
+        """One onnxruntime call (thread-safe): every output, in signature order."""
+        return tuple(self.session.run(self.output_names, {self.input.name: batch}))
+
+    def start(self, metrics: Metrics) -> None:
+        """On the event loop: threads and batcher; the version takes traffic from now on."""
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.scheduling.instances,
+            thread_name_prefix=f"ort-{self.name}-{self.version}",
+        )
+        self.batcher = Batcher(
+            self.name, self.version, self.run, self.executor, self.scheduling, metrics, self.stats
+        )
+        self.batcher.start()
+        self.state = State.READY
+
+    async def infer(self, x: np.ndarray, disconnected: Disconnected | None = None) -> Outputs:
+        assert self.batcher is not None
+        return await self.batcher.infer(x, disconnected)
+
+    @contextmanager
+    def hold(self) -> Iterator[ModelVersion]:
+        """A request's claim on this version: draining waits for every holder."""
+        self.holders += 1
+        try:
+            yield self
+        finally:
+            self.holders -= 1
+            if self.holders == 0:
+                self._released.set()
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop taking new requests (the caller has already routed traffic away), let every
+        request that holds this version finish, then close it."""
+        if self.state in (State.CLOSED, State.DRAINING):
+            return
+        self.state = State.DRAINING
+        try:
+            while self.holders > 0:
+                self._released.clear()
+                await asyncio.wait_for(self._released.wait(), grace_s)
+        except TimeoutError:
+            log.warning(
+                "%s:%s: %d requests still running after the grace time",
+                self.name,
+                self.version,
+                self.holders,
+            )
+        await self.close()
+
+    async def close(self, message: str = "the server is shutting down") -> None:
+        if self.batcher is not None:
+            await self.batcher.stop(message)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
+        self.state = State.CLOSED
+        log.info("unloaded %s version %s", self.name, self.version)
+
+    def describe(self) -> dict[str, Any]:
+        """The /v1/models entry."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "state": self.state.value,
+            "task": self.task,
+            "arch": self.metadata.get(META_ARCH, "unknown"),
+            "split": self.metadata.get(META_SPLIT),
+            "sha256": self.sha256,
+            "provider": self.provider,
+            "max_batch_size": self.scheduling.max_batch_size,
+            "inputs": [tensor_info(t) for t in self.inputs],
+            "outputs": [tensor_info(t) for t in self.outputs],
+            "metrics": self.metrics,
+            "trained_at": self.metadata.get(META_TRAINED_AT),
+        }
+
+
+def tensor_info(t: Tensor) -> dict[str, Any]:
+    return {"name": t.name, "datatype": t.datatype, "shape": [-1, *t.dims]}
+
+
+def open_version(
+    name: str,
+    version: int,
+    path: Path,
+    config: Any | None,
+    settings: Settings,
+    providers: list[str],
+    fingerprint: tuple[object, ...] = (),
+) -> ModelVersion:
+    """Blocking: load, verify and warm one version. `config` is the parsed config.pbtxt (None:
+    derive it from the graph). Raises ModelError with one line naming the file and the problem."""
+    where = f"model {name} version {version} ({path})"
+    try:
+        session = ort.InferenceSession(str(path), session_options(settings), providers=providers)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{where}: cannot load the ONNX file: {first[:300]}") from None
+    # VERIFYING: the task from the graph's metadata, the graph against the config and contract.
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    task = meta.get(META_TASK)
+    if task not in TASKS:
+        raise ModelError(
+            f"{where}: metadata {META_TASK} is {task!r}; expected one of {', '.join(TASKS)}"
+        )
+    inputs, outputs = _graph(session.get_inputs()), _graph(session.get_outputs())
+    if config is None:
+        config = model_config.from_graph(name, inputs, outputs)
+    model_config.verify(config, name, task, inputs, outputs, where)
+    declared = config.parameters.get(META_TASK)
+    if declared is not None and declared.string_value and declared.string_value != task:
+        raise ModelError(
+            f"{where}: the graph does {task!r} but config.pbtxt declares "
+            f"{META_TASK} {declared.string_value!r}"
+        )
+    effective = model_config.complete(config, name, settings)
+    scheduling = model_config.scheduling(effective, f"model {name}: config.pbtxt")
+    provider = session.get_providers()[0]
+    if settings.require_gpu and provider != "CUDAExecutionProvider":
+        raise ModelError(f"REQUIRE_GPU is set but model {name} runs on {provider}")
+    sig = SIGNATURES[task]
+    order = [t.name for t in sig.outputs + sig.optional_outputs]
+    graph_outputs = sorted(
+        model_config.tensors_of(effective, "output"), key=lambda t: order.index(t.name)
+    )
+    m = ModelVersion(
+        name=name,
+        version=str(version),
+        task=task,
+        path=path,
+        sha256=sha256_of(path),
+        config=effective,
+        scheduling=scheduling,
+        session=session,
+        inputs=model_config.tensors_of(effective, "input"),
+        outputs=graph_outputs,
+        provider=provider,
+        metadata=meta,
+        stats=ModelStats(name, str(version)),
+        fingerprint=fingerprint,
+        state=State.WARMING,
+    )
+    warm_up(m, where)
+    return m
+
+
+def warm_up(m: ModelVersion, where: str) -> None:
+    """Run at batch 1 and the largest batch, so first requests do not pay for allocation, and
+    check the outputs' shapes and values."""
+    for n in sorted({1, m.scheduling.max_batch_size}):
+        x = np.zeros((n, *m.input.dims), dtype=np.float32)
+        if m.task != "locate":
+            x += CANVAS / 2
+        try:
+            outs = m.run(x)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"{where}: warm-up at batch {n} failed: {first[:300]}") from None
+        for t, out in zip(m.outputs, outs, strict=True):
+            if out.shape != (n, *t.dims) or not np.isfinite(out).all():
+                raise ModelError(
+                    f"{where}: warm-up gave {t.name} of shape {list(out.shape)} (want "
+                    f"{[n, *t.dims]}) or non-finite values"
+                )
+
+
+def usable_providers(settings: Settings, probe_model: Path | None) -> tuple[list[str], str | None]:
+    """The execution providers to use, and a line saying which wanted ones are unavailable.
+    GPU providers that cannot load here are dropped with one line instead of onnxruntime's
+    library errors for every session."""
+    wanted = [PROVIDERS[p] for p in settings.provider_list]
+    gpu = [p for p in wanted if p != "CPUExecutionProvider"]
+    if not gpu:
+        return wanted, None
+    active = ["CPUExecutionProvider"]
+    if probe_model is not None and any(p in ort.get_available_providers() for p in gpu):
+        ort.set_default_logger_severity(4)  # silence the probe's library errors
+        try:
+            active = ort.InferenceSession(str(probe_model), providers=wanted).get_providers()
+        except Exception as exc:  # a corrupt probe model is reported when it is loaded
+            log.debug("provider probe failed: %s", exc)
+        finally:
+            ort.set_default_logger_severity(2)
+    usable = [p for p in wanted if p in active] or ["CPUExecutionProvider"]
+    missing = [p for p in gpu if p not in active]
+    problem = None
+    if missing:
+        problem = (
+            f"{', '.join(missing)} unavailable (no GPU, or its CUDA/cuDNN libraries are missing; "
+            f"onnxruntime {ort.__version__})"
+        )
+    return usable, problem

@@ -1,0 +1,274 @@
+"""`config.pbtxt`, the per-model source of truth: parsed as Triton's `ModelConfig` protobuf (the
+generated module that `tritonclient` ships; no hand-written parser), verified against the ONNX
+graph, completed with the service's settings where it is silent, and turned into the scheduling
+parameters the batcher uses.
+
+Strict (Triton's default): a missing, unparseable or foreign config, or one that disagrees with
+its graph, refuses the model with one line saying what is wrong. Not strict: a missing config is
+filled from the graph, as `tritonserver --strict-model-config=false` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from coordconv.contract import BACKEND, PLATFORM, SIGNATURES, Tensor
+from service.errors import ModelError
+from service.settings import Settings
+
+ModelConfig = mc.ModelConfig
+CONFIG_FILE = "config.pbtxt"
+TYPE_FP32 = mc.DataType.Value("TYPE_FP32")
+
+
+@dataclass(frozen=True)
+class GraphTensor:
+    """An input or output of an ONNX graph: name, onnxruntime type, dims with the batch axis
+    (a str or None for a symbolic dim)."""
+
+    name: str
+    type: str
+    dims: tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """What the batcher and the model handle take from the effective config."""
+
+    max_batch_size: int
+    max_queue_delay_us: int
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_size: int  # items waiting before 503
+    timeout_s: float  # a request still queued after this: REJECT (503) or DELAY (keep waiting)
+    delay_on_timeout: bool
+    instances: int  # onnxruntime calls of this model that may run at once
+
+
+def parse_text(text: str, where: str) -> Any:
+    config = ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ModelError(f"{where}: cannot parse as Triton's ModelConfig: {exc}") from None
+    return config
+
+
+def parse_json(text: str, where: str) -> Any:
+    """A config given as JSON (the `config` parameter of a repository load request)."""
+    config = ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except json_format.ParseError as exc:
+        raise ModelError(f"{where}: not a ModelConfig in JSON form: {exc}") from None
+    return config
+
+
+def read(model_dir: Path, strict: bool) -> Any | None:
+    """The model's config.pbtxt, parsed; None when it is missing and `strict` is off."""
+    path = model_dir / CONFIG_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if strict:
+            raise ModelError(
+                f"model {model_dir.name}: {CONFIG_FILE} is missing (strict model config; "
+                "write one, or start with --no-strict-model-config to derive it from the graph)"
+            ) from None
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"model {model_dir.name}: cannot read {CONFIG_FILE}: {exc}") from None
+    return parse_text(text, f"model {model_dir.name}: {CONFIG_FILE}")
+
+
+def from_graph(name: str, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> Any:
+    """A config derived from the graph, for a model without config.pbtxt (not strict)."""
+    config = ModelConfig(name=name, platform=PLATFORM, backend=BACKEND)
+    for src, dst in ((inputs, config.input), (outputs, config.output)):
+        for t in src:
+            entry = dst.add(name=t.name, data_type=TYPE_FP32)
+            dims = [d if isinstance(d, int) else -1 for d in t.dims[1:]]
+            if dims:
+                entry.dims.extend(dims)
+            else:  # a per-item scalar: Triton's convention is dims [1] reshaped to []
+                entry.dims.append(1)
+                entry.reshape.SetInParent()
+    config.dynamic_batching.SetInParent()
+    return config
+
+
+def _dims(entry: Any) -> tuple[int, ...]:
+    """A config tensor's dims per item, after its reshape (Triton's [1] -> [] for scalars)."""
+    return tuple(entry.reshape.shape) if entry.HasField("reshape") else tuple(entry.dims)
+
+
+def verify(
+    config: Any,
+    name: str,
+    task: str,
+    inputs: list[GraphTensor],
+    outputs: list[GraphTensor],
+    where: str,
+) -> None:
+    """The config must describe this graph, and the graph must do `task` (DESIGN.md section 4).
+    Raises ModelError with one line naming the first disagreement."""
+    if config.name and config.name != name:
+        raise ModelError(
+            f"{where}: config name {config.name!r} differs from the directory {name!r}"
+        )
+    if config.platform and config.platform != PLATFORM:
+        raise ModelError(f"{where}: platform {config.platform!r} is not served; use {PLATFORM!r}")
+    if config.backend and config.backend != BACKEND:
+        raise ModelError(f"{where}: backend {config.backend!r} is not served; use {BACKEND!r}")
+    if not config.platform and not config.backend:
+        raise ModelError(f"{where}: config names no platform; use platform: {PLATFORM!r}")
+    if config.max_batch_size < 0:
+        raise ModelError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
+        raise ModelError(f"{where}: sequence batching and ensembles are not supported")
+    sig = SIGNATURES[task]
+    allowed_outputs = sig.outputs + sig.optional_outputs
+    for kind, entries, graph, want in (
+        ("input", config.input, inputs, sig.inputs),
+        ("output", config.output, outputs, allowed_outputs),
+    ):
+        by_name = {t.name: t for t in graph}
+        if len(entries) != len(graph) or set(by_name) != {e.name for e in entries}:
+            raise ModelError(
+                f"{where}: config {kind}s {[e.name for e in entries]} differ from the graph's "
+                f"{[t.name for t in graph]}"
+            )
+        contract = {t.name: t for t in want}
+        for entry in entries:
+            g = by_name[entry.name]
+            if entry.data_type != TYPE_FP32 or g.type != "tensor(float)":
+                raise ModelError(
+                    f"{where}: {kind} {entry.name!r} is {mc.DataType.Name(entry.data_type)} in "
+                    f"the config and {g.type} in the graph; both must be FP32"
+                )
+            if not g.dims or isinstance(g.dims[0], int):
+                raise ModelError(
+                    f"{where}: graph {kind} {entry.name!r} has dims {list(g.dims)}: the first "
+                    "axis must be a symbolic batch axis"
+                )
+            dims = _dims(entry)
+            if tuple(g.dims[1:]) != dims:
+                raise ModelError(
+                    f"{where}: {kind} {entry.name!r} has dims {list(dims)} in the config but "
+                    f"{list(g.dims[1:])} (after the batch axis) in the graph"
+                )
+            spec = contract.get(entry.name)
+            if spec is None or spec.dims != dims:
+                expected = ", ".join(f"{t.name} {list(t.dims)}" for t in want)
+                raise ModelError(
+                    f"{where}: {kind} {entry.name!r} {list(dims)} is not what a {task!r} model "
+                    f"has ({expected})"
+                )
+    missing = [t.name for t in sig.outputs if t.name not in {e.name for e in config.output}]
+    if missing:
+        raise ModelError(f"{where}: a {task!r} model must have the output(s) {missing}")
+
+
+def complete(config: Any, name: str, settings: Settings) -> Any:
+    """The effective config: a copy with the service's settings where the file is silent."""
+    out = ModelConfig()
+    out.CopyFrom(config)
+    out.name = name
+    if not out.platform:
+        out.platform = PLATFORM
+    if not out.backend:
+        out.backend = BACKEND
+    if out.max_batch_size == 0:
+        out.max_batch_size = settings.max_batch_size
+    if not out.HasField("version_policy"):
+        out.version_policy.latest.num_versions = 1  # Triton's default
+    db = out.dynamic_batching
+    if not out.HasField("dynamic_batching"):
+        db.max_queue_delay_microseconds = settings.max_queue_delay_us
+    policy = db.default_queue_policy
+    if policy.max_queue_size == 0:
+        policy.max_queue_size = settings.max_queue_size
+    if policy.default_timeout_microseconds == 0:
+        policy.default_timeout_microseconds = round(settings.request_timeout_s * 1e6)
+    if not out.instance_group:
+        out.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    return out
+
+
+def without_scheduling(text: str) -> str:
+    """A config text with `max_batch_size` and `dynamic_batching` removed, so the service's
+    settings decide them (benchmarks and tests switch batching off this way)."""
+    config = parse_text(text, "config")
+    config.max_batch_size = 0
+    config.ClearField("dynamic_batching")
+    return str(text_format.MessageToString(config))
+
+
+def scheduling(config: Any, where: str) -> Scheduling:
+    """The batcher's parameters from an effective config; refuses values that cannot work."""
+    db = config.dynamic_batching
+    policy = db.default_queue_policy
+    preferred = tuple(sorted(set(db.preferred_batch_size)))
+    if any(p < 1 or p > config.max_batch_size for p in preferred):
+        raise ModelError(
+            f"{where}: preferred_batch_size {list(preferred)} must lie in "
+            f"[1, max_batch_size {config.max_batch_size}]"
+        )
+    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+    return Scheduling(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_us=db.max_queue_delay_microseconds,
+        preferred_batch_sizes=preferred,
+        max_queue_size=policy.max_queue_size,
+        timeout_s=policy.default_timeout_microseconds / 1e6,
+        delay_on_timeout=policy.timeout_action == mc.ModelQueuePolicy.DELAY,
+        instances=instances,
+    )
+
+
+def select_versions(config: Any, available: list[int]) -> list[int]:
+    """The versions `version_policy` serves out of those on disk, ascending."""
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        chosen = list(available)
+    elif which == "specific":
+        chosen = [v for v in available if v in set(policy.specific.versions)]
+    else:
+        n = policy.latest.num_versions if which == "latest" else 1
+        chosen = sorted(available)[-max(n, 1) :]
+    return sorted(chosen)
+
+
+def to_json(message: Any) -> dict[str, Any]:
+    """Triton's JSON form of a config: field names as in model_config.proto, enums by name, and
+    64-bit integers as JSON numbers (protobuf's own JSON writes them as strings, which Triton's
+    clients, perf_analyzer among them, do not read)."""
+    return {f.name: _field_json(f, v) for f, v in message.ListFields()}
+
+
+def _field_json(field: Any, value: Any) -> Any:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        inner = field.message_type.fields_by_name["value"]
+        return {k: _single_json(inner, v) for k, v in value.items()}
+    if field.is_repeated:
+        return [_single_json(field, v) for v in value]
+    return _single_json(field, value)
+
+
+def _single_json(field: Any, value: Any) -> Any:
+    if field.type == field.TYPE_MESSAGE:
+        return to_json(value)
+    if field.type == field.TYPE_ENUM:
+        return field.enum_type.values_by_number[value].name
+    return value
+
+
+def tensors_of(config: Any, kind: str) -> list[Tensor]:
+    """The config's inputs or outputs as contract tensors (per-item dims)."""
+    entries = config.input if kind == "input" else config.output
+    return [Tensor(e.name, _dims(e)) for e in entries]

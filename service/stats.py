@@ -1,0 +1,100 @@
+"""Per model version statistics in the shape of Triton's statistics extension, so that
+`tritonclient`'s `get_inference_statistics` and `perf_analyzer`'s server-side breakdown read them.
+
+Like Triton: `success` and `fail` count requests (nanoseconds from arrival to answer), `queue` is
+each request's wait, and the compute phases of a batch are charged to every request in it;
+`inference_count` counts items, `execution_count` onnxruntime calls, and `batch_stats` the
+calls per batch size. Updated on the event loop only, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class BatchPhases:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    name: str
+    version: str
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, BatchPhases] = field(default_factory=lambda: defaultdict(BatchPhases))
+
+    def request_done(self, ok: bool, ns: int) -> None:
+        (self.success if ok else self.fail).add(ns)
+
+    def execution(
+        self, requests: int, items: int, input_ns: int, infer_ns: int, out_ns: int
+    ) -> None:
+        """One onnxruntime call of `items` rows made of (parts of) `requests` requests."""
+        self.inference_count += items
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(infer_ns * requests, requests)
+        self.compute_output.add(out_ns * requests, requests)
+        b = self.batches[items]
+        b.compute_input.add(input_ns)
+        b.compute_infer.add(infer_ns)
+        b.compute_output.add(out_ns)
+
+    def as_dict(self) -> dict[str, Any]:
+        """One entry of Triton's `model_stats` list."""
+        zero = Duration().as_dict()
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_dict(),
+                "fail": self.fail.as_dict(),
+                "queue": self.queue.as_dict(),
+                "compute_input": self.compute_input.as_dict(),
+                "compute_infer": self.compute_infer.as_dict(),
+                "compute_output": self.compute_output.as_dict(),
+                "cache_hit": zero,
+                "cache_miss": zero,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": b.compute_input.as_dict(),
+                    "compute_infer": b.compute_infer.as_dict(),
+                    "compute_output": b.compute_output.as_dict(),
+                }
+                for size, b in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }
