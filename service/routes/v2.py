@@ -160,14 +160,14 @@ async def repository_index(request: Request, state: ServiceDep) -> Response:
     return json_response(await state.plane().repository_index(ready_only))
 
 
-@guarded.post("/repository/models/{name}/load", summary="Load or reload a model")
+@guarded.post("/repository/models/{name:path}/load", summary="Load or reload a model")
 async def repository_load(request: Request, state: ServiceDep, name: str = ModelName) -> Response:
     body = await _json_object(request)
     await state.plane().load(name, _parameters(body))
     return json_response({})
 
 
-@guarded.post("/repository/models/{name}/unload", summary="Unload a model (drains it first)")
+@guarded.post("/repository/models/{name:path}/unload", summary="Unload a model (drains it first)")
 async def repository_unload(request: Request, state: ServiceDep, name: str = ModelName) -> Response:
     body = await _json_object(request)
     params = _parameters(body)
