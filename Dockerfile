@@ -31,9 +31,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     COORDCONV_MODEL_DIR=/models \
     COORDCONV_HOST=0.0.0.0 \
-    COORDCONV_PORT=8000
+    COORDCONV_PORT=8000 \
+    COORDCONV_GRPC_PORT=8001
 USER 10001
-EXPOSE 8000
+# 8000: HTTP (/v1, /v2, /metrics); 8001: gRPC (inference.GRPCInferenceService, grpc.health.v1)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "service.healthcheck"]
 CMD ["coordconv", "serve"]

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest browser models reproduce bench soak clean help
+.PHONY: run test lint typecheck pytest browser perf-analyzer models reproduce bench soak clean help
 
 help:
 	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
@@ -48,7 +48,22 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is not installed (and not root): the browser test will skip"; fi; }
 
-pytest: $(VENV)/.all browser
+# NVIDIA Triton's perf_analyzer: the binary inside tritonclient 2.51.0's wheel (newer wheels need a
+# newer glibc), with the CUDA runtime library it links (no GPU is used) and Debian's libb64.
+PERF_VENV := .venv-perf
+$(PERF_VENV)/.done:
+	$(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip -q --disable-pip-version-check install \
+	    tritonclient==2.51.0 'nvidia-cuda-runtime-cu12>=12.4,<13'
+	@ls /usr/lib/x86_64-linux-gnu/libb64.so.0d >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null; \
+	  else echo "libb64-0d is not installed (and not root): perf_analyzer will not start"; fi; }
+	touch $@
+
+perf-analyzer: $(PERF_VENV)/.done
+
+pytest: $(VENV)/.all browser perf-analyzer
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
@@ -64,7 +79,7 @@ reproduce: $(VENV)/.all
 
 # GPU machines: make bench PROVIDERS=cuda,cpu (figures go beside the CPU ones).
 PROVIDERS ?= cpu
-bench: $(VENV)/.all
+bench: $(VENV)/.all perf-analyzer
 	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep --ray
 
 # Longer reliability runs: many more fuzz examples, then a 10-minute soak at ~70% of capacity.
@@ -73,4 +88,4 @@ soak: $(VENV)/.all
 	$(BIN)/python -m benchmarks.soak --seconds $${SOAK_SECONDS:-600}
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
+	rm -rf $(VENV) $(PERF_VENV) .pytest_cache .mypy_cache .ruff_cache runs

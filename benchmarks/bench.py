@@ -5,7 +5,8 @@
 2. The HTTP ceiling: a no-op route (/healthz) under the same load generator.
 3. The service over loopback: (a) 64 items per request with NPY answers; (b) one item per request
    from 32 concurrent clients, batching on and off, with the mean batch size; (c) the same
-   through the V2 endpoint (binary tensors).
+   through the V2 endpoint (binary tensors); for render, Triton's perf_analyzer over gRPC beside
+   HTTP (one item per request, and 64 per request).
 Every service figure is printed as a ratio to the limit at batch 64. Results go to
 benchmarks/results.md (and a plot of throughput and latency against concurrency).
 """
@@ -100,11 +101,15 @@ def silent_models() -> Path:
     return root
 
 
+GRPC_PORTS: dict[str, int] = {}  # server URL -> its gRPC port
+
+
 @contextmanager
 def server(*args: str, **settings: Any) -> Iterator[str]:
     """`coordconv serve` (extra options `args`, settings as environment) on a free port."""
     port = free_port()
-    env = {**os.environ, "COORDCONV_LOG_LEVEL": "warning"}
+    grpc_port = free_port()
+    env = {**os.environ, "COORDCONV_LOG_LEVEL": "warning", "COORDCONV_GRPC_PORT": str(grpc_port)}
     if {"max_batch_size", "max_queue_delay_us"} & set(settings):
         env["COORDCONV_MODEL_DIR"] = str(silent_models())
     env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
@@ -114,6 +119,7 @@ def server(*args: str, **settings: Any) -> Iterator[str]:
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
+    GRPC_PORTS[url] = grpc_port
     try:
         for _ in range(1800):
             try:
@@ -236,6 +242,48 @@ def client_case(url: str, limit: float, per_64: float, n: int = 10_000) -> dict[
     }
 
 
+def perf_analyzer_cases(
+    url: str, name: str, limit: float, concurrency: int
+) -> list[dict[str, Any]]:
+    """Triton's perf_analyzer over gRPC beside HTTP (binary tensors both), same server, same
+    inputs: (b) one item per request from `concurrency` clients, (a) 64 items per request."""
+    from benchmarks import perf_analyzer
+
+    reason = perf_analyzer.available()
+    if reason:
+        print(f"  perf_analyzer cases skipped: {reason}", flush=True)
+        return []
+    port = url.rsplit(":", 1)[1]
+    out = []
+    for label, batch, conc in (("(b)", 1, concurrency), ("(a)", 64, 4)):
+        for protocol, address in (
+            ("http", f"127.0.0.1:{port}"),
+            ("grpc", f"127.0.0.1:{GRPC_PORTS[url]}"),
+        ):
+            r = perf_analyzer.run(address, name, protocol, conc, batch)
+            case = (
+                f"{label} perf_analyzer -i {protocol}, {batch} item{'s' if batch > 1 else ''}"
+                f"/request, {conc} concurrent"
+            )
+            print(
+                f"  {case}: {r.throughput:.0f} items/s, p99 {r.p99_ms:.1f} ms; server: {r.server}",
+                flush=True,
+            )
+            out.append(
+                {
+                    "case": case,
+                    "items_per_s": r.throughput,
+                    "rps": r.throughput / batch,
+                    "p50_ms": r.p50_ms,
+                    "p99_ms": r.p99_ms,
+                    "errors": 0,
+                    "ratio": r.throughput / limit,
+                    "mean_batch": None,
+                }
+            )
+    return out
+
+
 def row(label: str, r: loadgen.Result, limit: float, batch: float | None = None) -> dict[str, Any]:
     return {
         "case": label,
@@ -261,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
     p.add_argument("--sweep", action="store_true", help="also sweep concurrency (plot)")
     p.add_argument("--ray", action="store_true", help="also run case (b) on Ray Serve")
+    p.add_argument(
+        "--no-perf-analyzer", action="store_true", help="skip the perf_analyzer (gRPC) cases"
+    )
     a = p.parse_args(argv)
     threads = os.cpu_count() or 1
     print(f"limit: onnxruntime in-process ({a.providers}) ...", flush=True)
@@ -295,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             out.append(
                 row(f"(c) v2 binary, 1 item/request, {c} clients, batching on", r, lim, mean)
             )
+            if name == "render" and not a.no_perf_analyzer:
+                out.extend(perf_analyzer_cases(url, name, lim, c))
     with server(providers=a.providers, max_queue_delay_us=0, max_batch_size=1) as url:
         for name in a.models:
             lim = limit[name][64]

@@ -2,6 +2,9 @@
 
 Retries use exponential backoff with full jitter, on connection errors, timeouts, 429 and 503
 (honouring `Retry-After`) and other 5xx; a 4xx answer is final and raised as `ClientError`.
+A request is retried `retries` times, and beyond that for as long as `retry_window` seconds
+have not passed since its first attempt (default 120 s: longer than a server's drain and
+restart), so a service that says "retry after" is waited for.
 Arrays travel as NPY both ways, the cheapest encoding for the service.
 """
 
@@ -29,6 +32,11 @@ class ClientError(Exception):
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
         self.message = message
+
+
+# Answers that no retry and no smaller batch can fix: the whole job stops with one message.
+FATAL = {401, 403, 404, 405, 406, 415}
+DEFAULT_RETRY_WINDOW = 120.0
 
 
 def retryable(status: int) -> bool:
@@ -70,33 +78,55 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _render_request(coords: Any, model: str) -> dict[str, Any]:
+def _render_request(coords: Any, model: str, version: str | None = None) -> dict[str, Any]:
     pts = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    return {"json": {"coords": pts.tolist(), "model": model}, "headers": {"Accept": NPY}}
+    body: dict[str, Any] = {"coords": pts.tolist(), "model": model}
+    if version is not None:
+        body["version"] = version
+    return {"json": body, "headers": {"Accept": NPY}}
 
 
-def _locate_request(images: Any, model: str) -> dict[str, Any]:
+def _locate_request(images: Any, model: str, version: str | None = None) -> dict[str, Any]:
+    params = {"model": model} if version is None else {"model": model, "version": version}
     if isinstance(images, list) and images and isinstance(images[0], bytes):
         files = [("images", (f"{i}.png", png, "image/png")) for i, png in enumerate(images)]
-        return {"files": files, "params": {"model": model}, "headers": {"Accept": NPY}}
+        return {"files": files, "params": params, "headers": {"Accept": NPY}}
     arr = np.asarray(images, dtype=np.float32)
     return {
         "content": _npy(arr),
-        "params": {"model": model},
+        "params": params,
         "headers": {"Content-Type": NPY, "Accept": NPY},
     }
 
 
 class _Base:
-    def __init__(self, url: str | None, api_key: str | None, timeout: float, retries: int) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        api_key: str | None,
+        timeout: float,
+        retries: int,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if not retry_window >= 0:
+            raise ValueError(f"retry_window must be >= 0 seconds, got {retry_window}")
         self.url = (url or os.environ.get("COORDCONV_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("COORDCONV_API_KEY")
         self.timeout = timeout
         self.retries = retries
+        self.retry_window = retry_window
         self.on_retry: Callable[[int, str], None] | None = None  # (attempt, reason) hook
 
     def _next(
-        self, attempt: int, response: httpx.Response | None, error: Exception | None
+        self,
+        attempt: int,
+        response: httpx.Response | None,
+        error: Exception | None,
+        started: float | None = None,
     ) -> float | None:
         """After attempt `attempt` (0-based): None if `response` is the answer, else the seconds
         to wait before retrying. Raises ClientError for a 4xx or once the retries are spent."""
@@ -110,8 +140,11 @@ class _Base:
             retry_after = response.headers.get("retry-after")
         else:
             reason = f"{type(error).__name__}: {error}"
-        if attempt >= self.retries:
-            raise ClientError(0, f"gave up after {attempt + 1} attempts: {reason}")
+        elapsed = time.monotonic() - started if started is not None else float("inf")
+        if attempt >= self.retries and elapsed >= self.retry_window:
+            raise ClientError(
+                0, f"gave up after {attempt + 1} attempts in {min(elapsed, 1e9):.0f} s: {reason}"
+            )
         if self.on_retry:
             self.on_retry(attempt + 1, reason)
         return backoff(attempt + 1, retry_after)
@@ -126,8 +159,9 @@ class CoordConvClient(_Base):
         api_key: str | None = None,
         timeout: float = 30.0,
         retries: int = 5,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
     ) -> None:
-        super().__init__(url, api_key, timeout, retries)
+        super().__init__(url, api_key, timeout, retries, retry_window)
         self._http = httpx.Client(
             base_url=self.url, timeout=timeout, headers=_headers(self.api_key)
         )
@@ -142,25 +176,25 @@ class CoordConvClient(_Base):
         self._http.close()
 
     def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             response, error = None, None
             try:
                 response = self._http.post(path, **kwargs)
             except httpx.TransportError as exc:
                 error = exc
-            wait = self._next(attempt, response, error)
+            wait = self._next(attempt, response, error, started)
             if wait is None and response is not None:
                 return response
             time.sleep(wait or 0.0)
             attempt += 1
 
-    def render(self, coords: Any, model: str = "render") -> np.ndarray:
-        return _load_npy(self._post("/v1/render", **_render_request(coords, model)))
+    def render(self, coords: Any, model: str = "render", version: str | None = None) -> np.ndarray:
+        return _load_npy(self._post("/v1/render", **_render_request(coords, model, version)))
 
-    def locate(self, images: Any, model: str = "locate") -> np.ndarray:
+    def locate(self, images: Any, model: str = "locate", version: str | None = None) -> np.ndarray:
         """images: an (N, 64, 64) array in [0, 1], or a list of PNG bytes."""
-        return _load_npy(self._post("/v1/locate", **_locate_request(images, model)))
+        return _load_npy(self._post("/v1/locate", **_locate_request(images, model, version)))
 
     def models(self) -> list[dict[str, Any]]:
         r = self._http.get("/v1/models")
@@ -179,8 +213,9 @@ class AsyncCoordConvClient(_Base):
         timeout: float = 30.0,
         retries: int = 5,
         max_connections: int = 16,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
     ) -> None:
-        super().__init__(url, api_key, timeout, retries)
+        super().__init__(url, api_key, timeout, retries, retry_window)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=timeout,
@@ -198,24 +233,30 @@ class AsyncCoordConvClient(_Base):
         await self._http.aclose()
 
     async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             response, error = None, None
             try:
                 response = await self._http.post(path, **kwargs)
             except httpx.TransportError as exc:
                 error = exc
-            wait = self._next(attempt, response, error)
+            wait = self._next(attempt, response, error, started)
             if wait is None and response is not None:
                 return response
             await asyncio.sleep(wait or 0.0)
             attempt += 1
 
-    async def render(self, coords: Any, model: str = "render") -> np.ndarray:
-        return _load_npy(await self._post("/v1/render", **_render_request(coords, model)))
+    async def render(
+        self, coords: Any, model: str = "render", version: str | None = None
+    ) -> np.ndarray:
+        request = _render_request(coords, model, version)
+        return _load_npy(await self._post("/v1/render", **request))
 
-    async def locate(self, images: Any, model: str = "locate") -> np.ndarray:
-        return _load_npy(await self._post("/v1/locate", **_locate_request(images, model)))
+    async def locate(
+        self, images: Any, model: str = "locate", version: str | None = None
+    ) -> np.ndarray:
+        request = _locate_request(images, model, version)
+        return _load_npy(await self._post("/v1/locate", **request))
 
     async def models(self) -> list[dict[str, Any]]:
         r = await self._http.get("/v1/models")

@@ -14,8 +14,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from client.api import AsyncCoordConvClient, ClientError
+from client.api import DEFAULT_RETRY_WINDOW, FATAL, AsyncCoordConvClient, ClientError
 from client.files import Items, PngDir, StagedFile
+
+
+class JobRefused(ClientError):
+    """An answer no retry and no smaller batch can fix (wrong key, unknown model): the job stops."""
 
 
 class Sink(Protocol):
@@ -87,16 +91,21 @@ class Progress:
 
 
 async def _send(
-    client: AsyncCoordConvClient, task: str, items: Items, idx: np.ndarray, model: str
+    client: AsyncCoordConvClient,
+    task: str,
+    items: Items,
+    idx: np.ndarray,
+    model: str,
+    version: str | None,
 ) -> np.ndarray:
     if task == "render":
         assert items.coords is not None
-        return await client.render(items.coords[idx], model)
+        return await client.render(items.coords[idx], model, version)
     if items.pngs is not None:
         pngs = [items.pngs[i].read_bytes() for i in idx.tolist()]
-        return await client.locate(pngs, model)
+        return await client.locate(pngs, model, version)
     assert items.images is not None
-    return await client.locate(np.asarray(items.images[idx], dtype=np.float32), model)
+    return await client.locate(np.asarray(items.images[idx], dtype=np.float32), model, version)
 
 
 async def _run_batch(
@@ -105,18 +114,22 @@ async def _run_batch(
     items: Items,
     idx: np.ndarray,
     model: str,
+    version: str | None,
     sink: Sink,
     summary: Summary,
     progress: Progress,
 ) -> None:
-    """Send one batch; a 4xx answer is split in halves until the bad items are isolated."""
+    """Send one batch; a 4xx answer about the items is split in halves until the bad items are
+    isolated; an answer about the job itself (FATAL: key, model, route) stops everything."""
     try:
-        result = await _send(client, task, items, idx, model)
+        result = await _send(client, task, items, idx, model, version)
     except ClientError as exc:
+        if exc.status in FATAL:
+            raise JobRefused(exc.status, exc.message) from None
         if 400 <= exc.status < 500 and len(idx) > 1:
             half = len(idx) // 2
-            await _run_batch(client, task, items, idx[:half], model, sink, summary, progress)
-            await _run_batch(client, task, items, idx[half:], model, sink, summary, progress)
+            for part in (idx[:half], idx[half:]):
+                await _run_batch(client, task, items, part, model, version, sink, summary, progress)
             return
         reason = str(exc)
         summary.failures += [(items.names[i], reason) for i in idx.tolist()]
@@ -135,20 +148,32 @@ async def run(
     url: str | None = None,
     api_key: str | None = None,
     model: str | None = None,
+    version: str | None = None,
     batch_size: int = 64,
     concurrency: int = 4,
     retries: int = 5,
     timeout: float = 30.0,
+    retry_window: float = DEFAULT_RETRY_WINDOW,
     resume: bool = False,
     quiet: bool = False,
 ) -> Summary:
-    """Run a whole job; returns its summary. Failed items go to `<output>.failed.csv`."""
+    """Run a whole job; returns its summary. Failed items go to `<output>.failed.csv`.
+    Raises JobRefused when the service refuses the job itself, InputError when `resume` meets
+    the output of another job."""
     model = model or task
+    job = {
+        "task": task,
+        "model": model,
+        "version": version,
+        "input_sha256": await asyncio.to_thread(items.fingerprint),
+        "items": len(items),
+        "output": output.suffix.lower() or "dir",
+    }
     sink: Sink
     if task == "render" and output.suffix.lower() != ".npy":
-        sink = PngDir(output, resume)
+        sink = PngDir(output, resume, job)
     else:
-        sink = StagedFile(output, resume)
+        sink = StagedFile(output, resume, job)
     done = sink.done(items.names)
     pending = np.array([i for i in range(len(items)) if i not in done], dtype=np.int64)
     summary = Summary(total=len(items), skipped=len(done))
@@ -156,7 +181,7 @@ async def run(
     start = time.monotonic()
     gate = asyncio.Semaphore(concurrency)
     async with AsyncCoordConvClient(
-        url, api_key, timeout, retries, max_connections=concurrency
+        url, api_key, timeout, retries, max_connections=concurrency, retry_window=retry_window
     ) as client:
 
         def count_retry(attempt: int, reason: str) -> None:
@@ -166,10 +191,16 @@ async def run(
 
         async def guarded(idx: np.ndarray) -> None:
             async with gate:
-                await _run_batch(client, task, items, idx, model, sink, summary, progress)
+                await _run_batch(client, task, items, idx, model, version, sink, summary, progress)
 
         batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
-        await asyncio.gather(*[guarded(b) for b in batches])
+        try:
+            async with asyncio.TaskGroup() as group:  # a refused job cancels the other batches
+                for b in batches:
+                    group.create_task(guarded(b))
+        except* JobRefused as refused:
+            progress.close()
+            raise refused.exceptions[0] from None
     progress.close()
     summary.seconds = time.monotonic() - start
     failed_file = output.with_name(output.name + ".failed.csv")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from client.api import DEFAULT_URL
+from client.api import DEFAULT_RETRY_WINDOW, DEFAULT_URL
 from client.files import InputError, read_coords, read_images
 
 
@@ -22,6 +23,24 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _seconds(minimum_exclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or value < 0 or (minimum_exclusive and value == 0):
+            bound = "> 0" if minimum_exclusive else ">= 0"
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {bound}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,17 +76,45 @@ def build_parser() -> argparse.ArgumentParser:
             help="bearer token (env COORDCONV_API_KEY)",
         )
         s.add_argument("--model", default=task)
+        s.add_argument("--model-version", help="model version (default: the highest)")
         s.add_argument("--batch-size", type=_positive, default=64, help="items per request")
         s.add_argument("--concurrency", type=_positive, default=4, help="requests in flight")
-        s.add_argument("--retries", type=int, default=5, help="retries per request")
-        s.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+        s.add_argument("--retries", type=_non_negative, default=5, help="retries per request")
+        s.add_argument(
+            "--retry-window",
+            type=_seconds(False),
+            default=DEFAULT_RETRY_WINDOW,
+            help="keep retrying a request (honouring Retry-After) for this many seconds "
+            f"(default {DEFAULT_RETRY_WINDOW:g}), even past --retries",
+        )
+        s.add_argument("--timeout", type=_seconds(True), default=30.0, help="seconds per request")
         s.add_argument("--resume", action="store_true", help="skip items already done")
         s.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _check_writable(output: Path, is_dir: bool) -> None:
+    """Fail before any request if the output cannot be written (read-only, /proc, ...)."""
+    folder = output if is_dir else output.parent
+    if is_dir:
+        folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".coordconv-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    except OSError as exc:
+        raise InputError(f"{output}: cannot write there ({exc.strerror})") from None
+    probe.unlink(missing_ok=True)
+
+
 def main(argv: Sequence[str]) -> int:
-    from client.batch import run
+    from client.batch import JobRefused, run
 
     a = build_parser().parse_args(argv)
     try:
@@ -83,8 +130,9 @@ def main(argv: Sequence[str]) -> int:
         if not wants_dir and a.output.is_dir():
             raise InputError(f"{a.output}: is a directory; expected a file name")
         a.output.parent.mkdir(parents=True, exist_ok=True)
+        _check_writable(a.output, wants_dir)
     except (InputError, OSError) as exc:
-        print(f"coordconv client: {exc}", file=sys.stderr)
+        print(f"coordconv client: {_one_line(exc)}", file=sys.stderr)
         return 2
     try:
         summary = asyncio.run(
@@ -95,14 +143,26 @@ def main(argv: Sequence[str]) -> int:
                 url=a.url,
                 api_key=a.api_key,
                 model=a.model,
+                version=a.model_version,
                 batch_size=a.batch_size,
                 concurrency=a.concurrency,
                 retries=a.retries,
                 timeout=a.timeout,
+                retry_window=a.retry_window,
                 resume=a.resume,
                 quiet=a.quiet,
             )
         )
+    except JobRefused as exc:
+        print(
+            f"coordconv client: the service refused the job ({exc}); stopped, nothing more was "
+            "sent",
+            file=sys.stderr,
+        )
+        return 2
+    except (InputError, OSError) as exc:
+        print(f"coordconv client: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("coordconv client: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

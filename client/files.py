@@ -10,6 +10,7 @@ for `--resume`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -23,7 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-CANVAS = 64
+from coordconv.contract import CANVAS
+
+# An item's id names a file (<id>.png): at most this many bytes, as most file systems allow.
+MAX_ID_BYTES = 200
 
 
 class InputError(Exception):
@@ -42,6 +46,19 @@ class Items:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def fingerprint(self) -> str:
+        """A hash of exactly what will be sent, names included: a resumed job must be the same."""
+        h = hashlib.sha256()
+        h.update("\0".join(self.names).encode())
+        if self.coords is not None:
+            h.update(np.ascontiguousarray(self.coords, dtype=np.float32).tobytes())
+        if self.images is not None:
+            for start in range(0, len(self.images), 1024):
+                h.update(np.ascontiguousarray(self.images[start : start + 1024]).tobytes())
+        for png in self.pngs or ():
+            h.update(hashlib.sha256(png.read_bytes()).digest())
+        return h.hexdigest()
 
 
 def _number(value: Any, what: str, where: str) -> float:
@@ -64,14 +81,27 @@ def read_coords(path: Path) -> Items:
     xy: list[tuple[float, float]] = []
     seen: dict[str, int] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is fine
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
 
     def add(ident: Any, row: int, x: Any, y: Any, where: str) -> None:
         name = str(ident) if ident not in (None, "") else str(row)
-        if not name or "/" in name or name in (".", ".."):
-            raise InputError(f"{where}: id {name!r} cannot name a file")
+        if (
+            not name
+            or "/" in name
+            or "\\" in name
+            or name in (".", "..")
+            or any(ord(ch) < 32 for ch in name)
+        ):
+            raise InputError(f"{where}: id {name[:40]!r} cannot name a file")
+        if len(name.encode()) > MAX_ID_BYTES:
+            raise InputError(
+                f"{where}: id {name[:40]!r}... is {len(name.encode())} bytes; at most "
+                f"{MAX_ID_BYTES} (it names a file)"
+            )
         if name in seen:
             raise InputError(f"{where}: duplicate id {name!r} (first at item {seen[name]})")
         seen[name] = row
@@ -156,13 +186,44 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+JOB_FILE = "job.json"
+
+
+def check_job(
+    job_file: Path, job: dict[str, Any], resume: bool, output: Path, has_work: bool
+) -> None:
+    """A resumed output must come from the same job (input content, model, version, format):
+    else its items would mix with the new ones. Records the job for the next resume."""
+    if resume and (job_file.exists() or has_work):
+        try:
+            old = json.loads(job_file.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != job:
+            what = (
+                "it has no record of the job that wrote it"
+                if old is None
+                else "the input or the options changed since ("
+                + ", ".join(k for k in job if old.get(k) != job[k])
+                + ")"
+            )
+            raise InputError(
+                f"{output}: cannot resume: {what}; run without --resume to start over "
+                "(it replaces that output), or choose another output"
+            )
+        return
+    atomic_write(job_file, json.dumps(job, sort_keys=True).encode())
+
+
 class PngDir:
     """Render output to a directory: `<name>.png` per item, each written atomically."""
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path, resume: bool, job: dict[str, Any]) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         self.resume = resume
+        has_work = any(path.glob("*.png"))
+        check_job(path / f".coordconv-{JOB_FILE}", job, resume, path, has_work)
 
     def done(self, names: list[str]) -> set[int]:
         if not self.resume:
@@ -185,13 +246,14 @@ class StagedFile:
     lost to a kill is simply redone.
     """
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path, resume: bool, job: dict[str, Any]) -> None:
         self.path = path
         self.stage = path.with_name(path.name + ".parts")
         self.journal = self.stage / "journal.jsonl"
         if not resume and self.stage.exists():
             shutil.rmtree(self.stage)
         self.stage.mkdir(parents=True, exist_ok=True)
+        check_job(self.stage / JOB_FILE, job, resume, path, self.journal.exists())
         self.parts = self._read_journal()
 
     def _read_journal(self) -> list[str]:

@@ -15,12 +15,14 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from coordconv import __version__
 from service.dataplane import DataPlane
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware, error_body
+from service.parsing import BodyParser
 from service.registry import ModelRegistry
 from service.routes import health, v1, v2
 from service.schemas import ANY_ROUTE
@@ -65,16 +67,29 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     metrics = Metrics()
     owned = registry is None
     registry = registry or ModelRegistry(settings, metrics)
-    state = ServiceState(settings, registry.metrics, registry, DataPlane(settings, registry))
+    state = ServiceState(
+        settings,
+        registry.metrics,
+        registry,
+        DataPlane(settings, registry),
+        BodyParser(settings.parse_processes),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await registry.start()  # raises RepositoryError: start-up stops
+        if settings.grpc_port:  # the gRPC front end, on this event loop, over the same plane
+            from service.grpc_server import GrpcFrontEnd
+
+            state.grpc = GrpcFrontEnd(state.dataplane, settings, registry.metrics)
+            await state.grpc.start()
         try:
             yield
         finally:
+            await state.stop_grpc()
             state.accepting = False
+            state.parser.close()
             if owned:
                 await registry.stop()
 
@@ -119,6 +134,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client went away mid-body (or its body timed out): nobody reads this answer.
+        return _error(request, 499, "the client closed the connection")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -115,6 +115,14 @@ class Batcher:
         if self._calls:
             await asyncio.gather(*self._calls, return_exceptions=True)
 
+    def shed(self, message: str) -> None:
+        """Fail every queued request that has not started with 503 + Retry-After."""
+        for job in [j for j in self.queue if not j.started and not j.future.done()]:
+            job.future.set_exception(Unavailable(message, retry_after=1))
+            job.cancelled = True
+            self.queued_items -= job.remaining
+        self._gauge.set(self.queued_items)
+
     async def infer(self, x: np.ndarray, disconnected: Disconnected | None = None) -> Outputs:
         """Queue `x` (rows of this model's input) and wait for its outputs, one array each."""
         n = len(x)

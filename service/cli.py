@@ -21,7 +21,16 @@ from pydantic import ValidationError
 
 from service.settings import Settings
 
-LOG_FIELDS = ("request_id", "status", "path", "method", "duration_ms", "model", "version")
+LOG_FIELDS = (
+    "request_id",
+    "protocol",
+    "status",
+    "path",
+    "method",
+    "duration_ms",
+    "model",
+    "version",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -140,6 +149,9 @@ def main(argv: Sequence[str]) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     problem = _port_free(settings.host, settings.port)
+    if not problem and settings.grpc_port:
+        problem = _port_free(settings.host, settings.grpc_port)
+        problem = problem and f"gRPC: {problem} (--grpc-port 0 switches gRPC off)"
     if problem:
         print(f"coordconv serve: {problem}", file=sys.stderr)
         return 1
@@ -156,33 +168,47 @@ def main(argv: Sequence[str]) -> int:
     return serve(settings)
 
 
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> Any:
+    """uvicorn's configuration for the app: the hardened HTTP protocol (header, body, send and
+    keep-alive timeouts, header size and connection limits), no uvicorn concurrency limit (it
+    counts connections and would refuse health probes with a bare 503: the app's middleware
+    limits requests instead), our logging, and the drain on SIGTERM."""
+    import uvicorn
+
+    from service.http_protocol import protocol_class
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": protocol_class(settings),
+        "log_config": None,
+        "access_log": False,
+        "limit_concurrency": None,
+        "timeout_keep_alive": settings.keepalive_timeout_s,
+        "timeout_graceful_shutdown": math.ceil(settings.grace_s),  # 0: no drain at all
+        "server_header": False,
+        "lifespan": "on",
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
 def serve(settings: Settings) -> int:
-    """Load the start-up models, then serve HTTP, all on one event loop: the registry's batchers
-    and model control live on the loop that serves the requests. A bad repository is one clear
-    line and exit 1 (inside the app's lifespan it would be uvicorn's traceback)."""
+    """Load the start-up models, then serve HTTP and gRPC, all on one event loop: the registry's
+    batchers and model control live on the loop that serves both front ends. A bad repository
+    is one clear line and exit 1 (inside the app's lifespan it would be uvicorn's traceback)."""
     import asyncio
 
     import uvicorn
 
     from service.app import create_app
     from service.errors import RepositoryError
+    from service.http_protocol import raise_fd_limit
     from service.metrics import Metrics
     from service.registry import ModelRegistry
 
-    config = uvicorn.Config(
-        "service.app:create_app",  # replaced below; uvicorn wants an app to build a Config
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        # Our middleware answers 503 + Retry-After at MAX_CONCURRENCY requests; uvicorn's own
-        # limit (connections and tasks, answered with a bare 503) sits just above as a backstop.
-        limit_concurrency=settings.max_concurrency + 32,
-        timeout_graceful_shutdown=math.ceil(settings.grace_s),  # 0: no drain at all
-        timeout_keep_alive=5,
-        server_header=False,
-        lifespan="on",
-    )
+    raise_fd_limit()  # every connection is a file descriptor
+    config = uvicorn_config("service.app:create_app", settings)  # the app is set below
 
     async def main() -> int:
         registry = ModelRegistry(settings, Metrics())
@@ -195,10 +221,13 @@ def serve(settings: Settings) -> int:
         app = create_app(settings, registry=registry)
         config.app = app
         state = app.state.service
+        loop = asyncio.get_running_loop()
 
         class _Server(uvicorn.Server):
             def handle_exit(self, sig: int, frame: Any) -> None:
-                state.accepting = False  # /readyz answers 503 while in-flight requests drain
+                # /readyz answers 503 and gRPC drains beside HTTP's in-flight requests.
+                state.accepting = False
+                loop.call_soon_threadsafe(state.begin_drain)
                 super().handle_exit(sig, frame)
                 # A drained SIGTERM is a clean stop: exit 0 instead of re-raising the signal.
                 self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]

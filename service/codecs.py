@@ -119,8 +119,17 @@ def encode_npy(array: npt.NDArray[Any]) -> bytes:
     return buf.getvalue()
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def decode_npy(data: bytes) -> F32:
     """An NPY body (never unpickled) -> float32 (N, 64, 64), checked."""
+    if not data.startswith(NPY_MAGIC):
+        what = "a PNG" if data.startswith(PNG_MAGIC) else "something else"
+        raise BadRequest(
+            f"not an NPY body (it does not start with the NPY magic; it looks like {what}): "
+            "send PNGs as JSON or multipart/form-data"
+        )
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
@@ -138,6 +147,26 @@ def decode_npy(data: bytes) -> F32:
     if arr.ndim != 3 or arr.shape[1:] != (CANVAS, CANVAS):
         raise BadRequest(f"NPY array has shape {arr.shape}; expected (N, {CANVAS}, {CANVAS})")
     return arr.astype(np.float32, copy=False)
+
+
+def check_multipart_complete(body: bytes, content_type: str) -> None:
+    """A multipart body must end with its closing boundary: a truncated upload is refused as
+    such, not parsed into whatever parts arrived."""
+    boundary = next(
+        (
+            p.split("=", 1)[1].strip().strip('"')
+            for p in content_type.split(";")[1:]
+            if p.strip().lower().startswith("boundary=")
+        ),
+        None,
+    )
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary in its Content-Type")
+    if not body.rstrip(b"\r\n").endswith(b"--" + boundary.encode("latin-1") + b"--"):
+        raise BadRequest(
+            "truncated multipart body: it does not end with the closing boundary "
+            f"--{boundary[:70]}--"
+        )
 
 
 def check_images(images: F32, what: str = "images") -> F32:

@@ -16,13 +16,13 @@ class Metrics:
         self.requests = Counter(
             "coordconv_requests",
             "HTTP requests",
-            ["route", "model", "version", "status"],
+            ["route", "model", "version", "status", "protocol"],
             registry=r,
         )
         self.request_duration = Histogram(
             "coordconv_request_duration_seconds",
             "Request latency",
-            ["route", "model", "version"],
+            ["route", "model", "version", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

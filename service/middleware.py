@@ -1,7 +1,8 @@
 """One pure ASGI middleware for what every request needs, cheaper than a stack of Starlette
 middlewares: a request id, the body limit (413 before the body is read when Content-Length says
-so, and as soon as a streamed body passes it), the concurrency limit (503 + Retry-After), request
-metrics and one log line per request."""
+so, and as soon as a streamed body passes it), the limit of requests in flight (503 +
+Retry-After in the route's error format; health routes exempt), request metrics and one log line
+per request. Connection-level limits live in service/http_protocol.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from service.metrics import Metrics
 
 log = logging.getLogger("coordconv.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Probes and scrapes are never refused for capacity: an orchestrator must see a busy server as
+# alive and ready, not restart it.
+HEALTH_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", "/"}
+)
 
 
 def error_body(path: str, message: str) -> bytes:
@@ -86,7 +92,11 @@ class ServiceMiddleware:
 
         try:
             length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            if path in HEALTH_PATHS:
+                await self.app(scope, receive, send_wrapper)
+            elif length is not None and (
+                not length.isdigit() or len(length) > 18 or int(length) > self.max_body
+            ):
                 await reject(
                     413,
                     f"request body exceeds the limit of {self.max_body} bytes (MAX_BODY_BYTES)",
@@ -110,11 +120,11 @@ class ServiceMiddleware:
             elapsed = time.perf_counter() - start
             m = self.metrics
             m.requests.labels(
-                route=route_path, model=model, version=version, status=str(status)
+                route=route_path, model=model, version=version, status=str(status), protocol="http"
             ).inc()
-            m.request_duration.labels(route=route_path, model=model, version=version).observe(
-                elapsed
-            )
+            m.request_duration.labels(
+                route=route_path, model=model, version=version, protocol="http"
+            ).observe(elapsed)
             if log.isEnabledFor(logging.INFO):  # skip building the record on the hot path
                 log.info(
                     "%s %s %d %.1fms",
@@ -130,6 +140,7 @@ class ServiceMiddleware:
                         "duration_ms": round(elapsed * 1000, 2),
                         "model": model,
                         "version": version,
+                        "protocol": "http",
                     },
                 )
 

@@ -26,7 +26,8 @@ def build_app(settings: Settings) -> Any:
 
     from service.app import create_app
 
-    app = create_app(settings)
+    # Replicas speak HTTP behind Ray's proxy; several of them cannot share one gRPC port.
+    app = create_app(settings.model_copy(update={"grpc_port": 0}))
     try:
         replica = serve.get_replica_context().replica_id.unique_id
     except Exception:  # outside a replica (local testing mode)

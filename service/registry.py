@@ -151,6 +151,14 @@ class ModelRegistry:
             *(m.close() for m in everything), *self._drains, return_exceptions=True
         )
 
+    def shed_queued(self) -> None:
+        """Answer every request still queued with 503 + Retry-After (the drain is running out);
+        calls already running finish."""
+        for versions in self.versions.values():
+            for m in versions.values():
+                if m.batcher is not None:
+                    m.batcher.shed("the server is shutting down; retry (on another instance)")
+
     # Routing
 
     @property

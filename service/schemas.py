@@ -26,9 +26,6 @@ from coordconv.contract import CANVAS
 from service import codecs
 from service.errors import BadRequest
 
-# A JSON body larger than this is parsed in a worker thread, not on the event loop.
-INLINE_BODY_BYTES = 32 * 1024
-
 
 def check_count(n: int, what: str, limit: int) -> None:
     if n == 0:
@@ -107,9 +104,9 @@ Images = Annotated[
     ),
 ]
 Version = Annotated[
-    str | None,
+    Annotated[str, Field(pattern=r"^[0-9]{1,18}$")] | None,
     BeforeValidator(_version),
-    Field(None, pattern=r"^[0-9]{1,18}$", description="model version; default: the highest"),
+    Field(description="model version; default: the highest ready one"),
 ]
 
 
@@ -181,6 +178,8 @@ def validation_message(exc: ValidationError, schema: type[BaseModel], body: byte
     if kind == "missing":
         field = schema.model_fields[loc]
         return f"missing field '{loc}': {field.description or 'required'}"
+    if loc == "version" and kind in ("string_type", "string_pattern_mismatch"):
+        return f'version must be a number such as "1", got {e["input"]!r}'
     if kind == "string_type":
         return f"{loc} must be a string"
     if kind == "literal_error":

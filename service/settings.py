@@ -34,11 +34,37 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(1024, ge=1, description="items in one request")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
     request_timeout_s: float = Field(30.0, gt=0, description="queued longer than this: 503")
-    max_concurrency: int = Field(256, ge=1, description="requests in flight before 503")
+    max_concurrency: int = Field(
+        256, ge=1, description="inference requests in flight before 503 (health routes exempt)"
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="open connections; beyond, the longest-idle one is closed, else 503"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this (408)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="longest pause between chunks of a request body (408)"
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="a client that does not read its answer for this is cut off"
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line and headers (431 beyond)"
+    )
+    parse_processes: int = Field(
+        2, ge=0, description="worker processes that parse bodies over 1 MiB (0: threads)"
+    )
     grace_s: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     api_key: str | None = Field(None, description="bearer token for inference routes")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="gRPC Open Inference Protocol port (0: no gRPC)"
+    )
     model_control_mode: Literal["none", "explicit", "poll"] = Field(
         "none",
         description="none: load everything at start; explicit: --load-model and the "

@@ -3,17 +3,22 @@ the registry and the data plane that every route adapts."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from service.dataplane import DataPlane
 from service.errors import Unauthorized, Unavailable
 from service.metrics import Metrics
+from service.parsing import BodyParser
 from service.registry import ModelRegistry
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.grpc_server import GrpcFrontEnd
 
 
 @dataclass
@@ -22,7 +27,31 @@ class ServiceState:
     metrics: Metrics
     registry: ModelRegistry
     dataplane: DataPlane
+    parser: BodyParser
     accepting: bool = True  # False once SIGTERM arrived: /readyz says 503 while we drain
+    grpc: GrpcFrontEnd | None = None
+    _grpc_stop: asyncio.Task[None] | None = None
+    _shed: asyncio.TimerHandle | None = None
+
+    def begin_drain(self) -> None:
+        """On SIGTERM (on the event loop): not ready any more; gRPC starts draining now, together
+        with HTTP, within GRACE_S; shortly before GRACE_S runs out, whatever is still queued is
+        answered 503 + Retry-After (another instance can take it) instead of being cut off."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        if self.grpc is not None and self._grpc_stop is None:
+            self._grpc_stop = loop.create_task(self.grpc.stop(self.settings.grace_s))
+        shed_at = max(self.settings.grace_s - 1.0, self.settings.grace_s * 0.8)
+        self._shed = loop.call_later(shed_at, self.registry.shed_queued)
+
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            self.begin_drain()
+            if self._grpc_stop is None:  # accepting was already off
+                self._grpc_stop = asyncio.get_running_loop().create_task(self.grpc.stop(0))
+            await self._grpc_stop
 
     @property
     def ready(self) -> bool:

@@ -50,23 +50,19 @@ class LiveServer:
         import uvicorn
 
         from service.app import create_app
-        from service.cli import configure_logging
+        from service.cli import configure_logging, uvicorn_config
         from service.settings import Settings
 
         if SCHEDULING & set(overrides) and "model_dir" not in overrides:
             overrides["model_dir"] = silent_repository()
         overrides.setdefault("model_dir", MODELS)
+        overrides.setdefault("grpc_port", free_port())
         self.settings = Settings(port=0, **overrides)
+        self.grpc_port = self.settings.grpc_port
         configure_logging("warning", "text")
         self.app = create_app(self.settings)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=1,
+        config = uvicorn_config(
+            self.app, self.settings, host="127.0.0.1", port=0, timeout_graceful_shutdown=1
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -203,7 +205,16 @@ def test_a_server_restart_midway_completes_with_resume(tmp_path) -> None:
     live = serve()
     out = tmp_path / "out.npy"
     args = render_args(
-        tmp_path / "coords.csv", out, live.url, "--concurrency", "2", "--retries", "1", "--quiet"
+        tmp_path / "coords.csv",
+        out,
+        live.url,
+        "--concurrency",
+        "2",
+        "--retries",
+        "1",
+        "--retry-window",
+        "0",
+        "--quiet",
     )
     proc = cli(*args)
     wait_for(lambda: journal_items(tmp_path / "out.npy.parts") >= 100)
@@ -298,7 +309,7 @@ def test_retries_give_up_and_4xx_is_not_retried() -> None:
     srv, t, port = run_flaky(app)
     try:
         with (
-            CoordConvClient(f"http://127.0.0.1:{port}", retries=2) as c,
+            CoordConvClient(f"http://127.0.0.1:{port}", retries=2, retry_window=0) as c,
             pytest.raises(ClientError, match="gave up after 3 attempts"),
         ):
             c.render([[1, 1]])
@@ -397,3 +408,114 @@ def test_progress_is_plain_lines_off_a_terminal_with_a_summary(server, tmp_path)
     )
     assert "render: 300 done, 0 skipped (already done), 0 failed of 300 items" in err
     assert "\r" not in err  # no progress bar escape codes in a log file
+
+
+# Integrity: a resume never mixes jobs; refusals stop at once; bad outputs and ids are one line.
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    proc = cli(*args)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("output", ["out.npy", "pngs"])
+def test_resume_after_the_input_changed_is_refused(server, tmp_path, output) -> None:
+    coords = tmp_path / "coords.csv"
+    write_coords(coords, 40, seed=1)
+    out = tmp_path / output
+    code, err = run_cli(*render_args(coords, out, server.url, "--quiet"))
+    assert code == 0, err
+    if output == "out.npy":  # an interrupted job: staged parts, no assembled file yet
+        shutil.rmtree(tmp_path / "out.npy.parts", ignore_errors=True)
+        out.unlink()
+        proc = cli(*render_args(coords, out, server.url, "--quiet", "--concurrency", "1"))
+        wait_for(lambda: journal_items(tmp_path / "out.npy.parts") >= 8)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    write_coords(coords, 30, seed=2)  # same ids, other coordinates, fewer rows
+    code, err = run_cli(*render_args(coords, out, server.url, "--quiet", "--resume"))
+    assert code == 2, err
+    assert "cannot resume: the input or the options changed" in err
+    assert "run without --resume to start over" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # Another model is another job too.
+    write_coords(coords, 40, seed=1)
+    if output == "pngs":
+        code, err = run_cli(
+            *render_args(coords, out, server.url, "--quiet", "--resume", "--model", "pixel")
+        )
+        assert code == 2 and "(model)" in err
+
+
+def test_a_refused_job_stops_at_once_without_splitting(tmp_path) -> None:
+    coords = tmp_path / "coords.csv"
+    write_coords(coords, 200, seed=3)
+    with LiveServer(api_key="right") as live:
+        code, err = run_cli(
+            *render_args(coords, tmp_path / "o.npy", live.url, "--quiet", "--api-key", "wrong")
+        )
+        text = httpx.get(live.url + "/metrics").text
+    assert code == 2 and "the service refused the job (HTTP 401: invalid API key)" in err
+    sent = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("coordconv_requests_total") and 'status="401"' in line
+    )
+    assert 1 <= sent <= 4  # the requests already in flight (4), never a split into 200
+
+
+def test_unknown_model_stops_with_one_message(server, tmp_path) -> None:
+    coords = tmp_path / "coords.csv"
+    write_coords(coords, 100, seed=4)
+    code, err = run_cli(*render_args(coords, tmp_path / "o", server.url, "--model", "nope"))
+    assert code == 2 and "HTTP 404: unknown model 'nope'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("proc", "cannot write there"),
+        ("long-id", "bytes; at most 200"),
+        ("nul-id", "cannot name a file"),
+        ("timeout-0", "must be a number of seconds > 0"),
+        ("retries-negative", "must be >= 0"),
+    ],
+)
+def test_bad_outputs_ids_and_options_are_one_line_and_exit_2(server, tmp_path, case, message):
+    coords = tmp_path / "coords.csv"
+    write_coords(coords, 3)
+    out, extra = tmp_path / "o.npy", []
+    if case == "proc":
+        out = Path("/proc/coordconv-out.npy")
+    elif case == "long-id":
+        coords.write_text("id,x,y\n" + "a" * 300 + ",10,10\n")
+    elif case == "nul-id":
+        coords.write_text("id,x,y\na\x00b,10,10\n")
+    elif case == "timeout-0":
+        extra = ["--timeout", "0"]
+    else:
+        extra = ["--retries", "-1"]
+    code, err = run_cli(*render_args(coords, out, server.url, "--quiet", *extra))
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffid,x,y\nfirst,10,20\n".encode())
+    items = read_coords(path)
+    assert items.names == ["first"] and items.coords is not None
+    assert items.coords.tolist() == [[10.0, 20.0]]
+
+
+def test_503_is_honoured_for_the_retry_window_past_the_retry_count() -> None:
+    app = Flaky(failures=6, retry_after="0.2")
+    srv, t, port = run_flaky(app)
+    try:
+        with CoordConvClient(f"http://127.0.0.1:{port}", retries=1, retry_window=30) as c:
+            assert c.render([[1, 1]]).shape == (1, 64, 64)
+    finally:
+        srv.should_exit = True
+        t.join()
+    assert len(app.times) == 7  # six refusals waited out, far past retries=1

@@ -119,6 +119,7 @@ def test_cmd_and_healthcheck_run_as_written_give_a_ready_service() -> None:
         COORDCONV_MODEL_DIR=str(MODELS),
         COORDCONV_HOST="127.0.0.1",
         COORDCONV_PORT=str(port),
+        COORDCONV_GRPC_PORT=str(free_port()),
     )
     assert cmd == ["coordconv", "serve"]
     proc = subprocess.Popen(

@@ -23,7 +23,12 @@ from training import data, metrics
 @contextmanager
 def serve_process(**settings: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
-    env = {**os.environ, "COORDCONV_PORT": str(port), "COORDCONV_LOG_LEVEL": "info"}
+    env = {
+        **os.environ,
+        "COORDCONV_PORT": str(port),
+        "COORDCONV_GRPC_PORT": str(free_port()),
+        "COORDCONV_LOG_LEVEL": "info",
+    }
     if SCHEDULING & set(settings):
         env["COORDCONV_MODEL_DIR"] = str(silent_repository())
     env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
@@ -36,6 +41,7 @@ def serve_process(**settings: object) -> Iterator[tuple[subprocess.Popen[str], s
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
+    proc.grpc_port = int(env["COORDCONV_GRPC_PORT"])  # type: ignore[attr-defined]
     try:
         for _ in range(600):
             try:
@@ -104,13 +110,26 @@ def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() 
     assert after - before < 50_000, f"RSS grew {before} -> {after_first} -> {after} KiB"
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0() -> None:
+def test_sigterm_drains_http_and_grpc_together_and_exits_0() -> None:
+    import tritonclient.grpc.aio as tgrpc
+
     coords = data.centres()[:12]
     with serve_process(max_queue_delay_us=1_500_000, grace_s=10) as (proc, url):
         port = int(url.rsplit(":", 1)[1])
+        grpc_port = proc.grpc_port  # type: ignore[attr-defined]
 
-        async def scenario() -> tuple[list[int], str]:
-            task = asyncio.ensure_future(burst(url, coords))
+        async def via_grpc(p: np.ndarray) -> np.ndarray:
+            client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            try:
+                x = tgrpc.InferInput("coords", [1, 2], "FP32")
+                x.set_data_from_numpy(p[None].astype(np.float32))
+                return (await client.infer("render", [x])).as_numpy("image")[0]
+            finally:
+                await client.close()
+
+        async def scenario() -> tuple[list[int], list[np.ndarray], str]:
+            http = asyncio.ensure_future(burst(url, coords))
+            grpc_calls = asyncio.gather(*[via_grpc(p) for p in coords])
             await asyncio.sleep(0.5)  # every request is accepted and waiting for its batch
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
@@ -119,15 +138,16 @@ def test_sigterm_drains_in_flight_requests_and_exits_0() -> None:
                 refused = "accepted"
             except OSError:
                 refused = "refused"
-            results = await task
-            return [r[0] for r in results], refused
+            results = await http
+            return [r[0] for r in results], await grpc_calls, refused
 
         t0 = time.monotonic()
-        statuses, refused = asyncio.run(scenario())
+        statuses, grpc_images, refused = asyncio.run(scenario())
         proc.wait(timeout=15)
         elapsed = time.monotonic() - t0
         out = proc.stdout.read() if proc.stdout else ""
-    assert statuses == [200] * len(coords)  # every accepted request completed
+    assert statuses == [200] * len(coords)  # every accepted HTTP request completed
+    assert metrics.iou(np.stack(grpc_images), data.squares(coords)).min() >= 0.9  # and gRPC's
     assert refused == "refused"  # new connections are not accepted while draining
     assert proc.returncode == 0, out
     assert elapsed < 10

@@ -41,8 +41,9 @@ def make_repo(root: Path, versions: dict[int, Path], policy: str = "latest 2") -
     kind, _, n = policy.partition(" ")
     config = config.replace(
         "version_policy: { latest: { num_versions: 2 } }",
-        f"version_policy: {{ latest: {{ num_versions: {n} }} }}" if kind == "latest" else
-        "version_policy: { all: { } }",
+        f"version_policy: {{ latest: {{ num_versions: {n} }} }}"
+        if kind == "latest"
+        else "version_policy: { all: { } }",
     )
     (repo / "render" / "config.pbtxt").write_text(config)
     shutil.copytree(MODELS / "locate", repo / "locate")
@@ -68,16 +69,14 @@ def infer(tc: triton.InferenceServerClient, version: str = "") -> tuple[np.ndarr
 @pytest.fixture
 def explicit(tmp_path):
     repo = make_repo(tmp_path, {1: RENDER_V1})
-    with live_server(
-        model_dir=repo, model_control_mode="explicit", load_model=["render"]
-    ) as live:
+    with live_server(model_dir=repo, model_control_mode="explicit", load_model=["render"]) as live:
         tc = triton.InferenceServerClient(f"127.0.0.1:{live.port}", network_timeout=120)
         yield live, repo, tc
         tc.close()
 
 
 def test_explicit_mode_index_load_unload_and_readiness(explicit) -> None:
-    live, repo, tc = explicit
+    live, _, tc = explicit
     index = {(e["name"], e.get("version", "")): e["state"] for e in tc.get_model_repository_index()}
     assert index == {("render", "1"): "READY", ("locate", ""): "UNAVAILABLE"}
     assert tc.is_server_ready() and tc.is_model_ready("render")
@@ -126,7 +125,9 @@ def test_versions_side_by_side(explicit) -> None:
         assert r.headers["x-model-sha256"] == sha256_of(RENDER_ALT)
         r = c.post("/v1/render", json={"coords": [[10, 20]], "version": "7"})
         assert r.status_code == 404
-        assert r.json()["detail"] == "model 'render' version '7' is not served; available: ['1', '2']"
+        assert (
+            r.json()["detail"] == "model 'render' version '7' is not served; available: ['1', '2']"
+        )
         listed = {(m["name"], m["version"]) for m in c.get("/v1/models").json()["models"]}
         assert {("render", "1"), ("render", "2")} <= listed
         metrics = c.get("/metrics").text
@@ -172,8 +173,11 @@ def test_config_pbtxt_is_honoured(tmp_path) -> None:
         assert cfg["max_batch_size"] == 8
         assert cfg["dynamic_batching"]["preferred_batch_size"] == [4]
         assert cfg["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 12
-        body = {"inputs": [{"name": "coords", "shape": [9, 2], "datatype": "FP32",
-                            "data": [[1, 1]] * 9}]}
+        body = {
+            "inputs": [
+                {"name": "coords", "shape": [9, 2], "datatype": "FP32", "data": [[1, 1]] * 9}
+            ]
+        }
         r = c.post("/v2/models/render/infer", json=body)
         assert r.status_code == 400
         assert "batch size 9 exceeds max_batch_size 8" in r.json()["error"]
@@ -182,9 +186,10 @@ def test_config_pbtxt_is_honoured(tmp_path) -> None:
         assert r.status_code == 200 and len(r.json()["images"]) == 12
         r = c.post("/v1/render", json={"coords": [[5, 5]] * 13})
         assert r.status_code == 400
-        assert "13 items can never fit model 'render''s queue (max_queue_size 12)" in r.json()[
-            "detail"
-        ]
+        assert (
+            "13 items can never fit model 'render''s queue (max_queue_size 12)"
+            in r.json()["detail"]
+        )
         stats = c.get("/v2/models/render/stats").json()["model_stats"][0]
         sizes = {b["batch_size"] for b in stats["batch_stats"]}
     assert sizes == {4}  # 12 items: three batches of the preferred size (as Triton forms them)
@@ -195,7 +200,7 @@ BROKEN = ["mismatch", "missing-config", "foreign-graph", "corrupt-onnx", "traver
 
 @pytest.mark.parametrize("fault", BROKEN)
 def test_a_broken_load_is_one_clear_line_and_the_serving_set_stays(explicit, fault) -> None:
-    live, repo, tc = explicit
+    _, repo, tc = explicit
     model = "render"
     if fault == "mismatch":
         config = repo / "render" / "config.pbtxt"
@@ -346,8 +351,10 @@ def test_reload_under_load_explicit_mode_fails_nothing(explicit) -> None:
         (v2 / "model.onnx.new").replace(v2 / "model.onnx")
         tc.load_model("render", config=json.dumps(config))  # version 2 reloaded
         time.sleep(1)
-    print(f"\nreload under load (explicit): sent {load.sent}, failed {len(load.failed)}, "
-          f"versions seen {dict(load.versions)}")
+    print(
+        f"\nreload under load (explicit): sent {load.sent}, failed {len(load.failed)}, "
+        f"versions seen {dict(load.versions)}"
+    )
     assert load.failed == []
     seen = {v for v, _ in load.versions}
     assert seen == {"1", "2"}
@@ -371,15 +378,23 @@ def test_reload_under_load_poll_mode_fails_nothing(tmp_path) -> None:
             wait_for(lambda: not tc.is_model_ready("render", "1"))
             shutil.copy(RENDER_V1, repo / "render" / "2" / "model.onnx.new")
             (repo / "render" / "2" / "model.onnx.new").replace(repo / "render" / "2" / "model.onnx")
-            wait_for(lambda: infer(tc)[0].max() > 0 and httpx.post(
-                live.url + "/v1/render", json={"coords": [[5, 5]]}
-            ).headers["x-model-sha256"] == sha256_of(RENDER_V1))  # a changed file, reloaded
+            wait_for(
+                lambda: (
+                    infer(tc)[0].max() > 0
+                    and httpx.post(live.url + "/v1/render", json={"coords": [[5, 5]]}).headers[
+                        "x-model-sha256"
+                    ]
+                    == sha256_of(RENDER_V1)
+                )
+            )  # a changed file, reloaded
             shutil.copytree(MODELS / "pixel", repo / "pixel")  # a new model
             wait_for(lambda: tc.is_model_ready("pixel"))
             shutil.rmtree(repo / "pixel")  # and gone again
             wait_for(lambda: not tc.is_model_ready("pixel"))
         tc.close()
-    print(f"\nreload under load (poll): sent {load.sent}, failed {len(load.failed)}, "
-          f"versions seen {dict(load.versions)}")
+    print(
+        f"\nreload under load (poll): sent {load.sent}, failed {len(load.failed)}, "
+        f"versions seen {dict(load.versions)}"
+    )
     assert load.failed == []
     assert {v for v, _ in load.versions} == {"1", "2"} and len(load.versions) == 3

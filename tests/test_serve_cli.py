@@ -24,7 +24,7 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "COORDCONV_GRPC_PORT": str(free_port()), **(env or {})},
     )
 
 

@@ -140,8 +140,8 @@ def test_health_ready_and_metrics(client) -> None:
     ):
         assert name in text
     assert (
-        'coordconv_requests_total{model="render",route="/v1/render",status="200",version="1"}'
-        in text
+        'coordconv_requests_total{model="render",protocol="http",route="/v1/render",'
+        'status="200",version="1"}' in text
     )
 
 

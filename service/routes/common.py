@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from service.errors import BadRequest, NotAcceptable
 from service.messages import InferResponse
-from service.schemas import INLINE_BODY_BYTES
+from service.parsing import INLINE_BYTES
 
 T = TypeVar("T")
 NPY = "application/x-npy"
@@ -67,9 +67,9 @@ def model_headers(response: InferResponse) -> dict[str, str]:
 
 
 async def off_loop_if_large(size: int, func: Callable[..., T], *args: Any) -> T:
-    """Run `func` inline for a small body, in a worker thread for a large one: parsing a big
-    body on the event loop would stall every other request (health checks included)."""
-    if size > INLINE_BODY_BYTES:
+    """Run `func` inline for a small body, in a worker thread for a large one: for decoders
+    that release the GIL (zlib, numpy copies). JSON goes to `BodyParser`, which holds it."""
+    if size > INLINE_BYTES:
         return await asyncio.to_thread(func, *args)
     return func(*args)
 

@@ -22,11 +22,13 @@ async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", summary="Liveness: the process is up")
 async def healthz() -> Response:
     return json_response({"status": "alive"})
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get(
     "/readyz",
     summary="Readiness: every start-up model loaded and warmed",
@@ -41,6 +43,7 @@ async def readyz(state: ServiceDep) -> Response:
     return json_response({"status": "ready", "models": models})
 
 
+@router.head("/metrics", include_in_schema=False)
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(state: ServiceDep) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

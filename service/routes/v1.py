@@ -80,7 +80,7 @@ async def render(request: Request, state: ServiceDep) -> Response:
     plane = state.plane()
     raw = await request.body()
     limit = state.settings.max_items_per_request
-    body = await off_loop_if_large(len(raw), parse_body, RenderRequest, raw, limit)
+    body = await state.parser.run(len(raw), parse_body, RenderRequest, raw, limit)
     answer = await plane.infer(
         InferRequest(
             model=body.model,
@@ -153,10 +153,11 @@ async def locate(
     name = model or "locate"
     if ctype == JSON:
         raw = await request.body()
-        body = await off_loop_if_large(len(raw), parse_body, LocateRequest, raw, limit)
+        body = await state.parser.run(len(raw), parse_body, LocateRequest, raw, limit)
         images, name = body.images, body.model if model is None else model
         version = body.version if version is None else version
     elif ctype == "multipart/form-data":
+        codecs.check_multipart_complete(await request.body(), request.headers["content-type"])
         async with request.form(max_files=limit + 1, max_fields=limit + 1) as form:
             uploads = form.getlist("images")
             files: list[tuple[str, bytes]] = []

@@ -24,7 +24,6 @@ from service.routes.common import (
     disconnect_waiter,
     json_response,
     model_headers,
-    off_loop_if_large,
     parse_json,
 )
 from service.schemas import V2Error, error_responses
@@ -47,11 +46,13 @@ ModelName = Path(description="model name, e.g. render")
 Version = Path(description="model version, e.g. 1")
 
 
+@health.head("/live", include_in_schema=False)
 @health.get("/live", summary="Server liveness")
 async def live() -> Response:
     return json_response({"live": True})
 
 
+@health.head("/ready", include_in_schema=False)
 @health.get("/ready", summary="Server readiness")
 async def ready(state: ServiceDep) -> Response:
     if not state.ready:
@@ -245,6 +246,16 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _numbers(data: Any) -> Any:
+    """JSON numbers as one numpy array where they form one (compact to hand back from a parsing
+    process); anything else as it came, for the data plane to refuse with a message."""
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        return data
+    return arr if arr.dtype.kind in "iuf" else data
+
+
 def decode_infer(
     body: bytes, header_length: str | None, name: str, version: str | None
 ) -> tuple[InferRequest, dict[str, bool]]:
@@ -288,7 +299,7 @@ def decode_infer(
             t.raw = view[offset : offset + size]
             offset += size
         elif "data" in spec:
-            t.data = spec["data"]
+            t.data = _numbers(spec["data"])
         inputs.append(t)
     if offset != len(binary):
         raise BadRequest(
@@ -361,7 +372,7 @@ async def _infer(request: Request, state: Any, name: str, version: str | None) -
     plane = state.plane()
     plane.resolve(name, version, None)  # an unknown model or version is a 404 before decoding
     raw = await request.body()
-    req, binary_out = await off_loop_if_large(
+    req, binary_out = await state.parser.run(
         len(raw), decode_infer, raw, request.headers.get(HEADER_LENGTH), name, version
     )
     answer = await plane.infer(req, disconnect_waiter(request))
