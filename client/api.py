@@ -74,6 +74,19 @@ def _load_npy(response: httpx.Response) -> np.ndarray:
     return np.load(io.BytesIO(response.content), allow_pickle=False)
 
 
+def located(response: httpx.Response) -> np.ndarray:
+    """A /v1/locate JSON answer as rows (x, y, confidence, ok): confidence and ok are NaN when
+    the model answers none (version 1 models)."""
+    body = response.json()
+    coords = np.asarray(body["coords"], dtype=np.float64).reshape(-1, 2)
+    rows = np.full((len(coords), 4), np.nan)
+    rows[:, :2] = coords
+    if "confidence" in body:
+        rows[:, 2] = body["confidence"]
+        rows[:, 3] = np.asarray(body["ok"], dtype=bool)
+    return rows
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -196,6 +209,15 @@ class CoordConvClient(_Base):
         """images: an (N, 64, 64) array in [0, 1], or a list of PNG bytes."""
         return _load_npy(self._post("/v1/locate", **_locate_request(images, model, version)))
 
+    def locate_rows(
+        self, images: Any, model: str = "locate", version: str | None = None
+    ) -> np.ndarray:
+        """Like `locate`, with each point's confidence and verdict: (N, 4) x, y, confidence,
+        ok (NaN for models without a confidence)."""
+        request = _locate_request(images, model, version)
+        request["headers"] = {**request["headers"], "Accept": "application/json"}
+        return located(self._post("/v1/locate", **request))
+
     def models(self) -> list[dict[str, Any]]:
         r = self._http.get("/v1/models")
         if r.status_code != 200:
@@ -257,6 +279,13 @@ class AsyncCoordConvClient(_Base):
     ) -> np.ndarray:
         request = _locate_request(images, model, version)
         return _load_npy(await self._post("/v1/locate", **request))
+
+    async def locate_rows(
+        self, images: Any, model: str = "locate", version: str | None = None
+    ) -> np.ndarray:
+        request = _locate_request(images, model, version)
+        request["headers"] = {**request["headers"], "Accept": "application/json"}
+        return located(await self._post("/v1/locate", **request))
 
     async def models(self) -> list[dict[str, Any]]:
         r = await self._http.get("/v1/models")

@@ -103,9 +103,10 @@ async def _send(
         return await client.render(items.coords[idx], model, version)
     if items.pngs is not None:
         pngs = [items.pngs[i].read_bytes() for i in idx.tolist()]
-        return await client.locate(pngs, model, version)
+        return await client.locate_rows(pngs, model, version)
     assert items.images is not None
-    return await client.locate(np.asarray(items.images[idx], dtype=np.float32), model, version)
+    images = np.asarray(items.images[idx], dtype=np.float32)
+    return await client.locate_rows(images, model, version)
 
 
 async def _run_batch(
@@ -118,6 +119,7 @@ async def _run_batch(
     sink: Sink,
     summary: Summary,
     progress: Progress,
+    min_confidence: float | None = None,
 ) -> None:
     """Send one batch; a 4xx answer about the items is split in halves until the bad items are
     isolated; an answer about the job itself (FATAL: key, model, route) stops everything."""
@@ -129,12 +131,36 @@ async def _run_batch(
         if 400 <= exc.status < 500 and len(idx) > 1:
             half = len(idx) // 2
             for part in (idx[:half], idx[half:]):
-                await _run_batch(client, task, items, part, model, version, sink, summary, progress)
+                await _run_batch(
+                    client,
+                    task,
+                    items,
+                    part,
+                    model,
+                    version,
+                    sink,
+                    summary,
+                    progress,
+                    min_confidence,
+                )
             return
         reason = str(exc)
         summary.failures += [(items.names[i], reason) for i in idx.tolist()]
         progress.update(0, len(idx))
         return
+    if min_confidence is not None and task == "locate":
+        doubtful = ~(result[:, 2] >= min_confidence)  # NaN (no confidence) is doubtful too
+        for i, row in zip(idx[doubtful].tolist(), result[doubtful], strict=True):
+            shown = (
+                "none (the model answers no confidence)" if np.isnan(row[2]) else (f"{row[2]:.3f}")
+            )
+            summary.failures.append(
+                (items.names[i], f"confidence {shown} below --min-confidence {min_confidence}")
+            )
+        progress.update(0, int(doubtful.sum()))
+        idx, result = idx[~doubtful], result[~doubtful]
+        if not len(idx):
+            return
     await asyncio.to_thread(sink.write, idx, items.names, result)
     summary.succeeded += len(idx)
     progress.update(len(idx), 0)
@@ -156,6 +182,7 @@ async def run(
     retry_window: float = DEFAULT_RETRY_WINDOW,
     resume: bool = False,
     quiet: bool = False,
+    min_confidence: float | None = None,
 ) -> Summary:
     """Run a whole job; returns its summary. Failed items go to `<output>.failed.csv`.
     Raises JobRefused when the service refuses the job itself, InputError when `resume` meets
@@ -168,6 +195,7 @@ async def run(
         "input_sha256": await asyncio.to_thread(items.fingerprint),
         "items": len(items),
         "output": output.suffix.lower() or "dir",
+        "min_confidence": min_confidence,
     }
     sink: Sink
     if task == "render" and output.suffix.lower() != ".npy":

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             "locate",
             "images to coordinates",
             "a directory of *.png, or an (N, 64, 64) .npy",
-            "a .csv with name,x,y",
+            "a .csv with name,x,y,confidence,ok",
         ),
     ):
         s = sub.add_parser(task, help=helptext, description=f"{task}: {helptext}.")
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
             f"(default {DEFAULT_RETRY_WINDOW:g}), even past --retries",
         )
         s.add_argument("--timeout", type=_seconds(True), default=30.0, help="seconds per request")
+        if task == "locate":
+            s.add_argument(
+                "--min-confidence",
+                type=float,
+                help="fail items whose confidence is below this (locate models that answer one)",
+            )
         s.add_argument("--resume", action="store_true", help="skip items already done")
         s.add_argument("--quiet", action="store_true", help="no progress output")
     return p
@@ -151,6 +157,7 @@ def main(argv: Sequence[str]) -> int:
                 retry_window=a.retry_window,
                 resume=a.resume,
                 quiet=a.quiet,
+                min_confidence=getattr(a, "min_confidence", None),
             )
         )
     except JobRefused as exc:

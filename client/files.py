@@ -308,15 +308,17 @@ class StagedFile:
                 out[idx] = rows
             out.flush()
             del out
-        else:
-            coords = np.zeros((n, 2), dtype=np.float64)
+        else:  # locate: x, y, and the confidence and verdict where the model answers them
+            located = np.full((n, 4), np.nan)
             for idx, rows in self._rows(n):
-                coords[idx] = rows
+                located[idx, : rows.shape[1]] = rows
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["name", "x", "y"])
-                for name, (x, y) in zip(names, coords.tolist(), strict=True):
-                    w.writerow([name, f"{x:.4f}", f"{y:.4f}"])
+                w.writerow(["name", "x", "y", "confidence", "ok"])
+                for name, (x, y, conf, ok) in zip(names, located.tolist(), strict=True):
+                    verdict = "" if math.isnan(ok) else ("true" if ok else "false")
+                    shown = "" if math.isnan(conf) else f"{conf:.4f}"
+                    w.writerow([name, f"{x:.4f}", f"{y:.4f}", shown, verdict])
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "reproduce": ("training.cli", "reproduce_main", "train the paper's table, write results/"),
     "export": ("training.cli", "export_main", "export a trained run to the ONNX model repository"),
     "models": ("training.cli", "models_main", "retrain and export the shipped models/"),
+    "evaluate": ("training.cli", "evaluate_main", "judge the full-canvas models and confidence"),
     "serve": ("service.cli", "main", "serve the model repository over HTTP"),
     "client": ("client.cli", "main", "send files of work to a running service"),
 }
@@ -46,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:  # a missing extra, e.g. torch for `train`
         extra = EXTRAS[module_name.split(".")[0]]
         print(
-            f"coordconv {args[0]}: missing dependency ({exc.name}); "
-            f"install it with: pip install 'coordconv[{extra}]'",
+            f"coordconv {args[0]}: missing dependency ({exc.name}); from a checkout: "
+            f"`.venv/bin/pip install -e '.[{extra}]'` (the Makefile's targets do it), "
+            f"from PyPI: `pip install 'coordconv[{extra}]'`",
             file=sys.stderr,
         )
         return 2

@@ -84,14 +84,21 @@ def config_pbtxt(
             )
         return ",\n".join(items)
 
+    chosen = outputs or sig.outputs
+    threshold = (
+        'parameters: { key: "coordconv.ok_threshold" value: { string_value: "0.5" } }\n'
+        if any(t.name == "confidence" for t in chosen)
+        else ""
+    )
     return (
         f'name: "{name}"\n'
         f'platform: "{PLATFORM}"\n'
         f"max_batch_size: {max_batch_size}\n"
         f"input [\n{tensors(sig.inputs)}\n]\n"
-        f"output [\n{tensors(outputs or sig.outputs)}\n]\n"
+        f"output [\n{tensors(chosen)}\n]\n"
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         "version_policy: { latest: { num_versions: 2 } }\n"
         "instance_group [ { count: 1, kind: KIND_AUTO } ]\n"
         f'parameters: {{ key: "{META_TASK}" value: {{ string_value: "{task}" }} }}\n'
+        f"{threshold}"
     )

@@ -122,6 +122,20 @@ def encode_npy(array: npt.NDArray[Any]) -> bytes:
 NPY_MAGIC = b"\x93NUMPY"
 
 
+def npy_items(data: bytes) -> int | None:
+    """The number of images an NPY body claims, from its header alone (None if unreadable): the
+    item limit is checked before the array is read."""
+    try:
+        f = io.BytesIO(data[:4096])
+        version = np.lib.format.read_magic(f)
+        fmt = np.lib.format
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape = read(f)[0]
+    except Exception:
+        return None
+    return int(shape[0]) if len(shape) >= 1 else None
+
+
 def decode_npy(data: bytes) -> F32:
     """An NPY body (never unpickled) -> float32 (N, 64, 64), checked."""
     if not data.startswith(NPY_MAGIC):

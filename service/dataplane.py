@@ -149,7 +149,9 @@ class DataPlane:
             for t, y in zip(m.outputs, outs, strict=True)
             if t.name in names
         ]
-        return InferResponse(m.name, m.version, m.sha256, m.task, tensors, req.id)
+        return InferResponse(
+            m.name, m.version, m.sha256, m.task, tensors, req.id, {"ok_threshold": m.ok_threshold}
+        )
 
     def _input(self, req: InferRequest, m: ModelVersion) -> np.ndarray:
         if not req.inputs:

@@ -123,6 +123,16 @@ class ModelVersion:
         return self.inputs[0]
 
     @property
+    def ok_threshold(self) -> float:
+        """The confidence at and above which a located point is `ok` (config parameter
+        `coordconv.ok_threshold`, default 0.5)."""
+        p = self.config.parameters.get("coordconv.ok_threshold")
+        try:
+            return float(p.string_value) if p is not None else 0.5
+        except ValueError:
+            return 0.5
+
+    @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 

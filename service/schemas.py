@@ -199,6 +199,14 @@ class LocateResponse(BaseModel):
     model: str
     version: str
     coords: list[list[float]] = Field(..., description="(x, y) in pixels, one pair per image")
+    confidence: list[float] | None = Field(
+        None, description="how much to trust each point, 0..1 (models that answer one)"
+    )
+    ok: list[bool] | None = Field(
+        None,
+        description="the image shows exactly one 9x9 square or one lit pixel, and the point is "
+        "where it is (confidence >= the model's threshold)",
+    )
 
 
 class TensorInfo(BaseModel):

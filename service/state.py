@@ -37,9 +37,9 @@ class ServiceState:
         """On SIGTERM (on the event loop): not ready any more; gRPC starts draining now, together
         with HTTP, within GRACE_S; shortly before GRACE_S runs out, whatever is still queued is
         answered 503 + Retry-After (another instance can take it) instead of being cut off."""
-        if not self.accepting:
-            return
         self.accepting = False
+        if self._shed is not None:  # already draining
+            return
         loop = asyncio.get_running_loop()
         if self.grpc is not None and self._grpc_stop is None:
             self._grpc_stop = loop.create_task(self.grpc.stop(self.settings.grace_s))

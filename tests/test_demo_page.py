@@ -110,6 +110,12 @@ def test_the_page_works_with_an_api_key(browser) -> None:
         click_canvas(page, "#render-canvas", 10, 10)
         page.wait_for_function("window.demo.lastRender && window.demo.lastRender.x === 10")
         assert page.evaluate("window.demo.lastRender.iou") >= 0.99
+        # Enter in the key field keeps the page (a form submit would reload it).
+        page.evaluate("window.__stayed = true")
+        page.press("#api-key", "Enter")
+        page.wait_for_timeout(500)
+        assert page.evaluate("window.__stayed === true")
+        assert page.input_value("#api-key") == "demo-key"
         page.close()
 
 

@@ -213,3 +213,23 @@ def test_concurrency_limit_answers_503_with_retry_after(limit) -> None:
     assert set(statuses) <= {200, 503} and statuses.count(503) >= 10
     assert all(r[1].get("retry-after") == "1" for r in results if r[0] == 503)
     assert any("too many requests in flight" in r[3].get("detail", "") for r in results)
+
+
+def test_requests_still_queued_when_the_drain_runs_out_get_503_not_500() -> None:
+    coords = data.centres()[:6]
+    # Batches wait 20 s to fill, far past GRACE_S = 2: nothing queued can finish in time.
+    with serve_process(max_queue_delay_us=20_000_000, grace_s=2) as (proc, url):
+
+        async def scenario() -> list[tuple[int, dict, float, dict]]:
+            task = asyncio.ensure_future(burst(url, coords))
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            return await task
+
+        results = asyncio.run(scenario())
+        proc.wait(timeout=15)
+        out = proc.stdout.read() if proc.stdout else ""
+    assert [r[0] for r in results] == [503] * len(coords), out
+    assert all(r[1].get("retry-after") == "1" for r in results)
+    assert all("shutting down" in r[3]["detail"] for r in results)
+    assert proc.returncode == 0 and "Traceback" not in out

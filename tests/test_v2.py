@@ -155,3 +155,55 @@ def test_infer_needs_no_content_type_and_accepts_nested_data(client) -> None:
     assert out["shape"] == [2, 64, 64] and len(out["data"]) == 2 * 64 * 64
     img = np.asarray(out["data"]).reshape(2, 64, 64)
     assert img[0, 20, 10] > 0.5 and img[1, 40, 30] > 0.5
+
+
+NEVER_500 = [
+    # (body, headers, message)
+    (
+        b"{}",
+        {"Inference-Header-Content-Length": "\u00b2".encode()},
+        "is not a length in bytes",
+    ),
+    (b"{}", {"Inference-Header-Content-Length": "9" * 5000}, "is not a length in bytes"),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], '
+        b'"parameters": {"binary_data_output": "false"}}',
+        {},
+        "binary_data_output must be true or false (a JSON boolean), got 'false'",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", '
+        b'"data": ["10", "20"]}]}',
+        {},
+        "data must be numbers (flat or nested), not strings or booleans",
+    ),
+    (
+        b'{"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", '
+        b'"data": [true, false]}]}',
+        {},
+        "not strings or booleans",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "message"), NEVER_500)
+def test_odd_v2_requests_are_400_never_500(client, body, headers, message) -> None:
+    r = client.post("/v2/models/render/infer", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def test_a_png_sent_as_npy_and_a_truncated_multipart_say_so(client) -> None:
+    from tests.service_helpers import png_bytes
+
+    png = png_bytes(data.squares([[10, 10]])[0])
+    r = client.post("/v1/locate", content=png, headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 400 and "it looks like a PNG" in r.json()["detail"]
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png[:40]
+    )
+    r = client.post(
+        "/v1/locate", content=body, headers={"Content-Type": "multipart/form-data; boundary=XyZ"}
+    )
+    assert r.status_code == 400 and "truncated multipart body" in r.json()["detail"]

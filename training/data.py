@@ -18,8 +18,10 @@ LOW, HIGH = HALF, CANVAS - 1 - HALF  # centres 4..59, so every square lies insid
 N_SAMPLES = (HIGH - LOW + 1) ** 2  # 3136
 QUADRANT_EDGE = 32  # test iff x > 32 and y > 32
 
-Split = Literal["uniform", "quadrant", "all"]
-SPLITS: tuple[Split, ...] = ("uniform", "quadrant", "all")
+Split = Literal["uniform", "quadrant", "all", "full"]
+# "full": the full-canvas (version 2) models: every integer centre 0..63 and sub-pixel points to
+# train on, every integer centre to test on (see train.task_data).
+SPLITS: tuple[Split, ...] = ("uniform", "quadrant", "all", "full")
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -29,6 +31,25 @@ def centres() -> FloatArray:
     """All 3136 centres as (N, 2) float32 (x, y), row-major: y outer, x inner."""
     ys, xs = np.meshgrid(np.arange(LOW, HIGH + 1), np.arange(LOW, HIGH + 1), indexing="ij")
     return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def full_centres() -> FloatArray:
+    """Every integer centre of the canvas, 0..63 on both axes (4096), row-major: the full-canvas
+    (version 2) models' positions; squares near the border are clipped."""
+    ys, xs = np.meshgrid(np.arange(CANVAS), np.arange(CANVAS), indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def subpixel_points(n: int, seed: int, margin: float = 0.05) -> FloatArray:
+    """`n` seeded real-valued points on the canvas, none within `margin` of a .5 tie (where the
+    nearest integer centre would be ambiguous)."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(0, CANVAS - 1, size=(n * 2, 2))
+    frac = pts - np.floor(pts)
+    keep = (np.abs(frac - 0.5) >= margin).all(axis=1)
+    out = pts[keep][:n]
+    assert len(out) == n
+    return out.astype(np.float32)
 
 
 def _check_points(points: npt.ArrayLike) -> npt.NDArray[np.int64]:
@@ -86,4 +107,6 @@ def split_indices(
     if split == "all":
         every = np.arange(n)
         return every, every.copy()
+    if split == "full":
+        raise ValueError("the full-canvas split is not a split of the 3136 centres: see task_data")
     raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

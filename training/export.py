@@ -30,7 +30,7 @@ from torch import nn
 from coordconv import contract
 from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
 from training import data
-from training.nets import CoordNet, Task
+from training.nets import CoordNet, LocateWithConfidence, Task
 
 OPSET = 18
 IR_VERSION = 9  # the IR of opset 18 (onnx 1.13): loadable by onnxruntime >= 1.14
@@ -54,12 +54,21 @@ class _Serving(nn.Module):
         return self.model.predict(x)
 
 
-def sample_inputs(task: str) -> np.ndarray:
-    """Every input of the data set for a task: the 3136 centres, or their squares and one-hots."""
-    c = data.centres()
+def sample_inputs(task: str, full: bool = False) -> np.ndarray:
+    """Every input of the data set for a task: the 3136 centres (all 4096 for a full-canvas
+    model), or their squares and one-hots."""
+    c = data.full_centres() if full else data.centres()
     if task == "locate":
         return np.concatenate([data.squares(c), data.onehots(c)])
     return c
+
+
+def output_names(model: CoordNet, task: str) -> list[str]:
+    """The graph's outputs: the task's, plus `confidence` for a locate model that answers it."""
+    names = [SIGNATURES[task].output.name]
+    if isinstance(model, LocateWithConfidence):
+        names += [t.name for t in SIGNATURES[task].optional_outputs]
+    return names
 
 
 def export_onnx(model: CoordNet, task: Task, path: str | Path, metadata: dict[str, str]) -> None:
@@ -77,7 +86,7 @@ def export_onnx(model: CoordNet, task: Task, path: str | Path, metadata: dict[st
             _Serving(model).eval(),
             (example,),
             input_names=[sig.input.name],
-            output_names=[sig.output.name],
+            output_names=output_names(model, task),
             dynamic_shapes=({0: batch},),
             opset_version=OPSET,
             dynamo=True,
@@ -98,12 +107,14 @@ def export_onnx(model: CoordNet, task: Task, path: str | Path, metadata: dict[st
 def verify_onnx(
     path: str | Path,
     task: str,
-    reference: Callable[[np.ndarray], np.ndarray] | None = None,
+    reference: Callable[[np.ndarray], Any] | None = None,
     batch_sizes: tuple[int, ...] = (1, 257),
+    full: bool = False,
 ) -> dict[str, Any]:
     """Check an ONNX file against its task's contract, and against `reference` (PyTorch's
-    outputs) on every sample at each batch size. Raises ExportError naming the file and what is
-    wrong; returns a summary (max abs diff, batch sizes)."""
+    outputs: one array, or one per output) on every sample at each batch size. Raises
+    ExportError naming the file and what is wrong; returns a summary (max abs diff, batch
+    sizes)."""
     import onnx
     import onnxruntime as ort
 
@@ -116,23 +127,35 @@ def verify_onnx(
     except Exception as exc:
         raise ExportError(f"{path}: not a valid ONNX model: {exc}") from None
     sig = SIGNATURES[task]
-    _check_value(path, "input", proto.graph.input, sig.input.name, sig.input.dims)
-    _check_value(path, "output", proto.graph.output, sig.output.name, sig.output.dims)
+    _check_value(path, "input", proto.graph.input[:1], sig.input.name, sig.input.dims)
+    _check_value(path, "output", proto.graph.output[:1], sig.output.name, sig.output.dims)
+    extra = list(proto.graph.output[1:])
+    allowed = {t.name: t for t in sig.optional_outputs}
+    if len(extra) > len(allowed) or any(o.name not in allowed for o in extra):
+        raise ExportError(f"{path}: unexpected outputs {[o.name for o in extra]}")
+    for o in extra:
+        _check_value(path, "output", [o], o.name, allowed[o.name].dims)
+    names = [sig.output.name, *(o.name for o in extra)]
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = sample_inputs(task)
+    x = sample_inputs(task, full)
     summary: dict[str, Any] = {"samples": len(x), "batch_sizes": list(batch_sizes)}
     if reference is None:
         return summary
-    expected = reference(x)
+    ref = reference(x)
+    references = list(ref) if isinstance(ref, tuple | list) else [ref]
     worst = 0.0
     for bs in batch_sizes:
-        got = np.concatenate(
-            [
-                session.run([sig.output.name], {sig.input.name: x[i : i + bs]})[0]
-                for i in range(0, len(x), bs)
-            ]
-        )
+        runs = [session.run(names, {sig.input.name: x[i : i + bs]}) for i in range(0, len(x), bs)]
+        for k in range(1, len(names)):  # the extra outputs (the confidence)
+            extra_got = np.concatenate([r[k] for r in runs])
+            extra_diff = float(np.max(np.abs(extra_got - references[k])))
+            if not extra_diff <= 1e-3:
+                raise ExportError(
+                    f"{path}: output {names[k]!r} differs from PyTorch by {extra_diff:.3g}"
+                )
+        got = np.concatenate([r[0] for r in runs])
+        expected = references[0]
         if got.shape != expected.shape:
             raise ExportError(
                 f"{path}: onnxruntime output shape {got.shape} != PyTorch's {expected.shape}"
@@ -181,6 +204,18 @@ def _check_value(path: Path, kind: str, values: Any, name: str, shape: tuple[int
         raise ExportError(f"{path}: {kind} {name!r} has dims {got}, expected {want}")
 
 
+@torch.no_grad()
+def reference_outputs(model: CoordNet, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    """PyTorch's served outputs for `x`, one array per graph output."""
+    model.eval()
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, len(x), batch):
+        out = model.predict(torch.from_numpy(x[i : i + batch]))
+        outs = out if isinstance(out, tuple) else (out,)
+        parts.append([o.numpy() for o in outs])
+    return [np.concatenate(cols) for cols in zip(*parts, strict=True)]
+
+
 def next_version(model_dir: Path) -> int:
     versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
@@ -196,11 +231,14 @@ def export_run(
     verified against PyTorch, and only then renamed into place; config.pbtxt is replaced by a
     rename too. A failed export leaves the repository as it
     was."""
-    from training.train import load_run, predict
+    from training.train import load_run
 
     if not MODEL_NAME_RE.match(name):
         raise ExportError(f"invalid model name {name!r}: use letters, digits, - _ .")
     model, cfg, run_metrics = load_run(run_dir)
+    full = cfg.split == "full"
+    if full and cfg.task == "locate":  # full-canvas locate models answer a confidence too
+        model = LocateWithConfidence(model).eval()
     model_dir = Path(repo) / name
     version = next_version(model_dir) if version is None else version
     if version < 1:
@@ -228,12 +266,19 @@ def export_run(
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"{target}: ONNX export failed: {first[:400]}") from exc
         summary = verify_onnx(
-            onnx_path, cfg.task, reference=lambda x: predict(model, torch.from_numpy(x))
+            onnx_path, cfg.task, reference=lambda x: reference_outputs(model, x), full=full
         )
         # The service's own check of this config against the graph runs in the test suite
         # (tests/test_export.py, tests/test_shipped_models.py): training never imports service.
         config_tmp = staging / "config.pbtxt"
-        config_tmp.write_text(contract.config_pbtxt(name, cfg.task, MAX_BATCH_SIZE))
+        outputs = tuple(
+            t
+            for t in SIGNATURES[cfg.task].outputs + SIGNATURES[cfg.task].optional_outputs
+            if t.name in output_names(model, cfg.task)
+        )
+        config_tmp.write_text(
+            contract.config_pbtxt(name, cfg.task, MAX_BATCH_SIZE, outputs=outputs)
+        )
         # Publish: the version directory first (complete), then the config beside it.
         if target.exists():
             shutil.rmtree(target)

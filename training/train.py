@@ -103,6 +103,8 @@ def task_data(
 ) -> TaskData:
     """pixel: coords -> flat pixel index; render: coords -> square masks;
     locate: square and one-hot images of the same centres -> coords."""
+    if split == "full":
+        return full_canvas_data(task, seed)
     train_idx, test_idx = data.split_indices(split, seed=seed, test_fraction=test_fraction)
     c = data.centres()
 
@@ -120,6 +122,44 @@ def task_data(
     x_tr, y_tr, k_tr = part(train_idx)
     x_te, y_te, k_te = part(test_idx)
     return TaskData(x_tr, y_tr, x_te, y_te, k_tr, k_te)
+
+
+FULL_NOISE_SIGMA = 0.05  # locate v2 also trains on noisy copies: its confidence needs it exact
+
+
+def full_canvas_data(task: Task, seed: int = 0) -> TaskData:
+    """The full-canvas (version 2) data: every integer centre 0..63 on both axes (squares clipped
+    at the border) to test on; to train on, the same plus 4096 seeded sub-pixel points (pixel,
+    render: the target is the nearest integer centre), or plus copies under Gaussian noise
+    (locate, so that it stays exact on slightly noisy images)."""
+    c = data.full_centres()
+    blank = np.full(len(c), "")
+    if task in ("pixel", "render"):
+        extra = data.subpixel_points(len(c), seed=1000 + seed)
+        x_tr = np.concatenate([c, extra])
+        y_tr = data.pixel_index(x_tr) if task == "pixel" else data.squares(x_tr)
+        y_te = data.pixel_index(c) if task == "pixel" else data.squares(c)
+        return TaskData(
+            torch.from_numpy(x_tr),
+            torch.from_numpy(y_tr),
+            torch.from_numpy(c),
+            torch.from_numpy(y_te),
+            np.full(len(x_tr), ""),
+            blank,
+        )
+    clean = np.concatenate([data.squares(c), data.onehots(c)])
+    rng = np.random.default_rng(2000 + seed)
+    noisy = np.clip(clean + rng.normal(0, FULL_NOISE_SIGMA, clean.shape), 0, 1).astype(np.float32)
+    kinds = np.array(["square"] * len(c) + ["onehot"] * len(c))
+    targets = np.concatenate([c, c])
+    return TaskData(
+        torch.from_numpy(np.concatenate([clean, noisy])),
+        torch.from_numpy(np.concatenate([targets, targets])),
+        torch.from_numpy(clean),
+        torch.from_numpy(targets),
+        np.concatenate([kinds, kinds]),
+        kinds,
+    )
 
 
 def loss_fn(task: Task, model: CoordNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

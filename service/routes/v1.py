@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from coordconv.contract import COORDS, IMAGE
 from service import codecs
-from service.errors import BadRequest, UnsupportedMediaType
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.messages import InferRequest, InputTensor
 from service.routes.common import (
     JSON,
@@ -52,6 +52,8 @@ router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[AuthDep], responses=
 # answer does not stall the event loop.
 THREAD_THRESHOLD = 16
 RENDER_TASKS = ("render", "pixel")
+CONFIDENCE = "confidence"
+RENDER_BYTES_PER_ITEM = 256
 
 
 def _content_type(request: Request) -> str:
@@ -78,8 +80,19 @@ async def render(request: Request, state: ServiceDep) -> Response:
     if (ctype := _content_type(request)) != JSON:
         raise UnsupportedMediaType(f"Content-Type must be {JSON}, got {ctype!r}")
     plane = state.plane()
-    raw = await request.body()
     limit = state.settings.max_items_per_request
+    # A coordinate pair takes a few dozen bytes of JSON: a body far larger than the item limit
+    # allows is refused before it is read, let alone parsed.
+    most = limit * RENDER_BYTES_PER_ITEM + 4096
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > most:
+        raise PayloadTooLarge(
+            f"a /v1/render body of {int(length)} bytes cannot hold at most {limit} coordinate "
+            f"pairs (MAX_ITEMS_PER_REQUEST); the limit is {most} bytes"
+        )
+    raw = await request.body()
+    if len(raw) > most:
+        raise PayloadTooLarge(f"a /v1/render body over {most} bytes cannot hold {limit} pairs")
     body = await state.parser.run(len(raw), parse_body, RenderRequest, raw, limit)
     answer = await plane.infer(
         InferRequest(
@@ -136,7 +149,10 @@ LOCATE_BODY: dict[str, Any] = {
     description="Images in one of three encodings: JSON (`images`: base64 PNGs or 64x64 float "
     "lists), `multipart/form-data` with PNG files in field `images`, or an NPY body "
     "(`Content-Type: application/x-npy`, shape (N, 64, 64), float32 or float64). For multipart "
-    "and NPY the model and version are query parameters. Values must be finite and in [0, 1].",
+    "and NPY the model and version are query parameters. Values must be finite and in [0, 1]. "
+    "Models that answer a confidence (locate version 2) add `confidence` (0..1) and `ok` (the "
+    "image shows exactly one 9x9 square or one lit pixel) per image; an NPY answer holds the "
+    "coordinates only.",
     response_model=LocateResponse,
     openapi_extra=LOCATE_BODY,
 )
@@ -170,6 +186,9 @@ async def locate(
         images = await off_loop_if_large(size, codecs.decode_pngs, files)
     elif ctype == NPY:
         raw = await request.body()
+        claimed = codecs.npy_items(raw)
+        if claimed is not None and claimed > limit:  # before reading the array
+            check_count(claimed, "images", limit)
         images = await off_loop_if_large(len(raw), codecs.decode_npy, raw)
         check_count(len(images), "images", limit)
     else:
@@ -195,6 +214,10 @@ async def locate(
         "version": answer.model_version,
         "coords": coords,
     }
+    if any(t.name == CONFIDENCE for t in answer.outputs):  # models that say how sure they are
+        confidence = answer.output(CONFIDENCE)
+        result["confidence"] = confidence
+        result["ok"] = (confidence >= answer.parameters["ok_threshold"]).tolist()
     return json_response(result, headers=headers)
 
 

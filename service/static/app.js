@@ -110,19 +110,33 @@ async function locateImage(img, truth) {
     const out = await api("/v1/locate", { method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ images: [img.map((row) => Array.from(row))], model: "locate" }) });
-    showLocated(img, out.coords[0], truth);
+    showLocated(img, out.coords[0], truth, trust(out));
   } catch (e) { show("locate-result", `Locate failed: ${e.message}`, true); }
 }
 
-function showLocated(img, [px, py], truth) {
+// The confidence of the first image, when the model answers one (locate version 2).
+function trust(out) {
+  return out.confidence ? { confidence: out.confidence[0], ok: out.ok[0], version: out.version }
+    : { version: out.version };
+}
+
+function showLocated(img, [px, py], truth, t = {}) {
   const canvas = $("locate-canvas");
   if (img) paint(canvas, img);
-  cross(canvas, px, py, "#22c55e");
-  demo.lastLocate = { x: px, y: py, truth };
+  const doubtful = t.ok === false;
+  cross(canvas, px, py, doubtful ? "#ef4444" : "#22c55e");
+  demo.lastLocate = { x: px, y: py, truth, ...t };
   let text = `Located (${px.toFixed(2)}, ${py.toFixed(2)})`;
+  if (t.confidence !== undefined) {
+    text += doubtful
+      ? ` - doubtful: confidence ${t.confidence.toFixed(2)}, the image does not look like one ` +
+        "9x9 square or one lit pixel"
+      : `, confidence ${t.confidence.toFixed(2)}`;
+  }
   if (truth) text += `; stamped at (${truth[0]}, ${truth[1]}), error ` +
     `${Math.hypot(px - truth[0], py - truth[1]).toFixed(2)} px`;
-  show("locate-result", text);
+  if (t.version) text += ` (model v${t.version})`;
+  show("locate-result", text, doubtful);
 }
 
 async function locatePng(file) {
@@ -135,7 +149,7 @@ async function locatePng(file) {
     const ctx = $("locate-canvas").getContext("2d");
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(bitmap, 0, 0, N * SCALE, N * SCALE);
-    showLocated(null, out.coords[0], null);
+    showLocated(null, out.coords[0], null, trust(out));
   } catch (e) { show("locate-result", `Locate failed: ${e.message}`, true); }
 }
 
@@ -196,3 +210,5 @@ async function loadModels() {
 paint(renderCanvas, square(-100, -100)); paint(locateCanvas, square(-100, -100));
 paint($("heatmap-canvas"), square(-100, -100));
 loadModels();
+// Enter in the API key field must not submit the form (which would reload the page).
+$("key-form").addEventListener("submit", (e) => e.preventDefault());

@@ -1,0 +1,199 @@
+"""Connection-level hardening with real sockets against a real server: idle, slow-header and
+slow-body connections time out; a huge header is 431; health routes are never refused for
+capacity; a connection cap evicts idle connections first; clients that do not read their
+answers are cut off; large bodies do not stall the event loop."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import live_server
+from training import data
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def read_all(s: socket.socket, limit: float = 10) -> bytes:
+    s.settimeout(limit)
+    chunks = []
+    try:
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return b"".join(chunks)
+
+
+def status_and_body(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, {}
+
+
+@contextmanager
+def sockets(port: int, n: int, first: bytes = b"") -> Iterator[list[socket.socket]]:
+    opened = []
+    try:
+        for _ in range(n):
+            s = connect(port)
+            if first:
+                s.sendall(first)
+            opened.append(s)
+        yield opened
+    finally:
+        for s in opened:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def quick():
+    with live_server(
+        header_timeout_s=0.5, body_timeout_s=0.5, send_timeout_s=0.5, max_header_bytes=8192
+    ) as live:
+        yield live
+
+
+def test_many_idle_and_slow_header_connections_do_not_block_anyone(quick) -> None:
+    with (
+        sockets(quick.port, 400),
+        sockets(quick.port, 100, b"GET /healthz HTTP/1.1\r\n"),
+        httpx.Client(base_url=quick.url, timeout=10) as c,
+    ):
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 200
+        r = c.post("/v1/render", json={"coords": [[10, 20]], "format": "array"})
+        assert r.status_code == 200
+        image = np.asarray(r.json()["images"][0])
+        assert image[20, 10] > 0.5
+
+
+def test_an_idle_connection_is_closed_and_a_slow_header_gets_408(quick) -> None:
+    idle = connect(quick.port)
+    t0 = time.monotonic()
+    assert read_all(idle) == b""  # closed without a word
+    assert time.monotonic() - t0 < 3
+    slow = connect(quick.port)
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    status, body = status_and_body(read_all(slow))
+    assert status == 408 and "request headers not received in time" in body["detail"]
+
+
+def test_a_body_that_never_ends_gets_408_and_frees_its_slot() -> None:
+    with live_server(body_timeout_s=0.5, max_concurrency=1) as live:
+        s = connect(live.port)
+        s.sendall(
+            b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"coo\r\n'
+        )
+        status, body = status_and_body(read_all(s))
+        assert status == 408 and "request body not received in time" in body["detail"]
+        # The one request slot is free again.
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[5, 5]]}, timeout=10)
+        assert r.status_code == 200
+
+
+def test_a_huge_header_is_431_without_being_buffered(quick) -> None:
+    s = connect(quick.port)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent = 0
+    try:
+        for _ in range(200):  # up to 13 MB, but the server stops us long before
+            s.sendall(b"a" * 65536)
+            sent += 65536
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    status, body = status_and_body(read_all(s))
+    assert status == 431 and "exceed 8192 bytes" in body["detail"]
+    assert sent < 8 * 1024 * 1024
+
+
+def test_health_routes_are_never_refused_for_capacity() -> None:
+    with live_server(max_concurrency=1, max_queue_delay_us=3_000_000) as live:
+        holder = threading.Thread(
+            target=httpx.post,
+            args=(live.url + "/v1/render",),
+            kwargs={"json": {"coords": [[1, 1]]}, "timeout": 30},
+        )
+        holder.start()
+        time.sleep(0.5)  # the only inference slot is taken, waiting for its batch
+        with httpx.Client(base_url=live.url, timeout=5) as c:
+            for path in ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
+                assert c.get(path).status_code == 200, path
+                assert c.head(path).status_code == 200, path
+            busy = c.post("/v1/render", json={"coords": [[2, 2]]})
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert "too many requests in flight" in busy.json()["detail"]
+            busy = c.post("/v2/models/render/infer", content=b"{}")
+            assert busy.status_code == 503 and "too many requests" in busy.json()["error"]
+        holder.join()
+
+
+def test_the_connection_cap_evicts_idle_connections_first() -> None:
+    with live_server(max_connections=20, header_timeout_s=30) as live:
+        with sockets(live.port, 20):  # idle: evicted to make room
+            r = httpx.get(live.url + "/healthz", timeout=5)
+            assert r.status_code == 200
+        time.sleep(0.2)
+        # Connections in the middle of a request are not idle: at the cap, a new one gets 503.
+        with sockets(live.port, 20, b"GET /healthz HTTP/1.1\r\n"):
+            s = connect(live.port)
+            status, body = status_and_body(read_all(s))
+            assert status == 503 and "too many connections (limit 20)" in body["detail"]
+
+
+def test_a_client_that_never_reads_its_answer_is_cut_off(quick) -> None:
+    body = json.dumps({"coords": [[10, 10]] * 1024, "format": "array"}).encode()
+    s = connect(quick.port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(
+        b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    time.sleep(3)  # the answer (about 50 MB of JSON) is ready, and we do not read it
+    received = read_all(s, limit=5)
+    assert len(received) < 40_000_000  # the server dropped the rest instead of holding it
+    r = httpx.get(quick.url + "/healthz", timeout=5)
+    assert r.status_code == 200
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(quick) -> None:
+    images = data.squares(data.centres()[:200]).tolist()  # about 2.5 MB of JSON
+    payload = json.dumps({"images": images}).encode()
+    result: dict[str, httpx.Response] = {}
+
+    def send() -> None:
+        result["r"] = httpx.post(
+            quick.url + "/v1/locate",
+            content=payload,
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+
+    t = threading.Thread(target=send)
+    t.start()
+    worst = 0.0
+    with httpx.Client(base_url=quick.url, timeout=10) as c:
+        while t.is_alive():
+            t0 = time.monotonic()
+            assert c.get("/healthz").status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.01)
+    t.join()
+    r = result["r"]
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["coords"], data.centres()[:200], atol=0.5)
+    assert worst < 2.0  # a parse on the loop would hold it for the whole parse
