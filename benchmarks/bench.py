@@ -74,16 +74,18 @@ def measure_limit(providers: str, seconds: float, repeats: int = 3) -> dict[str,
 
 
 def open_model(name: str, providers: str, repo: Path = ROOT / "models") -> Any:
-    """Version 1 of a shipped model as the service opens it (same session options)."""
+    """The version of a shipped model that answers requests without a version (the highest),
+    as the service opens it (same session options)."""
     from service import model_config
     from service.model import open_version, usable_providers
     from service.settings import Settings
 
     settings = Settings(model_dir=repo, providers=providers)
-    path = repo / name / "1" / "model.onnx"
+    version = max(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
+    path = repo / name / str(version) / "model.onnx"
     usable, _ = usable_providers(settings, path)
     config = model_config.read(repo / name, strict=True)
-    return open_version(name, 1, path, config, settings, usable)
+    return open_version(name, version, path, config, settings, usable)
 
 
 def silent_models() -> Path:
@@ -102,6 +104,7 @@ def silent_models() -> Path:
 
 
 GRPC_PORTS: dict[str, int] = {}  # server URL -> its gRPC port
+LATEST = "2"  # the version of pixel, render and locate that answers without a version
 
 
 @contextmanager
@@ -143,7 +146,7 @@ def counters(url: str, model: str) -> tuple[float, float]:
     text = httpx.get(url + "/metrics").text
 
     def get(name: str) -> float:
-        m = re.search(rf'^{name}\{{model="{model}",version="1"\}} ([0-9.e+]+)$', text, re.M)
+        m = re.search(rf'^{name}\{{model="{model}",version="{LATEST}"\}} ([0-9.e+]+)$', text, re.M)
         return float(m.group(1)) if m else 0.0
 
     return get("coordconv_inference_count_total"), get("coordconv_execution_count_total")
@@ -383,7 +386,19 @@ def main(argv: list[str] | None = None) -> int:
         for case in rows.get(name, []):
             case["ratio"] = case["items_per_s"] / limit[name][64]
     sweep = run_sweep(a.providers, a.seconds, limit["render"][64]) if a.sweep else []
+    confidence = None
+    locate_v2 = ROOT / "models" / "locate" / "2" / "model.onnx"
+    if locate_v2.is_file():
+        from training.evaluate import confidence_cost
+
+        confidence = confidence_cost(locate_v2)
+        print(
+            f"locate v2, batch 64: {confidence['with_confidence']:.0f} images/s with its "
+            f"confidence, {confidence['without']:.0f} without: ratio {confidence['ratio']:.2f}",
+            flush=True,
+        )
     report = {
+        "confidence_cost": confidence,
         "providers": a.providers,
         "machine": f"{platform.machine()}, {threads} CPUs",
         "date": time.strftime("%Y-%m-%d"),
@@ -462,6 +477,14 @@ def write_report(report: dict[str, Any], md: Path, js: Path) -> None:
                 )
                 + " |"
             )
+        cost = rep.get("confidence_cost")
+        if cost:
+            lines += [
+                "",
+                f"locate v2 (onnxruntime, batch 64): {cost['with_confidence']:,.0f} images/s "
+                f"with its confidence output, {cost['without']:,.0f} with the graph cut to "
+                f"coords only: ratio {cost['ratio']:.2f}.",
+            ]
         lines += [
             "",
             f"HTTP ceiling (GET /healthz, {rep['concurrency']} clients): "

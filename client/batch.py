@@ -219,7 +219,18 @@ async def run(
 
         async def guarded(idx: np.ndarray) -> None:
             async with gate:
-                await _run_batch(client, task, items, idx, model, version, sink, summary, progress)
+                await _run_batch(
+                    client,
+                    task,
+                    items,
+                    idx,
+                    model,
+                    version,
+                    sink,
+                    summary,
+                    progress,
+                    min_confidence,
+                )
 
         batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
         try:

@@ -23,7 +23,7 @@ from tests.conftest import live_server
 from training import data, metrics
 
 
-def counter(text: str, name: str, model: str, version: str = "1") -> float:
+def counter(text: str, name: str, model: str, version: str = "2") -> float:
     m = re.search(rf'^{name}\{{model="{model}",version="{version}"\}} ([0-9.e+]+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 

@@ -62,7 +62,7 @@ def test_health_metadata_config_and_statistics(gc, live) -> None:
     for name, (in_name, out_name, _) in INPUTS.items():
         assert gc.is_model_ready(name) and gc.is_model_ready(name, "1")
         m = gc.get_model_metadata(name)
-        assert m.versions == ["1"] and m.platform == "onnxruntime_onnx"
+        assert m.versions == ["1", "2"] and m.platform == "onnxruntime_onnx"
         assert m.inputs[0].name == in_name and m.outputs[0].name == out_name
         assert m.inputs[0].shape[0] == -1
         cfg = gc.get_model_config(name).config
@@ -74,7 +74,7 @@ def test_health_metadata_config_and_statistics(gc, live) -> None:
         == gc.get_model_config("render", as_json=True)["config"]["max_batch_size"]
     )
     grpc_infer(gc, "render", data.centres()[:3])
-    stats = gc.get_inference_statistics("render", "1").model_stats[0]
+    stats = gc.get_inference_statistics("render", "2").model_stats[0]
     assert stats.name == "render" and stats.inference_stats.success.count >= 1
     assert stats.inference_count >= 3 and stats.execution_count >= 1
     index = gc.get_model_repository_index().models
@@ -297,7 +297,9 @@ def test_http_and_grpc_clients_share_batches() -> None:
             return out[:16], out[16:]
 
         http, grpc_out = asyncio.run(go())
-        stats = httpx.get(server.url + "/v2/models/render/stats").json()["model_stats"][0]
+        stats = httpx.get(server.url + "/v2/models/render/versions/2/stats").json()["model_stats"][
+            0
+        ]
     from training import metrics
 
     images = np.stack([*http, *grpc_out])

@@ -48,6 +48,6 @@ def test_every_readme_service_example_runs_as_written(tmp_path) -> None:
                 f"{block}\n{proc.stdout[:500]}"
             )
             outputs.append(proc.stdout)
-    shown = '{"model":"locate","version":"1","coords":[[10,20],[40,33]]}'
+    shown = '{"model":"locate","version":"2","coords":[[10,20],[40,33]],"ok":[true,true]}'
     assert any(shown in out for out in outputs)  # the answer the README shows
     assert (tmp_path / "square.png").stat().st_size > 0

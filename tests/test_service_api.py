@@ -23,7 +23,7 @@ def test_render_every_held_out_centre_through_png_array_and_npy(client, quadrant
     png = client.post("/v1/render", json={"coords": coords})
     assert png.status_code == 200, png.text
     body = png.json()
-    assert body["model"] == "render" and body["version"] == "1"
+    assert body["model"] == "render" and body["version"] == "2"
     png_images = np.stack([decode_png_b64(s) for s in body["images"]])
     arr = client.post("/v1/render", json={"coords": coords, "format": "array"})
     arr_images = np.asarray(arr.json()["images"], dtype=np.float32)
@@ -99,10 +99,10 @@ def test_locate_accepts_16_bit_colour_and_alpha_pngs(client, mode) -> None:
 def test_inference_responses_carry_model_and_request_headers(client, server) -> None:
     r = client.post("/v1/render", json={"coords": [[5, 5]]}, headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
-    assert r.headers["x-model-name"] == "render" and r.headers["x-model-version"] == "1"
+    assert r.headers["x-model-name"] == "render" and r.headers["x-model-version"] == "2"
     import hashlib
 
-    sha = hashlib.sha256((server.settings.model_dir / "render/1/model.onnx").read_bytes())
+    sha = hashlib.sha256((server.settings.model_dir / "render/2/model.onnx").read_bytes())
     assert r.headers["x-model-sha256"] == sha.hexdigest()
     first = client.get("/healthz").headers["x-request-id"]
     second = client.get("/healthz").headers["x-request-id"]
@@ -117,7 +117,11 @@ def test_models_lists_every_shipped_model(client) -> None:
     loc = models["locate"]
     assert loc["task"] == "locate" and loc["provider"] == "CPUExecutionProvider"
     assert loc["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 64, 64]}]
-    assert loc["outputs"] == [{"name": "coords", "datatype": "FP32", "shape": [-1, 2]}]
+    assert loc["version"] == "2"  # the last listed: versions ascend
+    assert loc["outputs"] == [
+        {"name": "coords", "datatype": "FP32", "shape": [-1, 2]},
+        {"name": "confidence", "datatype": "FP32", "shape": [-1]},
+    ]
     assert loc["metrics"]["mean_error_px"] <= 0.5
     assert len(loc["sha256"]) == 64
 
@@ -141,7 +145,7 @@ def test_health_ready_and_metrics(client) -> None:
         assert name in text
     assert (
         'coordconv_requests_total{model="render",protocol="http",route="/v1/render",'
-        'status="200",version="1"}' in text
+        'status="200",version="2"}' in text
     )
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from coordconv import contract
 from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
 from training import data
-from training.nets import CoordNet, LocateWithConfidence, Task
+from training.nets import CoordNet, LocateWithConfidence, NearestCentre, RefinedLocate, Task
 
 OPSET = 18
 IR_VERSION = 9  # the IR of opset 18 (onnx 1.13): loadable by onnxruntime >= 1.14
@@ -162,9 +162,11 @@ def verify_onnx(
             )
         diff = float(np.max(np.abs(got - expected)))
         worst = max(worst, diff)
-        if not diff <= 1e-4:
+        tolerance = 5e-4 if task == "locate" else 1e-4  # pixels up to 63 vs probabilities
+        if not diff <= tolerance:
             raise ExportError(
-                f"{path}: onnxruntime differs from PyTorch by {diff:.3g} (> 1e-4) at batch {bs}"
+                f"{path}: onnxruntime differs from PyTorch by {diff:.3g} (> {tolerance:g}) at "
+                f"batch {bs}"
             )
         if task == "pixel":
             same = np.array_equal(
@@ -237,19 +239,33 @@ def export_run(
         raise ExportError(f"invalid model name {name!r}: use letters, digits, - _ .")
     model, cfg, run_metrics = load_run(run_dir)
     full = cfg.split == "full"
-    if full and cfg.task == "locate":  # full-canvas locate models answer a confidence too
-        model = LocateWithConfidence(model).eval()
+    if full and cfg.task == "locate":  # refined by a round trip, and with a confidence
+        model = LocateWithConfidence(RefinedLocate(model)).eval()
+    elif full:  # and full-canvas pixel and render models round real points to a centre
+        model = NearestCentre(model).eval()
     model_dir = Path(repo) / name
     version = next_version(model_dir) if version is None else version
     if version < 1:
         raise ExportError(f"version must be >= 1, got {version}")
     target = model_dir / str(version)
+    test_metrics = run_metrics["test"]
+    if full and cfg.task == "locate":  # the served model refines the network: judge that
+        x = sample_inputs("locate", full=True)
+        truth = np.concatenate([data.full_centres()] * 2)
+        err = np.linalg.norm(reference_outputs(model, x)[0] - truth, axis=1)
+        n = len(err) // 2
+        test_metrics = {
+            "mean_error_px": float(err.mean()),
+            "mean_error_px_square": float(err[:n].mean()),
+            "mean_error_px_onehot": float(err[n:].mean()),
+            "max_error_px": float(err.max()),
+        }
     metadata = {
         contract.META_TASK: cfg.task,
         contract.META_ARCH: cfg.arch,
         contract.META_CANVAS: str(data.CANVAS),
         contract.META_SPLIT: cfg.split,
-        contract.META_METRICS: json.dumps(run_metrics["test"], sort_keys=True),
+        contract.META_METRICS: json.dumps(test_metrics, sort_keys=True),
         contract.META_TRAINED_AT: run_metrics["trained_at"],
         "coordconv.seed": str(cfg.seed),
         "coordconv.parameters": str(run_metrics["parameters"]),
@@ -298,3 +314,122 @@ def export_run(
 def _fresh_dir(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def weights_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
+    """The PyTorch state dict of a model this module exported (its initializers carry the
+    parameter names, under `model.`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    return {
+        i.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(i).copy())
+        for i in proto.graph.initializer
+        if i.name.startswith("model.")
+    }
+
+
+def add_confidence(path: str | Path) -> dict[str, Any]:
+    """Give an exported CoordConv locate model (version 1: the paper's quadrant-split model) the
+    `confidence` output of the full-canvas models, in place, weights and metadata unchanged.
+
+    One config.pbtxt describes every version of a model (as in Triton), so versions served side
+    by side must have the same outputs. The weights are read back from the ONNX file (their
+    names are the PyTorch parameter names), the network is exported again with the confidence
+    head, and the new file must answer the same coordinates as the old one on every sample
+    before it replaces it."""
+    import onnx
+    import onnxruntime as ort
+
+    from training.nets import CoordConvLocate
+
+    path = Path(path)
+    old = onnx.load(str(path))
+    if any(o.name == "confidence" for o in old.graph.output):
+        return {"path": str(path), "changed": False}
+    meta = {p.key: p.value for p in old.metadata_props}
+    if meta.get(contract.META_TASK) != "locate" or meta.get(contract.META_ARCH) != "coordconv":
+        raise ExportError(f"{path}: not a CoordConv locate model")
+    state = weights_from_onnx(path)
+    net = CoordConvLocate()
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ExportError(f"{path}: its weights do not fit CoordConvLocate: {exc}") from None
+    model = LocateWithConfidence(net.eval()).eval()
+    tmp = path.with_name(f".{path.name}.confidence")
+    try:
+        export_onnx(model, "locate", tmp, meta)
+        summary = verify_onnx(tmp, "locate", reference=lambda x: reference_outputs(model, x))
+        x = sample_inputs("locate")
+        before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        after = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        diff = float(
+            np.abs(
+                before.run(["coords"], {"image": x})[0] - after.run(["coords"], {"image": x})[0]
+            ).max()
+        )
+        if diff > 1e-5:
+            raise ExportError(f"{path}: the coordinates changed by {diff:.3g} (> 1e-5)")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(path), "changed": True, "coords_max_diff": diff, **summary}
+
+
+def export_painted_render(
+    pixel_run: str | Path, repo: str | Path = "models", version: int = 2
+) -> dict[str, Any]:
+    """The full-canvas `render` model: the full-canvas pixel run's network with the fixed
+    painter (`PaintedPixel`), rounding real points to their nearest centre; verified like any
+    export, and published the same way (a complete version directory renamed into place)."""
+    from training.nets import PaintedPixel
+    from training.train import load_run
+
+    net, cfg, run_metrics = load_run(pixel_run)
+    if cfg.task != "pixel" or cfg.split != "full":
+        raise ExportError(
+            f"{pixel_run}: not a full-canvas pixel run (task {cfg.task}, split {cfg.split})"
+        )
+    model = NearestCentre(PaintedPixel(net)).eval()
+    c = data.full_centres()
+    (images,) = reference_outputs(model, c)
+    from training import metrics as m
+
+    iou = m.iou(images, data.squares(c))
+    metadata = {
+        contract.META_TASK: "render",
+        contract.META_ARCH: "coordconv",
+        contract.META_CANVAS: str(data.CANVAS),
+        contract.META_SPLIT: "full",
+        contract.META_METRICS: json.dumps({"iou": float(iou.mean()), "min_iou": float(iou.min())}),
+        contract.META_TRAINED_AT: run_metrics["trained_at"],
+        "coordconv.seed": str(cfg.seed),
+        "coordconv.parameters": str(run_metrics["parameters"]),
+        "coordconv.painter": "fixed 9x9 max-pool of the pixel map (PaintedPixel)",
+    }
+    model_dir = Path(repo) / "render"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    target = model_dir / str(version)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    try:
+        version_dir = staging / str(version)
+        version_dir.mkdir()
+        onnx_path = version_dir / "model.onnx"
+        export_onnx(model, "render", onnx_path, metadata)
+        summary = verify_onnx(
+            onnx_path, "render", reference=lambda x: reference_outputs(model, x), full=True
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(version_dir, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    final = target / "model.onnx"
+    return {
+        "path": str(final),
+        "bytes": final.stat().st_size,
+        "min_iou": float(iou.min()),
+        **summary,
+    }

@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay: float | None = None
     cosine: bool | None = None  # cosine decay of the learning rate to zero
     seed: int = 0
+    init_onnx: str | None = None  # start from the weights of a model this project exported
     test_fraction: float = 0.25
     device: str = "auto"
     out: str | None = None
@@ -247,7 +248,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
 
     d = task_data(cfg.task, cfg.split, test_fraction=cfg.test_fraction)
-    model = build(cfg.task, cfg.arch).to(device)
+    model = build(cfg.task, cfg.arch)
+    if cfg.init_onnx:
+        from training.export import weights_from_onnx
+
+        model.load_state_dict(weights_from_onnx(cfg.init_onnx))
+    model = model.to(device)
     opt = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay or 0.0
     )
