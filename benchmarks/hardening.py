@@ -23,15 +23,8 @@ import httpx
 import numpy as np
 
 from benchmarks.bench import server
+from benchmarks.soak import rss_kib
 from training import data, metrics
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def server_pid(port: int) -> int:
