@@ -44,3 +44,22 @@ def test_same_seed_gives_the_same_metrics() -> None:
 def test_bad_config_is_refused_before_training(override, message) -> None:
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(**override, progress=False))
+
+
+def test_the_906_parameter_regressor_locates_every_held_out_pixel() -> None:
+    r = train(TrainConfig(task="locate", arch="coordconv906", split="quadrant", progress=False))
+    assert r["parameters"] == 906
+    assert r["n_test"] == 729  # one-hot pixels only
+    assert r["test"]["exact"] == 1.0 and r["goal_met"]
+    assert r["to_goal"] is not None and r["to_goal"]["epochs"] <= r["epochs"]
+
+
+def test_runs_record_the_time_to_goal_and_to_best() -> None:
+    r = train(TrainConfig(task="locate", split="quadrant", epochs=2, progress=False))
+    times = [h["time_s"] for h in r["history"]]
+    assert times == sorted(times) and times[-1] == pytest.approx(r["train_time_s"], abs=0.01)
+    first = next(h for h in r["history"] if h["goal"])
+    assert r["to_goal"] == {"epochs": first["epoch"], "seconds": first["time_s"]}
+    best = min(r["history"], key=lambda h: h["test"])
+    assert r["to_best"]["test"] == best["test"]
+    assert r["device_name"].startswith(("CPU", "NVIDIA"))

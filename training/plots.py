@@ -16,7 +16,7 @@ import torch
 from training import data, metrics
 from training.train import PRIMARY, load_run, predict
 
-COLORS = {"coordconv": "tab:blue", "baseline": "tab:orange"}
+COLORS = {"coordconv": "tab:blue", "baseline": "tab:orange", "coordconv906": "tab:green"}
 
 
 def learning_curves(results: list[dict[str, Any]], path: Path) -> None:
@@ -30,6 +30,8 @@ def learning_curves(results: list[dict[str, Any]], path: Path) -> None:
             ax = axes[i][j]
             for r in results:
                 if (r["task"], r["split"], r["seed"]) != (task, split, 0):
+                    continue
+                if r["arch"] == "coordconv906":  # another metric (exact): in time_to_goal.png
                     continue
                 epochs = [h["epoch"] for h in r["history"]]
                 color = COLORS[r["arch"]]
@@ -130,7 +132,44 @@ def locate_error_map(runs: Path, path: Path, split: str = "quadrant") -> None:
     plt.close(fig)
 
 
+def time_to_goal(results: list[dict[str, Any]], path: Path) -> None:
+    """Per row, CoordConv's time to goal (median over seeds, whiskers min to max) beside the best
+    baseline's time to its best test metric, on a log axis: the paper's 150x claim."""
+    rows: list[tuple[str, str, list[float], str]] = []
+    keys = dict.fromkeys((r["task"], r["split"], r["arch"]) for r in results)
+    for task, split, arch in keys:
+        same = [r for r in results if (r["task"], r["split"], r["arch"]) == (task, split, arch)]
+        if arch == "baseline":
+            best = same[0].get("to_best")
+            if best:
+                rows.append((f"{task} / {split}", arch, [best["seconds"]], "to its best"))
+        else:
+            times = [r["to_goal"]["seconds"] for r in same if r.get("to_goal")]
+            if times:
+                rows.append((f"{task} / {split}", arch, times, f"to goal, {len(same)} seeds"))
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.2))
+    for i, (_, arch, times, what) in enumerate(rows):
+        mid = float(np.median(times))
+        err = [[mid - min(times)], [max(times) - mid]]
+        ax.barh(i, mid, color=COLORS[arch], xerr=err if len(times) > 1 else None, capsize=3)
+        ax.text(mid * 1.08, i, f"{mid:.0f} s {arch} {what}", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(max(r[2]) for r in rows) * 12)
+    ax.set_xlabel("training seconds (log scale)")
+    ax.set_title("Time to goal: CoordConv (median, min-max) vs the best baseline to its best")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def all_plots(results: list[dict[str, Any]], runs: Path, out: Path) -> None:
     learning_curves(results, out / "learning_curves.png")
+    time_to_goal(results, out / "time_to_goal.png")
     render_grid(runs, out / "renders_quadrant.png")
     locate_error_map(runs, out / "locate_error_map.png")
