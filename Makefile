@@ -71,8 +71,9 @@ test: lint typecheck pytest
 models: $(VENV)/.all
 	$(BIN)/coordconv models --repo models
 
-# The whole table (one seed); REPRODUCE_ARGS="--archs coordconv" for the CoordConv rows only
-# (about 6 minutes on 2 cores), "--seeds 3" for the committed table.
+# The committed table: CoordConv on 10 seeds against the best baselines of the cached search
+# (results/baseline_search.json; REPRODUCE_ARGS=--search runs it again). For the CoordConv rows
+# of one seed only: REPRODUCE_ARGS="--archs coordconv coordconv906 --seeds 1".
 REPRODUCE_ARGS ?=
 reproduce: $(VENV)/.all
 	$(BIN)/coordconv reproduce --out results $(REPRODUCE_ARGS)
