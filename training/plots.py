@@ -146,7 +146,8 @@ def time_to_goal(results: list[dict[str, Any]], path: Path) -> None:
         else:
             times = [r["to_goal"]["seconds"] for r in same if r.get("to_goal")]
             if times:
-                rows.append((f"{task} / {split}", arch, times, f"to goal, {len(same)} seeds"))
+                reached = f"{len(times)} of {len(same)} seeds" if len(same) > 1 else "1 seed"
+                rows.append((f"{task} / {split}", arch, times, f"to goal, {reached}"))
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.2))
@@ -154,7 +155,7 @@ def time_to_goal(results: list[dict[str, Any]], path: Path) -> None:
         mid = float(np.median(times))
         err = [[mid - min(times)], [max(times) - mid]]
         ax.barh(i, mid, color=COLORS[arch], xerr=err if len(times) > 1 else None, capsize=3)
-        ax.text(mid * 1.08, i, f"{mid:.0f} s {arch} {what}", va="center", fontsize=7)
+        ax.text(max(times) * 1.15, i, f"{mid:.0f} s {arch} {what}", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
