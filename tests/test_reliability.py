@@ -64,6 +64,24 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+async def until_queued(url: str, items: int, timeout_s: float) -> None:
+    """Wait until `items` render requests wait in the queue (the server accepted them all), so a
+    signal sent next meets them in flight, however slowly this machine set up the clients."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            text = (await client.get(url + "/metrics")).text
+            queued = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith('coordconv_queue_items{model="render"')
+            )
+            if queued >= items:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"only {queued:.0f} of {items} requests were queued after {timeout_s} s")
+
+
 async def burst(url: str, coords: np.ndarray) -> list[tuple[int, dict, float, dict]]:
     limits = httpx.Limits(max_connections=len(coords))
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
@@ -114,7 +132,7 @@ def test_sigterm_drains_http_and_grpc_together_and_exits_0() -> None:
     import tritonclient.grpc.aio as tgrpc
 
     coords = data.centres()[:12]
-    with serve_process(max_queue_delay_us=1_500_000, grace_s=10) as (proc, url):
+    with serve_process(max_queue_delay_us=4_000_000, grace_s=10) as (proc, url):
         port = int(url.rsplit(":", 1)[1])
         grpc_port = proc.grpc_port  # type: ignore[attr-defined]
 
@@ -130,7 +148,7 @@ def test_sigterm_drains_http_and_grpc_together_and_exits_0() -> None:
         async def scenario() -> tuple[list[int], list[np.ndarray], str]:
             http = asyncio.ensure_future(burst(url, coords))
             grpc_calls = asyncio.gather(*[via_grpc(p) for p in coords])
-            await asyncio.sleep(0.5)  # every request is accepted and waiting for its batch
+            await until_queued(url, 2 * len(coords), timeout_s=3.5)  # waiting for their batch
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             try:
