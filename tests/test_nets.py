@@ -90,3 +90,20 @@ def test_pixel_net_starts_as_a_function_of_the_offset() -> None:
     a = net(torch.tensor([[10.0, 12.0]]))[0]
     b = net(torch.tensor([[40.0, 45.0]]))[0]
     assert torch.allclose(a[2:30, 0:30], b[35:63, 30:60], atol=1e-5)
+
+
+def test_locate_net_starts_translation_equivariant_and_sees_a_one_hot_pixel() -> None:
+    # No coordinate weights and no biases at init: the heatmap of a shifted image is the shifted
+    # heatmap (away from the border), and a lone pixel lights it up near where it is.
+    torch.manual_seed(7)
+    net = build("locate", "coordconv").eval()
+    a = torch.zeros(1, 64, 64)
+    a[0, 20, 14] = 1.0
+    b = torch.roll(a, shifts=(17, 23), dims=(1, 2))
+    heat_a = net.forward_aux(a)[1][0]  # type: ignore[operator]
+    heat_b = net.forward_aux(b)[1][0]  # type: ignore[operator]
+    assert torch.allclose(heat_a[10:30, 4:24], heat_b[27:47, 27:47], atol=1e-6)
+    assert heat_a.abs().max() > 0
+    far = heat_a.clone()
+    far[15:26, 9:20] = 0  # the pixel's 11x11 neighbourhood: the receptive field and a bit
+    assert far.abs().max() == 0

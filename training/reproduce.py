@@ -20,7 +20,14 @@ from typing import Any
 
 from training import search as searching
 from training.nets import ARCHS, TASKS, Arch, Task
-from training.train import GOALS, TrainConfig, higher_is_better, primary_metric, train
+from training.train import (
+    GOALS,
+    TrainConfig,
+    format_metric,
+    higher_is_better,
+    primary_metric,
+    train,
+)
 
 SPLITS = ("uniform", "quadrant")
 
@@ -106,6 +113,7 @@ def reproduce(
             searched_s = found["wall_time_s"]
         best = searching.best_configs(found)
     results: list[dict[str, Any]] = []
+    reused_runs = 0
     for task, split, arch in rows(tasks, archs, splits):
         for seed in range(1 if arch == "baseline" else seeds):
             name = run_name(task, arch, split, seed)
@@ -122,6 +130,7 @@ def reproduce(
                 if all(config.get(k) == v for k, v in overrides.items()):
                     r["run"] = name
                     results.append(r)
+                    reused_runs += not from_search
                     _report(name, r, "reused")
                     continue
             r = train(
@@ -145,6 +154,8 @@ def reproduce(
         "seeds": seeds,
         "wall_time_s": round(wall, 1),
         "search_time_s": searched_s,  # within wall_time_s: 0 when the cached search was reused
+        "search_cached_s": found["wall_time_s"] if found and not searched_s else 0.0,
+        "reused_runs": reused_runs,  # --reuse: runs of an earlier invocation, not timed here
         "coordconv_seed0_time_s": round(sum(r["wall_time_s"] for r in coordconv if r["seed"] == 0)),
         "coordconv_time_s": round(sum(r["wall_time_s"] for r in coordconv)),
         "baseline_configs": best,
@@ -213,19 +224,8 @@ def _to_goal(same: list[dict[str, Any]]) -> str:
     never = "never" if len(same) == 1 else f"{len(same) - len(reached)}/{len(same)} never"
     if b is None:
         return never
-    best = fmt_value(same[0]["task"], same[0]["arch"], b["test"])
+    best = format_metric(same[0]["task"], same[0]["arch"], b["test"])
     return f"{never}; best {best} at {_seconds(b['seconds'])} ({b['epochs']} ep)"
-
-
-def fmt_value(task: str, arch: str, value: float) -> str:
-    """One value of a run's primary metric (its history's), as the table shows it."""
-    if arch == "coordconv906":
-        return f"{100 * value:.1f}% exact"
-    if task == "pixel":
-        return f"{100 * value:.1f}%"
-    if task == "render":
-        return f"IoU {value:.3f}"
-    return f"{value:.2f} px"
 
 
 def _spread(same: list[dict[str, Any]]) -> str:
@@ -291,7 +291,7 @@ def _time_to_goal(runs: list[dict[str, Any]]) -> list[str]:
         b = base[0]["to_best"]
         lines.append(
             f"| {task} | {split} | {arch} | {_seconds(cc)} | {_seconds(b['seconds'])} "
-            f"({b['epochs']} ep) | {fmt_value(task, 'baseline', b['test'])} "
+            f"({b['epochs']} ep) | {format_metric(task, 'baseline', b['test'])} "
             f"| {b['seconds'] / max(cc, 1e-9):.0f}x |"
         )
     return lines
@@ -303,6 +303,13 @@ def markdown_table(summary: dict[str, Any]) -> str:
     took = _seconds(summary["wall_time_s"])
     if summary.get("search_time_s"):
         took += f", {_seconds(summary['search_time_s'])} of it the baselines' search"
+    elif summary.get("search_cached_s"):
+        took += f" (the cached baselines' search took {_seconds(summary['search_cached_s'])})"
+    if summary.get("reused_runs"):
+        took += (
+            f", reusing {summary['reused_runs']} runs of an earlier invocation (`--reuse`; the"
+            " times below are each run's own)"
+        )
     head = [
         "# Reproduction of the CoordConv paper's toy tasks",
         "",

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from training.nets import TASKS, Task
-from training.train import TrainConfig, higher_is_better, primary_metric, train
+from training.train import (
+    TrainConfig,
+    format_metric,
+    higher_is_better,
+    primary_metric,
+    train,
+)
 
 # (kernel, width): the paper's filter sizes and width multipliers. The deconv nets take even
 # kernels (4 upsamples without a checkerboard); the conv regressor keeps odd ones.
@@ -151,11 +157,8 @@ def best_configs(summary: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 
 def _fmt(task: str, m: dict[str, float]) -> str:
-    if task == "pixel":
-        return f"{100 * m['accuracy']:.1f}%"
-    if task == "render":
-        return f"IoU {m['iou']:.3f}"
-    return f"{m['mean_error_px']:.2f} px"
+    """A baseline run's metrics, by its primary metric."""
+    return format_metric(task, "baseline", m[primary_metric(task, "baseline")])
 
 
 def _best(task: str, t: dict[str, Any]) -> str:
@@ -163,8 +166,7 @@ def _best(task: str, t: dict[str, Any]) -> str:
     b = t.get("to_best")
     if not b:
         return ""
-    m = primary_metric(task, "baseline")
-    value = _fmt(task, {m: b["test"]})
+    value = format_metric(task, "baseline", b["test"])
     return f"{value} (epoch {b['epochs']})"
 
 
