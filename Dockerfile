@@ -15,8 +15,10 @@ COPY coordconv/ coordconv/
 COPY service/ service/
 COPY training/ training/
 COPY client/ client/
+# pip and setuptools leave too: the serving image installs nothing at run time.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[serve,client]"
+    && /opt/venv/bin/pip install --no-cache-dir ".[serve,client]" \
+    && /opt/venv/bin/pip uninstall -y -q pip setuptools
 
 FROM ${CUDA_IMAGE} AS serve
 ENV DEBIAN_FRONTEND=noninteractive
@@ -39,3 +41,38 @@ EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "service.healthcheck"]
 CMD ["coordconv", "serve"]
+
+# Stages after `serve`: a build with `--target serve` (compose, the Makefile) never builds them,
+# even with the classic builder, which builds every stage up to its target.
+
+# The trainer (`docker compose --profile trainer run --rm trainer`): retrains and re-exports the
+# shipped models into a mounted /models. CPU torch, pinned as in the Makefile: PyTorch's CPU index
+# by default; `--build-arg TORCH_INDEX_URL=` leaves pip to PyPI and PIP_FIND_LINKS (a folder or
+# URL of wheels, as `make docker-test` passes where that index cannot be reached).
+FROM ${CUDA_IMAGE} AS train
+ARG TORCH=torch==2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin coordconv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY coordconv/ coordconv/
+COPY service/ service/
+COPY training/ training/
+COPY client/ client/
+# The export's parity check runs onnxruntime: the CPU package, not the serving image's GPU one.
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "$TORCH" \
+    && /opt/venv/bin/pip install --no-cache-dir ".[train]" "onnxruntime>=1.20" "$TORCH" \
+    && rm -rf /src/*
+WORKDIR /work
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    MPLCONFIGDIR=/tmp/matplotlib
+USER 10001
+CMD ["coordconv", "models", "--repo", "/models", "--runs", "/tmp/runs"]

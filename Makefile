@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest browser perf-analyzer models reproduce bench soak clean help
+.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench soak clean help
 
 help:
 	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
@@ -15,6 +15,7 @@ help:
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
+	@echo "make docker-test  build the images and run compose's profiles on a Docker engine"
 	@echo "make soak       long fuzzing and a 10-minute soak (docs/reliability.md)"
 
 $(BIN)/python:
@@ -63,8 +64,15 @@ $(PERF_VENV)/.done:
 
 perf-analyzer: $(PERF_VENV)/.done
 
+# The Docker tests build images for minutes: `make docker-test` runs them.
 pytest: $(VENV)/.all browser perf-analyzer
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not docker"
+
+# The images built and run on a Docker engine: the serving image, compose's cpu, client and trainer
+# profiles, `stop` under load (tests/test_docker.py; figures in runs/docker-test.json). Skipped,
+# loudly, without an engine; DOCKER_TEST=require makes that a failure.
+docker-test: $(VENV)/.all
+	$(BIN)/python -m pytest -q -s -m docker tests/test_docker.py
 
 test: lint typecheck pytest
 

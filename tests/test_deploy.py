@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -31,10 +32,14 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
-def final_stage() -> list[tuple[str, str]]:
+def stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`."""
     ins = dockerfile_instructions()
-    last_from = max(i for i, (op, _) in enumerate(ins) if op == "FROM")
-    return ins[last_from:]
+    starts = [i for i, (op, _) in enumerate(ins) if op == "FROM"] + [len(ins)]
+    for a, b in itertools.pairwise(starts):
+        if ins[a][1].split()[-1] == name:
+            return ins[a:b]
+    raise AssertionError(f"no stage {name!r} in the Dockerfile")
 
 
 def test_hadolint_passes() -> None:
@@ -45,13 +50,45 @@ def test_hadolint_passes() -> None:
 
 
 def test_the_image_runs_as_non_root_and_installs_no_torch() -> None:
-    stage = final_stage()
-    users = [arg for op, arg in stage if op == "USER"]
+    serve = stage("serve")
+    users = [arg for op, arg in serve if op == "USER"]
     assert users and users[-1] not in ("root", "0")
-    runs = " ".join(arg for op, arg in dockerfile_instructions() if op == "RUN")
+    runs = " ".join(arg for op, arg in stage("build") + serve if op == "RUN")
     assert "torch" not in runs and ".[serve,client]" in runs
-    assert any(op == "HEALTHCHECK" and "service.healthcheck" in arg for op, arg in stage)
-    assert (ROOT / ".dockerignore").read_text().count(".venv") == 1
+    assert any(op == "HEALTHCHECK" and "service.healthcheck" in arg for op, arg in serve)
+
+
+def test_the_build_context_is_an_allow_list_of_what_the_images_copy() -> None:
+    lines = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    copied = {  # every source of a COPY from the context (the last word is the destination)
+        source.rstrip("/")
+        for op, arg in dockerfile_instructions()
+        if op == "COPY" and not arg.startswith("--from")
+        for source in arg.split()[:-1]
+    }
+    assert copied == allowed
+
+
+def test_the_train_stage_pins_cpu_torch_as_the_makefile_does() -> None:
+    train = stage("train")
+    makefile = (ROOT / "Makefile").read_text()
+    pinned = next(
+        line.split("?=")[1].strip() for line in makefile.splitlines() if "TORCH  ?=" in line
+    )
+    assert ("ARG", f"TORCH={pinned}") in train
+    assert ("ARG", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu") in train
+    assert train[-1] == (
+        "CMD",
+        '["coordconv", "models", "--repo", "/models", "--runs", "/tmp/runs"]',
+    )
+    users = [arg for op, arg in train if op == "USER"]
+    assert users == ["10001"]
 
 
 def compose() -> dict:
@@ -95,6 +132,14 @@ def test_every_profile_resolves_to_a_valid_project(profile, tmp_path) -> None:
             assert svc["environment"]["COORDCONV_REQUIRE_GPU"] == "true"
         else:
             assert devices is None and svc["environment"]["COORDCONV_PROVIDERS"] == "cpu"
+    if profile != "triton":  # ours: non-root, read-only root, no capabilities
+        (svc,) = active.values()
+        assert svc["read_only"] is True and svc["tmpfs"] == ["/tmp"]
+        assert svc["cap_drop"] == ["ALL"] and svc["security_opt"] == ["no-new-privileges:true"]
+    if profile in ("client", "trainer"):  # files in ./work and ./models belong to the user
+        assert svc["user"] == "${COORDCONV_UID:-10001}:${COORDCONV_GID:-10001}"
+    if profile == "trainer":
+        assert svc["build"]["target"] == "train"
     if profile == "triton":
         (svc,) = active.values()
         assert svc["command"][:2] == ["tritonserver", "--model-repository=/models"]
@@ -102,12 +147,12 @@ def test_every_profile_resolves_to_a_valid_project(profile, tmp_path) -> None:
 
 
 def test_cmd_and_healthcheck_run_as_written_give_a_ready_service() -> None:
-    stage = final_stage()
-    cmd = json.loads(next(arg for op, arg in stage if op == "CMD"))
-    health = next(arg for op, arg in stage if op == "HEALTHCHECK")
+    serve = stage("serve")
+    cmd = json.loads(next(arg for op, arg in serve if op == "CMD"))
+    health = next(arg for op, arg in serve if op == "HEALTHCHECK")
     health_cmd = json.loads(health.split("CMD", 1)[1].strip())
     env = dict(os.environ)
-    for op, arg in stage:
+    for op, arg in serve:
         if op == "ENV":
             for pair in arg.split():
                 key, _, value = pair.partition("=")
