@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench soak clean help
+.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench profile soak clean help
 
 help:
 	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
@@ -15,6 +15,7 @@ help:
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
+	@echo "make profile    a flame graph of the service under load (py-spy)"
 	@echo "make docker-test  build the images and run compose's profiles on a Docker engine"
 	@echo "make soak       long fuzzing and a 10-minute soak (docs/reliability.md)"
 
@@ -90,6 +91,11 @@ reproduce: $(VENV)/.all
 PROVIDERS ?= cpu
 bench: $(VENV)/.all perf-analyzer
 	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep --ray
+
+# A flame graph of the service under case (b) load: benchmarks/flame-$(PROFILE_LABEL).svg
+PROFILE_LABEL ?= now
+profile: $(VENV)/.all
+	$(BIN)/python -m benchmarks.profile --label $(PROFILE_LABEL)
 
 # Longer reliability runs: many more fuzz examples, then a 10-minute soak at ~70% of capacity.
 soak: $(VENV)/.all
