@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench profile soak clean help
+.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench bench-peers profile soak clean help
 
 help:
 	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
@@ -15,6 +15,7 @@ help:
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
+	@echo "make bench-peers  the same model on PyTriton and MLServer beside this service"
 	@echo "make profile    a flame graph of the service under load (py-spy)"
 	@echo "make docker-test  build the images and run compose's profiles on a Docker engine"
 	@echo "make soak       long fuzzing and a 10-minute soak (docs/reliability.md)"
@@ -92,6 +93,11 @@ PROVIDERS ?= cpu
 bench: $(VENV)/.all perf-analyzer
 	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep --ray
 
+# This service beside NVIDIA PyTriton and MLServer on the same model, one run (benchmarks/peers.md);
+# each peer in its own virtual environment under .venv-peers/.
+bench-peers: $(VENV)/.all perf-analyzer
+	$(BIN)/python -m benchmarks.peers
+
 # A flame graph of the service under case (b) load: benchmarks/flame-$(PROFILE_LABEL).svg
 PROFILE_LABEL ?= now
 profile: $(VENV)/.all
@@ -103,4 +109,4 @@ soak: $(VENV)/.all
 	$(BIN)/python -m benchmarks.soak --seconds $${SOAK_SECONDS:-600}
 
 clean:
-	rm -rf $(VENV) $(PERF_VENV) .pytest_cache .mypy_cache .ruff_cache runs
+	rm -rf $(VENV) $(PERF_VENV) .venv-peers .pytest_cache .mypy_cache .ruff_cache runs

@@ -1,0 +1,33 @@
+"""MLServer serving the same render ONNX model: a custom runtime (MLServer has no onnxruntime
+runtime of its own) with this service's session options, behind MLServer's adaptive batching
+(max batch 64, 500 us, as models/render/config.pbtxt). benchmarks/peers.py writes its
+settings.json and model-settings.json and runs `mlserver start` in its own virtual environment."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxRender(MLModel):
+    async def load(self) -> bool:
+        so = ort.SessionOptions()  # the same settings as service.model.session_options
+        so.intra_op_num_threads = 0
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        uri = self.settings.parameters.uri if self.settings.parameters else None
+        self.sess = ort.InferenceSession(uri, so, providers=["CPUExecutionProvider"])
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        coords = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32, copy=False)
+        (image,) = self.sess.run(None, {"coords": coords})
+        return InferenceResponse(
+            model_name=self.name, outputs=[NumpyCodec.encode_output("image", image)]
+        )

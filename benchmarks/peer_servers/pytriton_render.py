@@ -1,0 +1,60 @@
+"""NVIDIA PyTriton serving the same render ONNX model as this service: Triton's C++ HTTP front end
+and dynamic batcher (max batch 64, 500 us queue delay, as models/render/config.pbtxt), onnxruntime
+with this service's session options in the Python infer function. Runs in its own virtual
+environment (benchmarks/peers.py makes it):
+
+    python pytriton_render.py MODEL.onnx HTTP_PORT GRPC_PORT METRICS_PORT
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnxruntime as ort
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+
+def session(path: str) -> ort.InferenceSession:
+    so = ort.SessionOptions()  # the same settings as service.model.session_options
+    so.intra_op_num_threads = 0
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    model, http_port, grpc_port, metrics_port = sys.argv[1], *map(int, sys.argv[2:5])
+    sess = session(model)
+
+    @batch
+    def infer(coords: np.ndarray) -> dict[str, np.ndarray]:
+        (image,) = sess.run(None, {"coords": coords.astype(np.float32, copy=False)})
+        return {"image": image}
+
+    config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    # Statistics and the rest open (loopback only): perf_analyzer reads the statistics.
+    with Triton(
+        config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])
+    ) as triton:
+        triton.bind(
+            model_name="render",
+            infer_func=infer,
+            inputs=[Tensor(name="coords", dtype=np.float32, shape=(2,))],
+            outputs=[Tensor(name="image", dtype=np.float32, shape=(64, 64))],
+            config=ModelConfig(
+                max_batch_size=64, batcher=DynamicBatcher(max_queue_delay_microseconds=500)
+            ),
+            strict=True,
+        )
+        print("pytriton: ready", flush=True)
+        triton.serve()
+
+
+if __name__ == "__main__":
+    main()
