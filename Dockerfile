@@ -4,7 +4,8 @@
 # skips the attempt). Only the `serve` and `client` dependencies are installed: no torch.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
-FROM ${CUDA_IMAGE} AS build
+# The sources and a Python to build virtual environments with; `build` and `train` start here.
+FROM ${CUDA_IMAGE} AS source
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -15,6 +16,8 @@ COPY coordconv/ coordconv/
 COPY service/ service/
 COPY training/ training/
 COPY client/ client/
+
+FROM source AS build
 # pip and setuptools leave too: the serving image installs nothing at run time.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir ".[serve,client]" \
@@ -49,21 +52,10 @@ CMD ["coordconv", "serve"]
 # shipped models into a mounted /models. CPU torch, pinned as in the Makefile: PyTorch's CPU index
 # by default; `--build-arg TORCH_INDEX_URL=` leaves pip to PyPI and PIP_FIND_LINKS (a folder or
 # URL of wheels, as `make docker-test` passes where that index cannot be reached).
-FROM ${CUDA_IMAGE} AS train
+FROM source AS train
 ARG TORCH=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin coordconv
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY coordconv/ coordconv/
-COPY service/ service/
-COPY training/ training/
-COPY client/ client/
 # The export's parity check runs onnxruntime: the CPU package, not the serving image's GPU one.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir \

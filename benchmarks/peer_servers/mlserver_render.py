@@ -6,23 +6,16 @@ settings.json and model-settings.json and runs `mlserver start` in its own virtu
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
+from ort_session import session
 
 
 class OnnxRender(MLModel):
     async def load(self) -> bool:
-        so = ort.SessionOptions()  # the same settings as service.model.session_options
-        so.intra_op_num_threads = 0
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         uri = self.settings.parameters.uri if self.settings.parameters else None
-        self.sess = ort.InferenceSession(uri, so, providers=["CPUExecutionProvider"])
+        self.sess = session(str(uri))
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:

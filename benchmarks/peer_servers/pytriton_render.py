@@ -11,21 +11,10 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import onnxruntime as ort
+from ort_session import session
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
-
-
-def session(path: str) -> ort.InferenceSession:
-    so = ort.SessionOptions()  # the same settings as service.model.session_options
-    so.intra_op_num_threads = 0
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
