@@ -18,8 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from coordconv import __version__
+from service.cluster import Cluster
 from service.dataplane import DataPlane
 from service.errors import ServiceError
+from service.fastpath import FastPath
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware, error_body
 from service.parsing import BodyParser
@@ -60,9 +62,33 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+def error_response(request: Request, exc: Exception) -> Response:
+    """Every error as its status and message: typed errors, validation, routing (404, 405), a
+    client gone mid-body (499), and anything else as a logged 500."""
+    if isinstance(exc, ServiceError):
+        return _error(request, exc.status_code, exc.message, exc.headers)
+    if isinstance(exc, RequestValidationError):
+        return _error(request, 400, _validation_message(exc))
+    if isinstance(exc, StarletteHTTPException):
+        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    if isinstance(exc, ClientDisconnect):  # nobody reads this answer
+        return _error(request, 499, "the client closed the connection")
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(request, 500, "internal server error (logged with the request id)")
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    return error_response(request, exc)
+
+
+def create_app(
+    settings: Settings | None = None,
+    registry: ModelRegistry | None = None,
+    cluster: Cluster | None = None,
+) -> FastAPI:
     """The HTTP front end. With `registry` (already started, on the same event loop) the lifespan
-    serves it as it is; otherwise the lifespan starts one and stops it on the way out."""
+    serves it as it is; otherwise the lifespan starts one and stops it on the way out. `cluster`:
+    this process is one of `--workers N` (service/cluster.py)."""
     settings = settings or Settings()
     metrics = Metrics()
     owned = registry is None
@@ -71,7 +97,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         settings,
         registry.metrics,
         registry,
-        DataPlane(settings, registry),
+        DataPlane(settings, registry, cluster),
         BodyParser(settings.parse_processes),
     )
 
@@ -123,28 +149,17 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(v2.health)
     app.include_router(v2.guarded)
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> Response:
-        return _error(request, exc.status_code, exc.message, exc.headers)
+    for exc_class in (
+        ServiceError,
+        RequestValidationError,
+        StarletteHTTPException,
+        ClientDisconnect,
+        Exception,
+    ):
+        app.add_exception_handler(exc_class, _handle)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return _error(request, 400, _validation_message(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
-        # The client went away mid-body (or its body timed out): nobody reads this answer.
-        return _error(request, 499, "the client closed the connection")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(request, 500, "internal server error (logged with the request id)")
-
+    # Inner to the middleware below: the hot routes skip FastAPI's layers (service/fastpath.py).
+    app.add_middleware(FastPath, state=state, on_error=error_response)
     app.add_middleware(
         ServiceMiddleware,
         metrics=registry.metrics,

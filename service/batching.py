@@ -34,6 +34,7 @@ from service.stats import ModelStats
 log = logging.getLogger("coordconv.batching")
 Outputs = tuple[np.ndarray, ...]
 Disconnected = Callable[[], Coroutine[Any, Any, None]]
+WATCH_AFTER_S = 0.05
 
 
 class InferenceFailed(ServiceError):
@@ -48,6 +49,7 @@ class _Job:
     taken: int = 0  # rows handed to batches so far
     outputs: list[Outputs] = field(default_factory=list)
     cancelled: bool = False
+    watcher: asyncio.Task[None] | None = None  # notices the client going away
 
     @property
     def started(self) -> bool:
@@ -139,41 +141,60 @@ class Batcher:
         self._gauge.set(self.queued_items)
         self._arrived.set()
 
-        waiters: set[asyncio.Future[Any]] = {job.future}
-        watcher: asyncio.Task[None] | None = None
+        # Timers instead of a task per request: the queue timeout fails a job that never
+        # started, and only a request still waiting after WATCH_AFTER_S starts to watch for its
+        # client going away (most are answered sooner, and a task per request costs).
+        timers = []
+        if not self.s.delay_on_timeout:
+            timers.append(loop.call_later(self.s.timeout_s, self._expire, job))
         if disconnected is not None:
-            watcher = loop.create_task(disconnected())
-            waiters.add(watcher)
-        timeout = None if self.s.delay_on_timeout else self.s.timeout_s
+            timers.append(loop.call_later(WATCH_AFTER_S, self._watch, job, disconnected))
         try:
-            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when="FIRST_COMPLETED")
-            if job.future in done:
-                return job.future.result()
-            if watcher is not None and watcher in done:  # the client went away
-                self._drop(job)
-                raise ClientClosedRequest("the client closed the connection")
-            if not job.started:  # timed out while still queued
-                self._drop(job)
-                raise Unavailable(
-                    f"request waited more than {self.s.timeout_s:g} s in model "
-                    f"{self.name!r}'s queue; retry later",
-                    retry_after=max(1, round(self.s.timeout_s)),
-                )
-            return await job.future  # already running: finish it
+            return await job.future
         except asyncio.CancelledError:
             self._drop(job)
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for timer in timers:
+                timer.cancel()
+            if job.watcher is not None:
+                job.watcher.cancel()
 
-    def _drop(self, job: _Job) -> None:
-        if job.cancelled or job.future.done():
+    def _expire(self, job: _Job) -> None:
+        if not job.started and not job.future.done():  # still queued: 503; running: finish it
+            self._drop(
+                job,
+                Unavailable(
+                    f"request waited more than {self.s.timeout_s:g} s in model "
+                    f"{self.name!r}'s queue; retry later",
+                    retry_after=max(1, round(self.s.timeout_s)),
+                ),
+            )
+
+    def _watch(self, job: _Job, disconnected: Disconnected) -> None:
+        if job.future.done():
             return
-        job.cancelled = True
-        self.queued_items -= job.remaining
-        self._gauge.set(self.queued_items)
-        job.future.cancel()
+        job.watcher = asyncio.get_running_loop().create_task(disconnected())
+
+        def gone(watcher: asyncio.Task[None]) -> None:
+            if not watcher.cancelled() and watcher.exception() is None:
+                self._drop(job, ClientClosedRequest("the client closed the connection"))
+
+        job.watcher.add_done_callback(gone)
+
+    def _drop(self, job: _Job, error: Exception | None = None) -> None:
+        """Take `job` out of the queue (rows already running are not counted); its waiter gets
+        `error`, or is cancelled."""
+        if job.future.done():
+            return
+        if not job.cancelled:
+            job.cancelled = True
+            self.queued_items -= job.remaining
+            self._gauge.set(self.queued_items)
+        if error is None:
+            job.future.cancel()
+        else:
+            job.future.set_exception(error)
 
     def _take(self, limit: int) -> list[tuple[_Job, int, int]]:
         """Up to `limit` rows from the front of the queue: (job, start, stop) slices."""

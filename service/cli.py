@@ -15,11 +15,14 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.cluster import WorkerInfo
 
 LOG_FIELDS = (
     "request_id",
@@ -30,6 +33,7 @@ LOG_FIELDS = (
     "duration_ms",
     "model",
     "version",
+    "worker",
 )
 
 
@@ -50,12 +54,24 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        rid = getattr(record, "request_id", None)
-        return f"{text} [request_id={rid}]" if rid else text
+        tags = [
+            f"{k}={getattr(record, k)}"
+            for k in ("worker", "request_id")
+            if getattr(record, k, "") != ""
+        ]
+        return f"{text} [{' '.join(tags)}]" if tags else text
 
 
-def configure_logging(level: str, fmt: str) -> None:
+def configure_logging(level: str, fmt: str, worker: int | None = None) -> None:
+    """One handler on stderr, text or JSON; with `worker`, each line names the worker process."""
     handler = logging.StreamHandler(sys.stderr)
+    if worker is not None:
+
+        def tag(record: logging.LogRecord) -> bool:
+            record.worker = worker
+            return True
+
+        handler.addFilter(tag)
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"
@@ -155,6 +171,11 @@ def main(argv: Sequence[str]) -> int:
     if problem:
         print(f"coordconv serve: {problem}", file=sys.stderr)
         return 1
+    if args.ray and settings.workers > 1:
+        print(
+            "coordconv serve: --ray runs replicas instead of --workers; pick one", file=sys.stderr
+        )
+        return 2
     if args.ray:
         try:
             from service import ray_serve
@@ -165,6 +186,10 @@ def main(argv: Sequence[str]) -> int:
             )
             return 2
         return ray_serve.run(settings, args.ray_replicas, args.ray_num_cpus, args.ray_autoscale_max)
+    if settings.workers > 1:
+        from service import workers
+
+        return workers.run(settings)
     return serve(settings)
 
 
@@ -193,15 +218,19 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> Any:
     return uvicorn.Config(app, **options)
 
 
-def serve(settings: Settings) -> int:
+def serve(
+    settings: Settings, sock: socket.socket | None = None, worker: WorkerInfo | None = None
+) -> int:
     """Load the start-up models, then serve HTTP and gRPC, all on one event loop: the registry's
     batchers and model control live on the loop that serves both front ends. A bad repository
-    is one clear line and exit 1 (inside the app's lifespan it would be uvicorn's traceback)."""
+    is one clear line and exit 1 (inside the app's lifespan it would be uvicorn's traceback).
+    `sock` and `worker`: this process is one of `--workers N`, on the supervisor's socket."""
     import asyncio
 
     import uvicorn
 
     from service.app import create_app
+    from service.cluster import Cluster
     from service.errors import RepositoryError
     from service.http_protocol import raise_fd_limit
     from service.metrics import Metrics
@@ -212,13 +241,16 @@ def serve(settings: Settings) -> int:
 
     async def main() -> int:
         registry = ModelRegistry(settings, Metrics())
+        cluster = None if worker is None else Cluster(worker, registry)
         try:
             await registry.start()
+            if cluster is not None:
+                await cluster.start()  # replays the loads and unloads its siblings were given
         except RepositoryError as exc:
             await registry.stop()
             print(f"coordconv serve: {exc}", file=sys.stderr)
             return 1
-        app = create_app(settings, registry=registry)
+        app = create_app(settings, registry=registry, cluster=cluster)
         config.app = app
         state = app.state.service
         loop = asyncio.get_running_loop()
@@ -234,8 +266,10 @@ def serve(settings: Settings) -> int:
 
         server = _Server(config)
         try:
-            await server.serve()
+            await server.serve(sockets=None if sock is None else [sock])
         finally:
+            if cluster is not None:
+                await cluster.stop()
             await registry.stop()
         if not server.started:
             logging.getLogger("coordconv.serve").error("the server did not start")

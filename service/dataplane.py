@@ -17,8 +17,9 @@ import numpy as np
 
 from coordconv import __version__
 from coordconv.contract import COORDS, IMAGE, PLATFORM, Tensor
-from service import codecs, model_config, repository
+from service import codecs, model_config, repository, stats
 from service.batching import Disconnected
+from service.cluster import Cluster
 from service.errors import BadRequest, ModelError, NotFound
 from service.messages import InferRequest, InferResponse, InputTensor, OutputTensor
 from service.model import ModelVersion, tensor_info
@@ -29,9 +30,14 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+    def __init__(
+        self, settings: Settings, registry: ModelRegistry, cluster: Cluster | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        self.cluster = cluster  # with --workers N: control and statistics reach every worker
+        if cluster is not None:
+            cluster.local_stats = self.local_statistics
 
     # Health and metadata
 
@@ -71,16 +77,24 @@ class DataPlane:
         """Every served version, for /v1/models."""
         return [m.describe() for m in self.registry.all_versions()]
 
-    def model_statistics(
+    async def model_statistics(
         self, name: str | None = None, version: str | None = None
     ) -> dict[str, Any]:
+        """Triton's statistics of the server: every worker's requests summed."""
+        own = self.local_statistics(name, version)  # 404 for an unknown name or version
+        if self.cluster is None:
+            return {"model_stats": own}
+        others = await self.cluster.statistics(name, version)
+        return {"model_stats": stats.merge([own, *others])}
+
+    def local_statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
         if name is None:
             chosen = self.registry.all_versions()
         elif version is None:
             chosen = self.registry.all_versions(name)
         else:
             chosen = [self.registry.get(name, version)]
-        return {"model_stats": [m.stats.as_dict() for m in chosen]}
+        return [m.stats.as_dict() for m in chosen]
 
     # Repository
 
@@ -92,7 +106,7 @@ class DataPlane:
         which replaces config.pbtxt for this model (as Triton accepts)."""
         self.registry.check_control()
         repository.check_name(name)
-        config = None
+        config = text = None
         for key, value in (parameters or {}).items():
             if key == "config":
                 if not isinstance(value, str):
@@ -101,10 +115,14 @@ class DataPlane:
                     config = model_config.parse_json(value, f"model {name}: config parameter")
                 except ModelError as exc:
                     raise BadRequest(str(exc)) from None
+                text = value
             elif key.startswith("file:"):
                 raise BadRequest("loading model files sent with the request is not supported")
             else:
                 raise BadRequest(f"unknown load parameter {key!r}; supported: 'config'")
+        if self.cluster is not None:  # every worker loads it, in the same order
+            await self.cluster.control({"op": "load", "name": name, "config": text})
+            return
         try:
             await self.registry.load(name, config)
         except ModelError as exc:
@@ -112,6 +130,10 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         self.registry.check_control()
+        if self.cluster is not None:
+            repository.check_name(name)
+            await self.cluster.control({"op": "unload", "name": name})
+            return
         await self.registry.unload(name)
 
     # Inference

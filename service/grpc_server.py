@@ -216,7 +216,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:  # noqa: N802
         async def work() -> Any:
-            stats = self.plane.model_statistics(request.name or None, request.version or None)
+            stats = await self.plane.model_statistics(request.name or None, request.version or None)
             return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
         return await self._call(context, "ModelStatistics", work)
@@ -306,7 +306,9 @@ class GrpcFrontEnd:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
+                # One process: a port in use is an error. Several workers share the port (the
+                # supervisor checked that it was free) and the kernel spreads connections.
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
             ]
         )
         self.health = health.aio.HealthServicer()

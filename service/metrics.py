@@ -1,9 +1,14 @@
 """Prometheus metrics (names fixed by DESIGN.md section 6), in a registry per app so that several
-apps in one process (tests) do not collide."""
+apps in one process (tests) do not collide. With `--workers N`, prometheus_client's multiprocess
+mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor) keeps each worker's values in a file and
+`exposition` sums them, so /metrics says the same whichever worker answers."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -54,5 +59,18 @@ class Metrics:
             registry=r,
         )
         self.queue_items = Gauge(
-            "coordconv_queue_items", "Items waiting in the queue", ["model", "version"], registry=r
+            "coordconv_queue_items",
+            "Items waiting in the queue",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",  # the workers' queues together; a dead one's dropped
         )
+
+    def exposition(self) -> bytes:
+        """The text format: this registry, or every worker's values with `--workers N`."""
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, shared)
+        return generate_latest(registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
         2, ge=0, description="worker processes that parse bodies over 1 MiB (0: threads)"
     )
     grace_s: float = Field(10.0, ge=0, description="drain time on SIGTERM")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="worker processes serving the same ports, each with its own sessions and "
+        "batchers (auto: one per CPU core this process may use)",
+    )
     api_key: str | None = Field(None, description="bearer token for inference routes")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -86,6 +93,17 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
         return value
 
     @field_validator("providers")

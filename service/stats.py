@@ -98,3 +98,48 @@ class ModelStats:
             ],
             "memory_usage": [],
         }
+
+
+def merge(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Several processes' `model_stats` lists (as_dict entries) summed into one, in the order of
+    the first: counts and nanoseconds add up, batch_stats add up per batch size, and
+    last_inference is the latest."""
+    if not parts:
+        return []
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for part in parts:
+        for entry in part:
+            key = (entry["name"], entry["version"])
+            into = merged.get(key)
+            if into is None:
+                merged[key] = _copy(entry)
+                continue
+            into["last_inference"] = max(into["last_inference"], entry["last_inference"])
+            into["inference_count"] += entry["inference_count"]
+            into["execution_count"] += entry["execution_count"]
+            _add_phases(into["inference_stats"], entry["inference_stats"])
+            sizes = {b["batch_size"]: b for b in into["batch_stats"]}
+            for b in entry["batch_stats"]:
+                if b["batch_size"] in sizes:
+                    _add_phases(sizes[b["batch_size"]], b)
+                else:
+                    sizes[b["batch_size"]] = _copy(b)
+            into["batch_stats"] = [sizes[k] for k in sorted(sizes)]
+    first = [(e["name"], e["version"]) for e in parts[0]]
+    return [merged[k] for k in first] + [v for k, v in merged.items() if k not in set(first)]
+
+
+def _copy(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (
+            _copy(v) if isinstance(v, dict) else [_copy(x) for x in v] if isinstance(v, list) else v
+        )
+        for k, v in entry.items()
+    }
+
+
+def _add_phases(into: dict[str, Any], other: dict[str, Any]) -> None:
+    for phase, value in other.items():
+        if isinstance(value, dict) and "count" in value:
+            into[phase]["count"] += value["count"]
+            into[phase]["ns"] += value["ns"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.routes.common import json_response
 from service.state import ServiceDep
@@ -24,8 +25,11 @@ async def index() -> FileResponse:
 
 @router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", summary="Liveness: the process is up")
-async def healthz() -> Response:
-    return json_response({"status": "alive"})
+async def healthz(state: ServiceDep) -> Response:
+    cluster = state.dataplane.cluster
+    if cluster is None:
+        return json_response({"status": "alive"})
+    return json_response({"status": "alive", "worker": cluster.info.index, "pid": os.getpid()})
 
 
 @router.head("/readyz", include_in_schema=False)
@@ -46,4 +50,4 @@ async def readyz(state: ServiceDep) -> Response:
 @router.head("/metrics", include_in_schema=False)
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(state: ServiceDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -70,19 +70,19 @@ async def server_metadata(state: ServiceDep) -> Response:
 
 @guarded.get("/models/stats", summary="Statistics of every model version")
 async def all_stats(state: ServiceDep) -> Response:
-    return json_response(state.plane().model_statistics())
+    return json_response(await state.plane().model_statistics())
 
 
 @guarded.get("/models/{name}/stats", summary="Statistics of a model's versions")
 async def model_stats(state: ServiceDep, name: str = ModelName) -> Response:
-    return json_response(state.plane().model_statistics(name))
+    return json_response(await state.plane().model_statistics(name))
 
 
 @guarded.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
 async def version_stats(
     state: ServiceDep, name: str = ModelName, version: str = Version
 ) -> Response:
-    return json_response(state.plane().model_statistics(name, version))
+    return json_response(await state.plane().model_statistics(name, version))
 
 
 # Metadata, readiness, configuration

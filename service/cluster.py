@@ -1,0 +1,241 @@
+"""Worker processes that answer as one server (`--workers N`).
+
+Each worker has its own onnxruntime sessions and batchers. What must look the same whichever
+worker a client reaches goes through a run directory that the supervisor (service/workers.py)
+creates for them:
+
+- Model control: a load or unload is appended to `control.jsonl` (under a file lock, which gives
+  every operation a sequence number), applied by every worker in that order, and answered once
+  every live worker has applied it; a worker that starts later (or is restarted) replays the log,
+  so it serves the same set as its siblings.
+- Statistics: the worker that is asked sums its own and its siblings' (Triton's statistics
+  extension counts requests, so the sum is the server's figure).
+- `/metrics`: Prometheus' multiprocess mode (PROMETHEUS_MULTIPROC_DIR under the run directory).
+
+Workers reach each other over a Unix socket each (`w<index>.sock`), one JSON line per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service import model_config
+from service.errors import BadRequest, ModelError, NotFound, ServiceError
+from service.registry import ModelRegistry
+
+log = logging.getLogger("coordconv.cluster")
+
+CONTROL_LOG = "control.jsonl"
+METRICS_DIR = "metrics"
+CATCH_UP_S = 0.5  # a worker that missed a nudge (it was starting) catches up within this
+RPC_TIMEOUT_S = 600.0  # a sibling's load can take as long as loading the model
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    index: int
+    count: int
+    run_dir: Path
+
+    def socket_path(self, index: int) -> Path:
+        return self.run_dir / f"w{index}.sock"
+
+    @property
+    def siblings(self) -> list[int]:
+        return [i for i in range(self.count) if i != self.index]
+
+
+def append_control(run_dir: Path, entry: dict[str, Any]) -> int:
+    """Append one operation to the control log; returns its sequence number (1, 2, ...)."""
+    with open(run_dir / CONTROL_LOG, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0)
+            seq = sum(1 for _ in f) + 1
+            f.write(json.dumps({**entry, "seq": seq}) + "\n")
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return seq
+
+
+def read_control(run_dir: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The complete lines after byte `offset`, and the offset after them."""
+    path = run_dir / CONTROL_LOG
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1  # a line being written is taken next time
+    return [json.loads(line) for line in data[:end].splitlines() if line], offset + end
+
+
+class Cluster:
+    """One worker's part: it follows the control log and answers its siblings."""
+
+    def __init__(self, info: WorkerInfo, registry: ModelRegistry) -> None:
+        self.info = info
+        self.registry = registry
+        self.local_stats: Callable[[str | None, str | None], list[dict[str, Any]]] | None = None
+        self.applied = 0
+        self.results: dict[int, dict[str, Any] | None] = {}  # seq -> error (status, message)
+        self._offset = 0
+        self._lock = asyncio.Lock()
+        self._server: asyncio.AbstractServer | None = None
+        self._follow: asyncio.Task[None] | None = None
+        self._parent = os.getppid()
+
+    async def start(self) -> None:
+        """Replay the control log (what the siblings were told before this worker started),
+        then listen for them."""
+        await self.catch_up()
+        path = self.info.socket_path(self.info.index)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a crashed predecessor's
+        self._server = await asyncio.start_unix_server(self._answer, path=str(path))
+        self._follow = asyncio.get_running_loop().create_task(self._follow_log())
+
+    async def stop(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.info.socket_path(self.info.index).unlink()
+
+    # Model control
+
+    async def control(self, entry: dict[str, Any]) -> None:
+        """Apply a load or unload on every worker; raises what this worker's attempt raised, or
+        a sibling's failure."""
+        seq = await asyncio.to_thread(append_control, self.info.run_dir, entry)
+        await self.catch_up()
+        own = self.results.get(seq)
+        replies = await asyncio.gather(
+            *(self._ask(i, {"op": "sync", "seq": seq}) for i in self.info.siblings)
+        )
+        if own is not None:
+            raise _error(own)
+        for i, reply in zip(self.info.siblings, replies, strict=True):
+            if reply is not None and reply.get("error"):
+                err = reply["error"]
+                raise _error({**err, "message": f"worker {i}: {err['message']}"})
+
+    async def catch_up(self) -> None:
+        async with self._lock:
+            entries, self._offset = await asyncio.to_thread(
+                read_control, self.info.run_dir, self._offset
+            )
+            for entry in entries:
+                self.results[entry["seq"]] = await self._apply(entry)
+                self.applied = entry["seq"]
+
+    async def _apply(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        name = entry["name"]
+        try:
+            if entry["op"] == "load":
+                text = entry.get("config")
+                config = (
+                    None
+                    if text is None
+                    else model_config.parse_json(text, f"model {name}: config parameter")
+                )
+                await self.registry.load(name, config)
+            else:
+                await self.registry.unload(name)
+        except ModelError as exc:
+            return {"status": 400, "message": f"failed to load {name!r}: {exc}"}
+        except ServiceError as exc:
+            return {"status": exc.status_code, "message": exc.message}
+        except Exception as exc:  # never let one operation stop the follower
+            log.exception("control operation %s failed", entry)
+            return {"status": 500, "message": f"{entry['op']} {name!r} failed: {exc}"}
+        return None
+
+    async def _follow_log(self) -> None:
+        while True:
+            await asyncio.sleep(CATCH_UP_S)
+            if os.getppid() != self._parent:  # the supervisor was killed: do not serve orphaned
+                log.error("the supervisor is gone; stopping")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            try:
+                await self.catch_up()
+            except Exception:
+                log.exception("following the control log failed")
+
+    # Statistics
+
+    async def statistics(self, name: str | None, version: str | None) -> list[list[dict[str, Any]]]:
+        """The siblings' `model_stats` lists (a sibling that is not up is left out)."""
+        replies = await asyncio.gather(
+            *(
+                self._ask(i, {"op": "stats", "name": name, "version": version}, timeout=5)
+                for i in self.info.siblings
+            )
+        )
+        return [r["stats"] for r in replies if r is not None and "stats" in r]
+
+    # Worker to worker
+
+    async def _ask(
+        self, index: int, message: dict[str, Any], timeout: float = RPC_TIMEOUT_S
+    ) -> dict[str, Any] | None:
+        """One request to sibling `index`; None when it is not up (it replays when it starts)."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.info.socket_path(index)))
+        except OSError:
+            return None
+        try:
+            writer.write(json.dumps(message).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout)
+            reply: dict[str, Any] | None = json.loads(line) if line else None
+            return reply
+        except (OSError, TimeoutError, ValueError):
+            log.warning("worker %d did not answer %s", index, message.get("op"))
+            return None
+        finally:
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            message = json.loads(await reader.readline())
+            reply: dict[str, Any]
+            if message["op"] == "sync":
+                await self.catch_up()
+                reply = {"error": self.results.get(message["seq"])}
+            elif message["op"] == "stats" and self.local_stats is not None:
+                try:
+                    reply = {"stats": self.local_stats(message["name"], message["version"])}
+                except ServiceError:
+                    reply = {"stats": []}
+            else:
+                reply = {}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (OSError, ValueError, KeyError):
+            pass
+        finally:
+            writer.close()
+
+
+def _error(err: dict[str, Any]) -> ServiceError:
+    cls = {400: BadRequest, 404: NotFound}.get(err["status"], ServiceError)
+    exc = cls(err["message"])
+    exc.status_code = err["status"]
+    return exc

@@ -1,0 +1,217 @@
+"""`coordconv serve --workers N` as a process: one port, and one server whichever worker a client
+reaches (model control, statistics, /metrics), a worker that dies comes back with the same
+models, SIGTERM drains every worker and exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from service.settings import Settings
+from service.stats import merge
+from tests.conftest import ROOT, free_port
+
+
+class Workers:
+    def __init__(self, *args: str, count: int = 2) -> None:
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coordconv", "serve", "--workers", str(count)]
+            + ["--port", str(self.port), "--grpc-port", str(self.grpc_port), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COORDCONV_LOG_LEVEL": "warning"},
+        )
+        self.count = count
+
+    def by_worker(self, limit: float = 60) -> dict[int, httpx.Client]:
+        """A keep-alive client held by each worker (new connections until every worker took
+        one); the key is the worker that answers on that connection."""
+        found: dict[int, httpx.Client] = {}
+        spare: list[httpx.Client] = []
+        deadline = time.monotonic() + limit
+        while len(found) < self.count:
+            assert time.monotonic() < deadline, f"reached workers {sorted(found)} only"
+            assert self.proc.poll() is None, self.output()
+            c = httpx.Client(base_url=self.url, timeout=60)
+            try:
+                worker = c.get("/healthz").json()["worker"]
+            except httpx.TransportError:
+                c.close()
+                time.sleep(0.1)
+                continue
+            if worker in found:
+                spare.append(c)  # keep it open so that the next connection goes elsewhere
+            else:
+                found[worker] = c
+        for c in spare:
+            c.close()
+        return found
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.communicate(timeout=10)[0]
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=40)
+        return self.proc.returncode, out
+
+
+@pytest.fixture
+def explicit() -> Iterator[Workers]:
+    w = Workers("--model-control-mode", "explicit", "--load-model", "render")
+    yield w
+    if w.proc.poll() is None:
+        w.proc.kill()
+        w.proc.communicate()
+
+
+def render_count(text: str) -> float:
+    return sum(
+        float(v)
+        for v in re.findall(
+            r'^coordconv_inference_count_total\{model="render".*} (\S+)$', text, re.M
+        )
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_answer_as_one_server(explicit: Workers) -> None:
+    clients = explicit.by_worker()
+    assert sorted(clients) == [0, 1]
+    pids = [clients[i].get("/healthz").json()["pid"] for i in (0, 1)]
+    assert pids[0] != pids[1]
+
+    # Inference on both; statistics and /metrics count both, whichever worker answers.
+    for i in (0, 1):
+        for _ in range(3 + i):
+            r = clients[i].post("/v1/render", json={"coords": [[9, 9], [30, 40]]})
+            assert r.status_code == 200, r.text
+    for i in (0, 1):
+        stats = clients[i].get("/v2/models/render/stats").json()["model_stats"]
+        assert sum(s["inference_count"] for s in stats) == 14
+        assert sum(s["inference_stats"]["success"]["count"] for s in stats) == 7
+        assert render_count(clients[i].get("/metrics").text) == 14
+
+    # gRPC shares its port the same way.
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{explicit.grpc_port}")
+    inp = grpcclient.InferInput("coords", [1, 2], "FP32")
+    inp.set_data_from_numpy(np.array([[20, 20]], np.float32))
+    assert grpc.infer("render", [inp]).as_numpy("image").shape == (1, 64, 64)
+    grpc_stats = grpc.get_inference_statistics("render", as_json=True)["model_stats"]
+    assert sum(int(s.get("inference_count", 0)) for s in grpc_stats) == 15
+
+    # A load through worker 0 reaches worker 1, an unload through worker 1 reaches worker 0.
+    r = clients[0].post("/v2/repository/models/locate/load")
+    assert r.status_code == 200, r.text
+    names = {m["name"] for m in clients[1].get("/v1/models").json()["models"]}
+    assert names == {"render", "locate"}
+    r = clients[1].post("/v2/repository/models/render/unload")
+    assert r.status_code == 200, r.text
+    names = {m["name"] for m in clients[0].get("/v1/models").json()["models"]}
+    assert names == {"locate"}
+    assert clients[0].post("/v1/render", json={"coords": [[9, 9]]}).status_code == 404
+
+    # A failed load says why, through either worker, and changes nothing.
+    r = clients[1].post("/v2/repository/models/nosuchmodel/load")
+    assert r.status_code in (400, 404) and "nosuchmodel" in r.json()["error"]
+    index = clients[0].post("/v2/repository/index", json={"ready": True}).json()
+    assert {e["name"] for e in index} == {"locate"}
+
+    for c in clients.values():
+        c.close()
+    code, out = explicit.stop()
+    assert code == 0, out
+    assert "Traceback" not in out
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in pids), "a worker outlived SIGTERM"
+
+
+def test_a_killed_worker_comes_back_serving_what_its_siblings_serve(explicit: Workers) -> None:
+    clients = explicit.by_worker()
+    assert clients[0].post("/v2/repository/models/locate/load").status_code == 200
+    old = clients[1].get("/healthz").json()["pid"]
+    for c in clients.values():
+        c.close()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "worker 1 did not come back"
+        clients = explicit.by_worker()
+        health = clients[1].get("/healthz").json()
+        if health["pid"] != old:
+            break
+        time.sleep(0.2)
+    names = {m["name"] for m in clients[1].get("/v1/models").json()["models"]}
+    assert names == {"render", "locate"}
+    for c in clients.values():
+        c.close()
+    code, out = explicit.stop()
+    assert code == 0, out
+    assert "worker 1" in out and "starting it again" in out
+
+
+def test_a_bad_repository_is_one_line_with_workers(tmp_path) -> None:
+    w = Workers("--model-dir", str(tmp_path / "missing"))
+    out = w.proc.communicate(timeout=60)[0]
+    assert w.proc.returncode == 1
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0], out
+
+
+def test_workers_setting() -> None:
+    assert Settings(workers="auto").workers == len(os.sched_getaffinity(0))
+    assert Settings(workers="3").workers == 3
+    with pytest.raises(ValueError):
+        Settings(workers=0)
+
+
+def test_statistics_of_two_workers_add_up() -> None:
+    def entry(n: int, batch: int) -> dict:
+        d = {"count": n, "ns": 10 * n}
+        return {
+            "name": "render",
+            "version": "1",
+            "last_inference": n,
+            "inference_count": n,
+            "execution_count": 1,
+            "inference_stats": {"success": dict(d), "fail": {"count": 0, "ns": 0}},
+            "batch_stats": [{"batch_size": batch, "compute_infer": dict(d)}],
+            "memory_usage": [],
+        }
+
+    a, b = [entry(2, 2)], [entry(3, 2)]
+    merged = merge([a, b, [entry(1, 1)]])
+    assert len(merged) == 1
+    m = merged[0]
+    assert (m["inference_count"], m["execution_count"], m["last_inference"]) == (6, 3, 3)
+    assert m["inference_stats"]["success"] == {"count": 6, "ns": 60}
+    assert [(s["batch_size"], s["compute_infer"]["count"]) for s in m["batch_stats"]] == [
+        (1, 1),
+        (2, 5),
+    ]
+    assert a[0]["inference_count"] == 2  # the inputs are not changed
