@@ -315,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-perf-analyzer", action="store_true", help="skip the perf_analyzer (gRPC) cases"
     )
+    p.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker counts for the scale-out cases (render, (a) and (b)); on the GPU machine "
+        "1,2,4,8",
+    )
     a = p.parse_args(argv)
     threads = os.cpu_count() or 1
     print(f"limit: onnxruntime in-process ({a.providers}) ...", flush=True)
@@ -377,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
                         limit["render"][64],
                     )
                 )
+    scaling = run_workers(
+        [int(w) for w in a.workers.split(",")], a.providers, a.seconds, c, limit["render"][64]
+    )
     # Measure the limit again after the service runs and keep the better figure of the two, so a
     # noisy moment at the start cannot flatter the ratios.
     again = measure_limit(a.providers, min(a.seconds, 3.0))
@@ -385,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             limit[name][bs] = max(limit[name][bs], again[name][bs])
         for case in rows.get(name, []):
             case["ratio"] = case["items_per_s"] / limit[name][64]
+    for point in scaling:
+        for key in ("a", "b"):
+            point[key]["ratio"] = point[key]["items_per_s"] / limit["render"][64]
     sweep = run_sweep(a.providers, a.seconds, limit["render"][64]) if a.sweep else []
     confidence = None
     locate_v2 = ROOT / "models" / "locate" / "2" / "model.onnx"
@@ -408,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         "http_ceiling_p99_ms": noop.pct(99),
         "cases": rows,
         "sweep": sweep,
+        "workers": scaling,
+        "pytriton": pytriton_reference(),
         "concurrency": c,
         "seconds": a.seconds,
     }
@@ -420,9 +434,87 @@ def main(argv: list[str] | None = None) -> int:
                 f"ratio {case['ratio']:.2f}  p50 {case['p50_ms']:6.2f} ms  "
                 f"p99 {case['p99_ms']:6.2f} ms  errors {case['errors']}{mb}"
             )
+    print("\nrender with --workers N:")
+    for point in scaling:
+        print(
+            f"  workers {point['workers']}: (b) {point['b']['items_per_s']:,.0f} items/s, ratio "
+            f"{point['b']['ratio']:.2f}, p99 {point['b']['p99_ms']:.1f} ms; (a) "
+            f"{point['a']['items_per_s']:,.0f} items/s, ratio {point['a']['ratio']:.2f}"
+        )
+    for line in target_lines(report):
+        print(line)
     write_report(report, Path(a.out), Path(a.json))
     print(f"\nwrote {a.out}")
     return 0
+
+
+def run_workers(
+    counts: list[int], providers: str, seconds: float, concurrency: int, limit: float
+) -> list[dict[str, Any]]:
+    """render's cases (a) and (b) against `coordconv serve --workers N`, one server per count."""
+    points = []
+    for n in counts:
+        print(f"render with --workers {n} ...", flush=True)
+        with server("--workers", str(n), providers=providers) as url:
+            before = counters(url, "render")
+            b = load(url, v1_request("render", 1), concurrency, seconds)
+            after = counters(url, "render")
+            mean = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            a = load(url, v1_request("render", 64), 4, seconds, items=64)
+        points.append(
+            {
+                "workers": n,
+                "b": row(
+                    f"(b) --workers {n}, 1 item/request, {concurrency} clients", b, limit, mean
+                ),
+                "a": row(f"(a) --workers {n}, 64 items/request, 4 clients", a, limit),
+            }
+        )
+    return points
+
+
+def pytriton_reference() -> dict[str, Any] | None:
+    """PyTriton's figures from the last `make bench-peers` run (benchmarks/peers.json)."""
+    path = ROOT / "benchmarks" / "peers.json"
+    if not path.is_file():
+        return None
+    peers = json.loads(path.read_text())
+    rows = [
+        r for r in peers["rows"] if r["server"] == "pytriton" and r["case"].startswith("loadgen")
+    ]
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: r["p99_ms"])
+    return {
+        "date": peers["date"],
+        "case": best["case"],
+        "p99_ms": best["p99_ms"],
+        "items_per_s": best["items_per_s"],
+    }
+
+
+def target_lines(rep: dict[str, Any]) -> list[str]:
+    """Issue 19's targets against this run's figures."""
+    points = rep.get("workers") or []
+    if not points:
+        return []
+    ref = rep.get("pytriton")
+    lines = ["", "Targets (render, ratios to raw onnxruntime at batch 64 in this run):", ""]
+    for p in points:
+        b, a = p["b"], p["a"]
+        vs = (
+            f", PyTriton's p99 {ref['p99_ms']:.1f} ms ({ref['case']}, bench-peers {ref['date']}): "
+            + ("below" if b["p99_ms"] < ref["p99_ms"] else "NOT below")
+            if ref
+            else ""
+        )
+        b_met = "met" if b["ratio"] >= 0.7 else "NOT met"
+        a_met = "met" if a["ratio"] >= 0.85 else "NOT met"
+        lines.append(
+            f"- --workers {p['workers']}: (b) ratio {b['ratio']:.2f} (target 0.70: {b_met}), "
+            f"p99 {b['p99_ms']:.1f} ms{vs}; (a) ratio {a['ratio']:.2f} (target 0.85: {a_met})"
+        )
+    return lines
 
 
 def run_sweep(providers: str, seconds: float, limit: float) -> list[dict[str, Any]]:
@@ -506,6 +598,22 @@ def write_report(report: dict[str, Any], md: Path, js: Path) -> None:
                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {mb} | {r['errors']} |"
                 )
             lines.append("")
+        if rep.get("workers"):
+            lines += [
+                "### render with `--workers N` (same load, one server per count)",
+                "",
+                "| workers | (b) items/s | (b) ratio | (b) p99 ms | (b) mean batch "
+                "| (a) items/s | (a) ratio | (a) p99 ms |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for p in rep["workers"]:
+                b, a = p["b"], p["a"]
+                lines.append(
+                    f"| {p['workers']} | {b['items_per_s']:,.0f} | {b['ratio']:.2f} "
+                    f"| {b['p99_ms']:.1f} | {b['mean_batch'] or 0:.1f} | {a['items_per_s']:,.0f} "
+                    f"| {a['ratio']:.2f} | {a['p99_ms']:.1f} |"
+                )
+            lines += [*target_lines(rep)[1:], ""]
         if rep.get("sweep"):
             plot_sweep(rep["sweep"], md.parent / f"sweep_{prov.replace(',', '_')}.png")
             lines += [

@@ -175,9 +175,15 @@ def mlserver(tmp: Path) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def ours(tmp: Path) -> Iterator[tuple[str, str]]:
-    with bench.server(providers="cpu") as url:
+def ours(tmp: Path, workers: int = 1) -> Iterator[tuple[str, str]]:
+    with bench.server("--workers", str(workers), providers="cpu") as url:
         yield url, f"127.0.0.1:{bench.GRPC_PORTS[url]}"
+
+
+@contextmanager
+def ours_workers2(tmp: Path) -> Iterator[tuple[str, str]]:
+    with ours(tmp, workers=2) as addresses:
+        yield addresses
 
 
 def v2_json_request(n: int) -> bytes:
@@ -201,7 +207,7 @@ def measure(
     cases: list[tuple[str, bytes]] = [("V2 JSON", v2_json_request(1))]
     if name != "mlserver":  # MLServer speaks V2 JSON only (a binary request gets a 500)
         cases.append(("V2 binary", bench.v2_request("render", 1)))
-    if name == "ours":  # the product route, as `make bench` case (b)
+    if name.startswith("ours"):  # the product route, as `make bench` case (b)
         cases.append(("/v1/render, NPY answer", bench.v1_request("render", 1)))
     rows = []
     for label, request in cases:
@@ -262,8 +268,9 @@ def write(report: dict[str, Any], md: Path, js: Path) -> None:
         "",
         "What each server was given (its documented best for this model):",
         "",
-        "- this service: the shipped repository (render's `config.pbtxt`: dynamic batching, max "
-        "batch 64, 500 us queue delay, one instance), `--providers cpu`.",
+        "- this service (`ours`): the shipped repository (render's `config.pbtxt`: dynamic "
+        "batching, max batch 64, 500 us queue delay, one instance), `--providers cpu`; "
+        "`ours --workers 2`: the same in two worker processes on one port.",
         "- PyTriton: `@batch` infer function, `DynamicBatcher(max_queue_delay_microseconds=500)`, "
         "`max_batch_size=64`, strict outputs; the statistics route opened for perf_analyzer "
         "(loopback only).",
@@ -294,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__)
     p.add_argument("--seconds", type=float, default=10.0, help="per measured case")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--peers", nargs="+", default=["ours", "pytriton", "mlserver"])
+    p.add_argument(
+        "--peers", nargs="+", default=["ours", "ours --workers 2", "pytriton", "mlserver"]
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "peers.md"))
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "peers.json"))
     a = p.parse_args(argv)
@@ -304,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
             versions[peer.name] = ensure(peer)
     limit = bench.measure_limit("cpu", 3.0)["render"][64]
     print(f"peers: raw onnxruntime render at batch 64: {limit:,.0f} items/s", flush=True)
-    starters = {"ours": ours, "pytriton": pytriton, "mlserver": mlserver}
+    starters = {
+        "ours": ours,
+        "ours --workers 2": ours_workers2,
+        "pytriton": pytriton,
+        "mlserver": mlserver,
+    }
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         for name in a.peers:

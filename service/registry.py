@@ -13,9 +13,8 @@ in one step. Outgoing versions drain: what they accepted finishes on them. A bro
 fails the load with one line and leaves the serving set as it was. Loads and unloads of one model
 are serialised by a per-model lock.
 
-Several worker processes follow one repository state through `apply`: the desired set of models
-and their config overrides is the whole control state, so a worker that learns a new desired
-state (from a shared file or a broadcast) reconciles to it with the same code path.
+With `--workers N` each worker has its own registry; service/cluster.py feeds every one of them
+the same loads and unloads in the same order (a shared control log), through `load` and `unload`.
 """
 
 from __future__ import annotations
