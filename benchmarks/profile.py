@@ -115,7 +115,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.label}: {r.items_per_s:,.0f} items/s while sampling, p99 {r.pct(99):.1f} ms, "
             f"{r.errors} errors, executions {batches}; flame graph: {out.relative_to(ROOT)}"
         )
+        # The same load without py-spy: the event loop's (the main thread's) CPU per request.
+        before = (thread_cpu_s(pid, pid), process_cpu_s(pid))
+        r = asyncio.run(loadgen.run("127.0.0.1", port, request, a.concurrency, 10**7, a.seconds))
+        loop_s, all_s = thread_cpu_s(pid, pid) - before[0], process_cpu_s(pid) - before[1]
+        print(
+            f"{a.label}: unsampled {r.items_per_s:,.0f} items/s, p99 {r.pct(99):.1f} ms; event "
+            f"loop {loop_s / max(r.requests, 1) * 1e3:.3f} ms CPU per request; the server "
+            f"process {all_s / r.seconds:.2f} cores"
+        )
     return 0
+
+
+def thread_cpu_s(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread (/proc)."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

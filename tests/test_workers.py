@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from pydantic import ValidationError
 
 from service.settings import Settings
 from service.stats import merge
@@ -27,8 +28,10 @@ class Workers:
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordconv", "serve", "--workers", str(count)]
-            + ["--port", str(self.port), "--grpc-port", str(self.grpc_port), *args],
+            [
+                *(sys.executable, "-m", "coordconv", "serve", "--workers", str(count)),
+                *("--port", str(self.port), "--grpc-port", str(self.grpc_port), *args),
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -186,7 +189,7 @@ def test_a_bad_repository_is_one_line_with_workers(tmp_path) -> None:
 def test_workers_setting() -> None:
     assert Settings(workers="auto").workers == len(os.sched_getaffinity(0))
     assert Settings(workers="3").workers == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
         Settings(workers=0)
 
 
