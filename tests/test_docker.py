@@ -120,6 +120,9 @@ class Project:
             "COORDCONV_UID": str(uid),
             "COORDCONV_GID": str(uid),
             "COORDCONV_GRACE_S": "10",
+            # The supervisor as the container's first process, two workers behind one port: the
+            # stop under load below drains both.
+            "COORDCONV_WORKERS": "2",
         }
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -237,6 +240,10 @@ def test_the_cpu_profile_runs_hardened_and_serves_render_and_v2_through_its_port
     assert out["shape"] == [3, 64, 64]
     v2 = np.asarray(out["data"], np.float32).reshape(3, 64, 64)
     assert metrics.iou(v2, data.squares(coords)).min() >= 0.99
+    # Both workers answer through the published port (each new connection goes to one of them).
+    workers = {httpx.get(project.url + "/healthz", timeout=10).json()["worker"] for _ in range(60)}
+    assert workers == {0, 1}
+    FIGURES["workers"] = len(workers)
 
 
 def test_the_client_profile_renders_a_csv_into_work_as_the_invoking_user(project: Project) -> None:
