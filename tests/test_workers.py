@@ -4,6 +4,8 @@ models, SIGTERM drains every worker and exits 0."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
 import re
 import signal
@@ -137,11 +139,36 @@ def test_workers_answer_as_one_server(explicit: Workers) -> None:
     assert names == {"locate"}
     assert clients[0].post("/v1/render", json={"coords": [[9, 9]]}).status_code == 404
 
+    # Loads through both workers at once, one with a config override: every worker ends up
+    # with both, in the same configuration, and they describe them alike.
+    config = clients[0].get("/v2/models/locate/config").json()
+    config["version_policy"] = {"specific": {"versions": [1]}}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        loads = [
+            pool.submit(clients[0].post, "/v2/repository/models/pixel/load"),
+            pool.submit(
+                clients[1].post,
+                "/v2/repository/models/locate/load",
+                json={"parameters": {"config": json.dumps(config)}},
+            ),
+        ]
+        assert [f.result().status_code for f in loads] == [200, 200]
+    models = [clients[i].get("/v1/models").json() for i in (0, 1)]
+    assert models[0] == models[1]
+    assert {(m["name"], m["version"]) for m in models[0]["models"]} == {
+        ("locate", "1"),
+        *(("pixel", v) for v in ("1", "2")),
+    }
+    assert clients[0].get("/v2/models/locate/config").json()["version_policy"] == {
+        "specific": {"versions": [1]}
+    }
+
     # A failed load says why, through either worker, and changes nothing.
     r = clients[1].post("/v2/repository/models/nosuchmodel/load")
     assert r.status_code in (400, 404) and "nosuchmodel" in r.json()["error"]
-    index = clients[0].post("/v2/repository/index", json={"ready": True}).json()
-    assert {e["name"] for e in index} == {"locate"}
+    index = [clients[i].post("/v2/repository/index", json={"ready": True}).json() for i in (0, 1)]
+    assert index[0] == index[1]
+    assert {e["name"] for e in index[0]} == {"locate", "pixel"}
 
     for c in clients.values():
         c.close()
