@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="render", choices=bench.MODELS)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--items", type=int, default=1, help="items per request (case (a): 64)")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--gil", action="store_true", help="only threads holding the GIL")
     p.add_argument(
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print("profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
     out = ROOT / "benchmarks" / f"flame-{a.label}.{'txt' if a.collapsed else 'svg'}"
-    request = bench.v1_request(a.model, 1)
+    request = bench.v1_request(a.model, a.items)
     with bench.server(providers="cpu") as url:
         port = int(url.rsplit(":", 1)[1])
         pid = server_pid(url)
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         t = threading.Thread(
             target=lambda: result.append(
                 asyncio.run(
-                    loadgen.run("127.0.0.1", port, request, a.concurrency, 10**7, a.seconds - 1)
+                    loadgen.run(
+                        "127.0.0.1", port, request, a.concurrency, 10**7, a.seconds - 1, a.items
+                    )
                 )
             )
         )
@@ -117,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The same load without py-spy: the event loop's (the main thread's) CPU per request.
         before = (thread_cpu_s(pid, pid), process_cpu_s(pid))
-        r = asyncio.run(loadgen.run("127.0.0.1", port, request, a.concurrency, 10**7, a.seconds))
+        r = asyncio.run(
+            loadgen.run("127.0.0.1", port, request, a.concurrency, 10**7, a.seconds, a.items)
+        )
         loop_s, all_s = thread_cpu_s(pid, pid) - before[0], process_cpu_s(pid) - before[1]
         print(
             f"{a.label}: unsampled {r.items_per_s:,.0f} items/s, p99 {r.pct(99):.1f} ms; event "

@@ -129,7 +129,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         code = grpc.StatusCode.OK
         model = version = ""
         try:
-            if auth:
+            if auth and self.settings.api_key is not None:  # no metadata to read without a key
                 check_api_key(self.settings.api_key, _metadata(context).get("authorization", ""))
             result = await work()
             if isinstance(result, pb.ModelInferResponse):

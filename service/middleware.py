@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,6 +47,8 @@ class ServiceMiddleware:
         # system call per request as uuid4 would make).
         self.id_prefix = uuid.uuid4().hex[:16]
         self.ids = itertools.count()
+        # (route, model, version, status) -> its request counter and latency histogram.
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,13 +121,24 @@ class ServiceMiddleware:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - start
-            m = self.metrics
-            m.requests.labels(
-                route=route_path, model=model, version=version, status=str(status), protocol="http"
-            ).inc()
-            m.request_duration.labels(
-                route=route_path, model=model, version=version, protocol="http"
-            ).observe(elapsed)
+            key = (route_path, model, version, status)
+            children = self._children.get(key)
+            if children is None:  # prometheus_client's labels() costs microseconds per call
+                m = self.metrics
+                children = self._children[key] = (
+                    m.requests.labels(
+                        route=route_path,
+                        model=model,
+                        version=version,
+                        status=str(status),
+                        protocol="http",
+                    ),
+                    m.request_duration.labels(
+                        route=route_path, model=model, version=version, protocol="http"
+                    ),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             if log.isEnabledFor(logging.INFO):  # skip building the record on the hot path
                 log.info(
                     "%s %s %d %.1fms",
