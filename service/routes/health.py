@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -50,4 +51,7 @@ async def readyz(state: ServiceDep) -> Response:
 @router.head("/metrics", include_in_schema=False)
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(state: ServiceDep) -> Response:
-    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    # With --workers N this reads every worker's metric files: off the event loop.
+    return Response(
+        await asyncio.to_thread(state.metrics.exposition), media_type=CONTENT_TYPE_LATEST
+    )
