@@ -8,15 +8,20 @@ oldest waiting request), or at once when a preferred batch size is reached.
 - The queue is bounded in items (`max_queue_size`): a request that does not fit gets 503 at once.
 - A request still queued after the queue policy's timeout gets 503 (`timeout_action: REJECT`) or
   keeps waiting (`DELAY`); one whose client went away is dropped before it runs.
-- onnxruntime runs in the version's own threads, `instance_group` count calls at a time; while
-  they run, the next batch gathers, so the batch size adapts to the load.
+
+Batches are formed where they run, as in Triton: up to `instance_group` count scheduler threads
+each take the next batch from the queue and run it, then take the next, without a round trip
+through the event loop. The loop only queues requests and hands answers back, so onnxruntime is
+never idle while the loop is busy writing the last batch's answers. A thread exits when the queue
+is empty; the next request starts one again, and a thread that leaves work in the queue starts a
+sibling (up to the count).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -34,6 +39,7 @@ from service.stats import ModelStats
 log = logging.getLogger("coordconv.batching")
 Outputs = tuple[np.ndarray, ...]
 Disconnected = Callable[[], Coroutine[Any, Any, None]]
+Part = tuple["_Job", int, int]  # rows [start, stop) of a job
 WATCH_AFTER_S = 0.05
 
 
@@ -45,10 +51,11 @@ class InferenceFailed(ServiceError):
 class _Job:
     x: np.ndarray
     future: asyncio.Future[Outputs]
-    enqueued: float
-    taken: int = 0  # rows handed to batches so far
-    outputs: list[Outputs] = field(default_factory=list)
-    cancelled: bool = False
+    enqueued: float  # time.monotonic()
+    taken: int = 0  # rows handed to batches so far (under the batcher's lock)
+    cancelled: bool = False  # (under the batcher's lock)
+    outputs: dict[int, Outputs] = field(default_factory=dict)  # by first row (event loop only)
+    answered: int = 0  # rows whose outputs arrived (event loop only)
     watcher: asyncio.Task[None] | None = None  # notices the client going away
 
     @property
@@ -58,6 +65,17 @@ class _Job:
     @property
     def remaining(self) -> int:
         return len(self.x) - self.taken
+
+
+@dataclass
+class _Execution:
+    """One onnxruntime call's result, handed from a scheduler thread to the event loop."""
+
+    parts: list[Part]
+    outputs: Outputs | None  # None: the call failed
+    input_ns: int = 0
+    infer_ns: int = 0
+    error: str = ""
 
 
 class Batcher:
@@ -80,12 +98,16 @@ class Batcher:
         self.eager = max(scheduling.preferred_batch_sizes, default=scheduling.max_batch_size)
         self.metrics = metrics
         self.stats = stats
+        # The queue and every count below are shared with the scheduler threads: under _cond.
+        self._cond = threading.Condition()
         self.queue: deque[_Job] = deque()
         self.queued_items = 0
-        self.running = 0  # onnxruntime calls in flight
-        self._arrived = asyncio.Event()
-        self._slot = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._threads = 0  # scheduler threads alive (at most scheduling.instances)
+        self._filling = 0  # of those, waiting for a batch to fill
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = asyncio.Event()  # set when the last scheduler thread has exited
+        self._stopped.set()
         labels = {"model": name, "version": version}
         self._gauge = metrics.queue_items.labels(**labels)
         self._queue_hist = metrics.queue_duration.labels(**labels)
@@ -93,53 +115,63 @@ class Batcher:
         self._executions = metrics.execution_count.labels(**labels)
         self._inferences = metrics.inference_count.labels(**labels)
         self._batch_hist = metrics.batch_size.labels(**labels)
-        self._calls: set[asyncio.Task[None]] = set()
 
     @property
     def idle(self) -> bool:
-        return not self.queue and self.running == 0
+        with self._cond:
+            return not self.queue and self._threads == 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+        """On the event loop that will await the answers."""
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self, message: str = "the server is shutting down") -> None:
         """Stop taking batches; fail what is still queued with 503 (calls in flight finish)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for job in self.queue:
-            if not job.future.done():
-                job.future.set_exception(Unavailable(message))
-        self.queue.clear()
-        self.queued_items = 0
-        self._gauge.set(0)
-        if self._calls:
-            await asyncio.gather(*self._calls, return_exceptions=True)
+        with self._cond:
+            self._stopping = True
+            for job in self.queue:
+                if not job.future.done():
+                    job.future.set_exception(Unavailable(message))
+            self.queue.clear()
+            self.queued_items = 0
+            self._gauge.set(0)
+            self._cond.notify_all()
+        await self._stopped.wait()
 
     def shed(self, message: str) -> None:
         """Fail every queued request that has not started with 503 + Retry-After."""
-        for job in [j for j in self.queue if not j.started and not j.future.done()]:
-            job.future.set_exception(Unavailable(message, retry_after=1))
-            job.cancelled = True
-            self.queued_items -= job.remaining
-        self._gauge.set(self.queued_items)
+        with self._cond:
+            for job in [j for j in self.queue if not j.started and not j.future.done()]:
+                job.future.set_exception(Unavailable(message, retry_after=1))
+                job.cancelled = True
+                self.queued_items -= job.remaining
+            self._gauge.set(self.queued_items)
 
     async def infer(self, x: np.ndarray, disconnected: Disconnected | None = None) -> Outputs:
         """Queue `x` (rows of this model's input) and wait for its outputs, one array each."""
         n = len(x)
-        if self.queued_items + n > self.s.max_queue_size:
-            raise Unavailable(
-                f"model {self.name!r} is overloaded ({self.queued_items} items queued, "
-                f"limit {self.s.max_queue_size}); retry later",
-                retry_after=1,
-            )
         loop = asyncio.get_running_loop()
-        job = _Job(x=x, future=loop.create_future(), enqueued=loop.time())
-        self.queue.append(job)
-        self.queued_items += n
-        self._gauge.set(self.queued_items)
-        self._arrived.set()
+        job = _Job(x=x, future=loop.create_future(), enqueued=time.monotonic())
+        with self._cond:
+            if self._stopping:
+                raise Unavailable(f"model {self.name!r} is unloading; retry", retry_after=1)
+            if self.queued_items + n > self.s.max_queue_size:
+                raise Unavailable(
+                    f"model {self.name!r} is overloaded ({self.queued_items} items queued, "
+                    f"limit {self.s.max_queue_size}); retry later",
+                    retry_after=1,
+                )
+            self.queue.append(job)
+            self.queued_items += n
+            self._gauge.set(self.queued_items)
+            if self._filling:
+                self._cond.notify()
+            spawn = not self._filling and self._threads < self.s.instances
+            if spawn:
+                self._threads += 1
+                self._stopped.clear()
+        if spawn:
+            self.executor.submit(self._schedule)
 
         # Timers instead of a task per request: the queue timeout fails a job that never
         # started, and only a request still waiting after WATCH_AFTER_S starts to watch for its
@@ -161,7 +193,9 @@ class Batcher:
                 job.watcher.cancel()
 
     def _expire(self, job: _Job) -> None:
-        if not job.started and not job.future.done():  # still queued: 503; running: finish it
+        with self._cond:
+            queued = not job.started
+        if queued and not job.future.done():  # still queued: 503; running: finish it
             self._drop(
                 job,
                 Unavailable(
@@ -187,18 +221,66 @@ class Batcher:
         `error`, or is cancelled."""
         if job.future.done():
             return
-        if not job.cancelled:
-            job.cancelled = True
-            self.queued_items -= job.remaining
-            self._gauge.set(self.queued_items)
+        with self._cond:
+            if not job.cancelled:
+                job.cancelled = True
+                self.queued_items -= job.remaining
+                self._gauge.set(self.queued_items)
         if error is None:
             job.future.cancel()
         else:
             job.future.set_exception(error)
 
-    def _take(self, limit: int) -> list[tuple[_Job, int, int]]:
+    # -- scheduler threads -------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """A scheduler thread: take the next batch, run it, hand it to the event loop; repeat
+        until the queue is empty."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            with self._cond:
+                parts, waits = self._next_batch()
+                if not parts:
+                    self._threads -= 1
+                    if self._threads == 0:
+                        loop.call_soon_threadsafe(self._all_exited)
+                    return
+                # More than this batch waits (the rest of a large request): a sibling takes it.
+                sibling = bool(self.queue) and self._threads < self.s.instances
+                if sibling:
+                    self._threads += 1
+            if sibling:
+                self.executor.submit(self._schedule)
+            executions = self._execute(parts)
+            loop.call_soon_threadsafe(self._deliver, executions, waits)
+
+    def _all_exited(self) -> None:
+        with self._cond:  # unless a new request has started a thread since
+            if self._threads == 0:
+                self._stopped.set()
+
+    def _next_batch(self) -> tuple[list[Part], list[float]]:
+        """Under the lock: wait for the batch to fill (counted from the oldest waiting job), then
+        take it. The parts, and how long each job that starts now has waited (seconds)."""
+        while True:
+            while self.queue and self.queue[0].cancelled:
+                self.queue.popleft()
+            if self._stopping or not self.queue:
+                return [], []
+            now = time.monotonic()
+            wait = self.queue[0].enqueued + self.delay - now
+            if self.queued_items >= self.eager or wait <= 0:
+                break
+            self._filling += 1
+            self._cond.wait(wait)
+            self._filling -= 1
+        parts = self._take(self._batch_limit())
+        return parts, [now - job.enqueued for job, start, _ in parts if start == 0]
+
+    def _take(self, limit: int) -> list[Part]:
         """Up to `limit` rows from the front of the queue: (job, start, stop) slices."""
-        parts: list[tuple[_Job, int, int]] = []
+        parts: list[Part] = []
         room = limit
         while self.queue and room > 0:
             job = self.queue[0]
@@ -221,78 +303,9 @@ class Batcher:
         fitting = [p for p in self.s.preferred_batch_sizes if p <= n]
         return max(fitting) if fitting else self.s.max_batch_size
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            while self.running >= self.s.instances:  # every instance busy: wait for one
-                self._slot.clear()
-                await self._slot.wait()
-            # Let the batch fill, counted from the oldest waiting job.
-            deadline = self.queue[0].enqueued + self.delay
-            while self.queued_items < self.eager and (wait := deadline - loop.time()) > 0:
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), wait)
-            parts = self._take(self._batch_limit())
-            if not parts:
-                continue
-            now = loop.time()
-            for job, start, _ in parts:
-                if start == 0:
-                    waited = now - job.enqueued
-                    self._queue_hist.observe(waited)
-                    self.stats.queue.add(int(waited * 1e9))
-            self.running += 1
-            call = loop.create_task(self._execute(parts))
-            self._calls.add(call)
-            call.add_done_callback(self._call_done)
-
-    def _call_done(self, call: asyncio.Task[None]) -> None:
-        self._calls.discard(call)
-        self.running -= 1
-        self._slot.set()
-
-    async def _execute(self, parts: list[tuple[_Job, int, int]]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            out, input_ns, infer_ns = await loop.run_in_executor(self.executor, self._call, parts)
-        except Exception as exc:
-            if len(parts) > 1:  # find the culprit: one call per job
-                for part in parts:
-                    await self._execute([part])
-                return
-            job = parts[0][0]
-            log.error("model %s failed on %d items: %s", self.name, parts[0][2] - parts[0][1], exc)
-            if not job.future.done():
-                job.future.set_exception(InferenceFailed(f"model {self.name!r} failed"))
-            return
-        start = time.perf_counter_ns()
-        offset = 0
-        for job, a, b in parts:
-            rows = tuple(o[offset : offset + (b - a)] for o in out)
-            offset += b - a
-            if job.future.done():
-                continue
-            job.outputs.append(rows)
-            if b == len(job.x):
-                if len(job.outputs) == 1:
-                    result = job.outputs[0]
-                else:
-                    result = tuple(np.concatenate(cols) for cols in zip(*job.outputs, strict=True))
-                job.future.set_result(result)
-        items = offset
-        self.stats.execution(len(parts), items, input_ns, infer_ns, time.perf_counter_ns() - start)
-        self._compute_hist.observe(infer_ns / 1e9)
-        self._executions.inc()
-        self._inferences.inc(items)
-        self._batch_hist.observe(items)
-
-    def _call(self, parts: list[tuple[_Job, int, int]]) -> tuple[Outputs, int, int]:
-        """In an executor thread: gather the rows and run onnxruntime. (outputs, ns, ns)."""
+    def _execute(self, parts: list[Part]) -> list[_Execution]:
+        """In a scheduler thread: gather the rows and run onnxruntime; if the call fails, find
+        the culprit with one call per job."""
         t0 = time.perf_counter_ns()
         if len(parts) == 1:
             job, a, b = parts[0]
@@ -300,5 +313,47 @@ class Batcher:
         else:
             batch = np.concatenate([job.x[a:b] for job, a, b in parts])
         t1 = time.perf_counter_ns()
-        out = self.run(batch)
-        return out, t1 - t0, time.perf_counter_ns() - t1
+        try:
+            out = self.run(batch)
+        except Exception as exc:
+            if len(parts) > 1:
+                return [e for part in parts for e in self._execute([part])]
+            return [_Execution(parts, None, error=str(exc))]
+        return [_Execution(parts, out, t1 - t0, time.perf_counter_ns() - t1)]
+
+    # -- back on the event loop ---------------------------------------------------------------
+
+    def _deliver(self, executions: list[_Execution], waits: list[float]) -> None:
+        for waited in waits:
+            self._queue_hist.observe(waited)
+            self.stats.queue.add(int(waited * 1e9))
+        for e in executions:
+            if e.outputs is None:
+                job, a, b = e.parts[0]
+                log.error("model %s failed on %d items: %s", self.name, b - a, e.error)
+                if not job.future.done():
+                    job.future.set_exception(InferenceFailed(f"model {self.name!r} failed"))
+                continue
+            start = time.perf_counter_ns()
+            offset = 0
+            for job, a, b in e.parts:
+                rows = tuple(o[offset : offset + (b - a)] for o in e.outputs)
+                offset += b - a
+                if job.future.done():
+                    continue
+                job.outputs[a] = rows
+                job.answered += b - a
+                if job.answered == len(job.x):
+                    if len(job.outputs) == 1:
+                        result = rows
+                    else:  # split over calls, which may finish in any order
+                        pieces = [job.outputs[k] for k in sorted(job.outputs)]
+                        result = tuple(np.concatenate(cols) for cols in zip(*pieces, strict=True))
+                    job.future.set_result(result)
+            items = offset
+            output_ns = time.perf_counter_ns() - start
+            self.stats.execution(len(e.parts), items, e.input_ns, e.infer_ns, output_ns)
+            self._compute_hist.observe(e.infer_ns / 1e9)
+            self._executions.inc()
+            self._inferences.inc(items)
+            self._batch_hist.observe(items)

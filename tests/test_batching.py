@@ -211,3 +211,56 @@ def test_a_client_that_hangs_up_over_http_is_never_run() -> None:
         text = httpx.get(live.url + "/metrics").text
     assert counter(text, "coordconv_inference_count_total", "render") == 0
     assert 'route="/v1/render",status="499"' in text
+
+
+class SlowFirstRows(FakeModel):
+    """Slow for the batch holding row value 0: later batches of the same request finish first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished: list[float] = []  # each call's first value, in the order calls finish
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        if (batch == 0).any():
+            time.sleep(0.2)
+        out = super().run(batch)
+        self.finished.append(float(batch[0, 0]))
+        return out
+
+
+def test_a_request_split_over_parallel_calls_gets_its_rows_in_order() -> None:
+    async def go() -> tuple[np.ndarray, SlowFirstRows]:
+        model = SlowFirstRows()
+        b = make_batcher(model, max_queue_delay_us=0, instances=2)
+        b.start()
+        x = np.arange(40, dtype=np.float32).reshape(20, 2)
+        (y,) = await b.infer(x)
+        await b.stop()
+        return y, model
+
+    y, model = asyncio.run(go())
+    assert sorted(model.calls) == [4, 8, 8]
+    assert model.finished[-1] == 0  # the first rows' call finished last
+    np.testing.assert_array_equal(y, np.arange(40).reshape(20, 2) * 2)
+
+
+def test_batches_run_back_to_back_while_the_event_loop_is_busy() -> None:
+    """The next batch is taken where onnxruntime runs, not on the event loop: while the loop is
+    blocked (writing answers, parsing bodies), every queued batch still runs."""
+
+    async def go() -> tuple[list[int], list[int]]:
+        model = FakeModel()
+        b = make_batcher(model, max_queue_delay_us=0)
+        b.start()
+        xs = [np.full((8, 2), i, np.float32) for i in range(3)]
+        tasks = [asyncio.ensure_future(b.infer(x)) for x in xs]
+        await asyncio.sleep(0)  # each request is queued
+        time.sleep(0.5)  # the loop is busy and cannot dispatch anything
+        ran_meanwhile = list(model.calls)
+        out = await asyncio.gather(*tasks)
+        await b.stop()
+        return ran_meanwhile, [int(y[0][0, 0]) for y in out]
+
+    ran, firsts = asyncio.run(go())
+    assert ran == [8, 8, 8]
+    assert firsts == [0, 2, 4]
