@@ -15,6 +15,9 @@ cannot see: what an idle, slow or hostile client does before its request reaches
   room; only when none is idle is the new connection answered 503 + Retry-After. Idle keep-alive
   connections are closed after KEEPALIVE_TIMEOUT_S (uvicorn's own timer).
 
+Each response's head goes out with the start of its body in one writev (uvicorn writes them
+apart: two sends per request were the largest cost left on the event loop).
+
 Requests are not limited here (uvicorn's `limit_concurrency` counts connections and answers a
 bare text 503 on every route, health included): the app's middleware limits requests in flight,
 never refusing health routes.
@@ -51,6 +54,41 @@ def _raw_response(status: int, message: str, retry_after: int | None = None) -> 
     if retry_after is not None:
         head.append(b"retry-after: " + str(retry_after).encode())
     return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class _HeadWithBody:
+    """One response's transport: holds a head that announces a Content-Length until the body's
+    first write, then writes both at once. Interim (1xx) and chunked heads go out at once."""
+
+    __slots__ = ("_head", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, method: str) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+        self._started = method == "HEAD"  # a HEAD answer has no body to wait for
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.writelines((head, data))
+        elif self._started or data[9:10] == b"1":  # the body, or an interim "HTTP/1.1 1xx"
+            self._transport.write(data)
+        else:  # the response's head (uvicorn writes it first, names in lower case)
+            self._started = True
+            if b"\r\ncontent-length:" in data:
+                self._head = data
+            else:  # chunked: its body may be slow to come
+                self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
@@ -174,6 +212,10 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
             else:
                 self._disarm()
             super().on_headers_complete()
+            if self.cycle is not None:
+                self.cycle.transport = _HeadWithBody(  # type: ignore[assignment]
+                    self.transport, self.scope["method"]
+                )
 
         def on_message_complete(self) -> None:
             self._in_body = False

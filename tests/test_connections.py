@@ -197,3 +197,65 @@ def test_a_large_body_is_parsed_off_the_event_loop(quick) -> None:
     assert r.status_code == 200
     np.testing.assert_allclose(r.json()["coords"], data.centres()[:200], atol=0.5)
     assert worst < 2.0  # a parse on the loop would hold it for the whole parse
+
+
+def test_every_kind_of_answer_arrives_whole_through_the_one_write_path(quick) -> None:
+    """Heads wait for their bodies (one writev, below): GET, HEAD (no body to wait for), an
+    interim 100-continue and the next request on the same connection still arrive whole."""
+    with connect(quick.port) as s:
+        for method in ("GET", "HEAD", "GET"):
+            s.sendall(f"{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.settimeout(5)
+            raw = s.recv(65536)
+            head, _, body = raw.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            assert head.startswith(b"HTTP/1.1 200")
+            assert len(body) == (0 if method == "HEAD" else length)
+            if method == "GET":
+                assert json.loads(body)["status"] == "alive"
+        payload = json.dumps({"coords": [[10, 20]]}).encode()
+        s.sendall(
+            b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n"
+        )
+        assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(payload)
+        raw = b""
+        while b"\r\n\r\n" not in raw or len(raw.partition(b"\r\n\r\n")[2]) < 10:
+            raw += s.recv(65536)
+        assert raw.startswith(b"HTTP/1.1 200")
+
+
+def test_a_held_head_is_written_before_the_connection_closes() -> None:
+    from service.http_protocol import _HeadWithBody
+
+    class Transport:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, bytes]] = []
+
+        def write(self, data: bytes) -> None:
+            self.calls.append(("write", data))
+
+        def writelines(self, parts: tuple[bytes, ...]) -> None:
+            self.calls.append(("writev", b"|".join(parts)))
+
+        def close(self) -> None:
+            self.calls.append(("close", b""))
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    t = Transport()
+    w = _HeadWithBody(t, "POST")  # type: ignore[arg-type]
+    w.write(head)
+    assert t.calls == []
+    w.write(b"ok")
+    assert t.calls == [("writev", head + b"|ok")]
+    t = Transport()
+    w = _HeadWithBody(t, "POST")  # type: ignore[arg-type]
+    w.write(head)
+    w.close()  # e.g. the app failed after starting its answer
+    assert t.calls == [("write", head), ("close", b"")]
+    t = Transport()
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    w = _HeadWithBody(t, "GET")  # type: ignore[arg-type]
+    w.write(chunked)  # a stream's head goes out at once: its body may be slow
+    assert t.calls == [("write", chunked)]
