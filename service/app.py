@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -32,6 +33,10 @@ from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("coordconv.app")
+
+# FastAPI asks the global OpenTelemetry providers on every request whether it should trace;
+# unless opted in, it should not.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 DESCRIPTION = """
 CoordConv models (Liu et al., 2018) on onnxruntime. **render** turns pixel coordinates into
@@ -127,6 +132,7 @@ def create_app(
         docs_url=None,  # served below from local files: no CDN
         redoc_url=None,
         responses=ANY_ROUTE,
+        telemetry=None if settings.opentelemetry else NO_TELEMETRY,
     )
     app.state.service = state
 

@@ -10,6 +10,7 @@ turns them into the protobuf messages of the same name without renaming anything
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -228,7 +229,7 @@ def decode_tensor(t: InputTensor, spec: Tensor, max_items: int, limit_name: str)
         raise BadRequest(f"input {label!r}: batch size must be >= 1, got {batch}")
     if batch > max_items:
         raise BadRequest(f"input {label!r}: batch size {batch} exceeds {limit_name} {max_items}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # plain ints: np.prod costs microseconds per request
     if t.array is not None:
         arr = t.array
         if arr.shape != tuple(shape):

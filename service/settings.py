@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="bearer token for inference routes")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry spans and metrics (with a provider set up, "
+        "e.g. by opentelemetry-instrument); off spares every request the provider lookup",
+    )
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="gRPC Open Inference Protocol port (0: no gRPC)"
     )

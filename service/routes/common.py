@@ -4,6 +4,7 @@ headers, parsing off the event loop, and a waiter that notices when the client g
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -47,7 +48,12 @@ def parse_json(body: bytes) -> Any:
 
 def wants_npy(request: Request) -> bool:
     """True for `Accept: application/x-npy`; False for JSON or anything; 406 otherwise."""
-    accept = request.headers.get("accept", "").strip()
+    return _wants_npy(request.headers.get("accept", ""))
+
+
+@functools.lru_cache(maxsize=256)  # clients send the same few Accept headers over and over
+def _wants_npy(accept: str) -> bool:
+    accept = accept.strip()
     if not accept:
         return False
     types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
