@@ -25,6 +25,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.cluster import WorkerInfo
 
+GIL_SWITCH_S = 0.001  # Python's default is 0.005
 LOG_FIELDS = (
     "request_id",
     "protocol",
@@ -256,6 +257,10 @@ def serve(
         # out of the collector's sight, so its full collections stay short under load.
         gc.collect()
         gc.freeze()
+        # A scheduler thread needs the GIL for a moment between onnxruntime calls; with Python's
+        # 5 ms switch interval a busy event loop kept it, and the model, waiting (render (b):
+        # onnxruntime idle between calls 1.7 -> 0.14 ms on average, +8% items/s).
+        sys.setswitchinterval(GIL_SWITCH_S)
         config.app = app
         state = app.state.service
         loop = asyncio.get_running_loop()
