@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench bench-peers profile soak clean help
+.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench bench-peers compare profile soak clean help
 
 help:
 	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
@@ -16,6 +16,7 @@ help:
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
 	@echo "make bench-peers  the same model on PyTriton and MLServer beside this service"
+	@echo "make compare BEFORE=ref  this checkout against another commit, in turns"
 	@echo "make profile    a flame graph of the service under load (py-spy)"
 	@echo "make docker-test  build the images and run compose's profiles on a Docker engine"
 	@echo "make soak       long fuzzing and a 10-minute soak (docs/reliability.md)"
@@ -97,6 +98,12 @@ bench: $(VENV)/.all perf-analyzer
 # each peer in its own virtual environment under .venv-peers/.
 bench-peers: $(VENV)/.all perf-analyzer
 	$(BIN)/python -m benchmarks.peers
+
+# This checkout against another commit, servers in turns on the same machine: BEFORE=<git ref>
+BEFORE ?= HEAD
+ROUNDS ?= 3
+compare: $(VENV)/.all
+	$(BIN)/python -m benchmarks.compare --before $(BEFORE) --rounds $(ROUNDS) --case b a
 
 # A flame graph of the service under case (b) load: benchmarks/flame-$(PROFILE_LABEL).svg
 PROFILE_LABEL ?= now

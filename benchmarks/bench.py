@@ -108,17 +108,20 @@ LATEST = "2"  # the version of pixel, render and locate that answers without a v
 
 
 @contextmanager
-def server(*args: str, **settings: Any) -> Iterator[str]:
-    """`coordconv serve` (extra options `args`, settings as environment) on a free port."""
+def server(*args: str, root: Path = ROOT, **settings: Any) -> Iterator[str]:
+    """`coordconv serve` (extra options `args`, settings as environment) on a free port, from the
+    checkout at `root` (another commit's worktree, for benchmarks.compare)."""
     port = free_port()
     grpc_port = free_port()
     env = {**os.environ, "COORDCONV_LOG_LEVEL": "warning", "COORDCONV_GRPC_PORT": str(grpc_port)}
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)
     if {"max_batch_size", "max_queue_delay_us"} & set(settings):
         env["COORDCONV_MODEL_DIR"] = str(silent_models())
     env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordconv", "serve", "--port", str(port), *args],
-        cwd=ROOT,
+        cwd=root,
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
