@@ -306,14 +306,14 @@ class Batcher:
     def _execute(self, parts: list[Part]) -> list[_Execution]:
         """In a scheduler thread: gather the rows and run onnxruntime; if the call fails, find
         the culprit with one call per job."""
-        t0 = time.perf_counter_ns()
-        if len(parts) == 1:
-            job, a, b = parts[0]
-            batch = job.x[a:b]
-        else:
-            batch = np.concatenate([job.x[a:b] for job, a, b in parts])
-        t1 = time.perf_counter_ns()
-        try:
+        t0 = t1 = time.perf_counter_ns()
+        try:  # nothing may escape: a lost scheduler thread would strand the queue
+            if len(parts) == 1:
+                job, a, b = parts[0]
+                batch = job.x[a:b]
+            else:
+                batch = np.concatenate([job.x[a:b] for job, a, b in parts])
+            t1 = time.perf_counter_ns()
             out = self.run(batch)
         except Exception as exc:
             if len(parts) > 1:
