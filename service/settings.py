@@ -12,6 +12,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's cpuset, not a
+    `--cpus` quota)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COORDCONV_", extra="ignore")
 
@@ -22,7 +28,12 @@ class Settings(BaseSettings):
         "cuda,cpu", description="execution providers in order of preference: cuda, cpu"
     )
     require_gpu: bool = Field(False, description="refuse to start unless CUDA is in use")
-    intra_op_threads: int = Field(0, ge=0, description="threads per inference (0: onnxruntime)")
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="threads per inference (0: onnxruntime's choice, one per core; with N "
+        "workers, the cores shared out among them)",
+    )
     max_batch_size: int = Field(
         64, ge=1, description="items per onnxruntime call, where a config.pbtxt does not say"
     )
@@ -104,11 +115,7 @@ class Settings(BaseSettings):
     @classmethod
     def _auto_workers(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() == "auto":
-            return (
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1)
-            )
+            return usable_cores()
         return value
 
     @field_validator("providers")

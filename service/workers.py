@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 from service.cluster import METRICS_DIR, WorkerInfo
-from service.settings import Settings
+from service.settings import Settings, usable_cores
 
 log = logging.getLogger("coordconv.workers")
 RESTART_DELAY_S = 1.0  # a worker that keeps dying is not restarted in a tight loop
@@ -44,6 +44,16 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def worker_settings(settings: Settings, cores: int) -> dict[str, Any]:
+    """What each worker runs with: the settings as given, but with onnxruntime's threads shared
+    out among the workers unless INTRA_OP_THREADS is set (onnxruntime's own choice, one thread
+    per core in every worker, puts N times as many threads as cores to work: a longer tail)."""
+    data = settings.model_dump(mode="json")
+    if settings.intra_op_threads == 0:
+        data["intra_op_threads"] = max(1, cores // settings.workers)
+    return data
 
 
 def _worker(data: dict[str, Any], sock: socket.socket, info: WorkerInfo) -> None:
@@ -64,7 +74,7 @@ class Supervisor:
         # Read by prometheus_client when a worker imports it.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.run_dir / METRICS_DIR)
         self.sock = bind(settings.host, settings.port)
-        self.data = settings.model_dump(mode="json")
+        self.data = worker_settings(settings, usable_cores())
         self.data["port"] = self.sock.getsockname()[1]
         self.context = multiprocessing.get_context("spawn")
         self.procs: dict[int, BaseProcess] = {}

@@ -220,6 +220,17 @@ def test_workers_setting() -> None:
         Settings(workers=0)
 
 
+def test_workers_share_the_cores_out_unless_threads_are_set() -> None:
+    from service.workers import worker_settings
+
+    assert worker_settings(Settings(workers=2), cores=16)["intra_op_threads"] == 8
+    assert worker_settings(Settings(workers=3), cores=16)["intra_op_threads"] == 5
+    assert worker_settings(Settings(workers=8), cores=2)["intra_op_threads"] == 1
+    given = Settings(workers=2, intra_op_threads=6)
+    assert worker_settings(given, cores=16)["intra_op_threads"] == 6  # the user's choice stands
+    assert Settings(**worker_settings(Settings(workers=2), cores=4)).workers == 2  # round-trips
+
+
 def test_statistics_of_two_workers_add_up() -> None:
     def entry(n: int, batch: int) -> dict:
         d = {"count": n, "ns": 10 * n}
