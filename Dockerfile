@@ -42,7 +42,7 @@ USER 10001
 # 8000: HTTP (/v1, /v2, /metrics); 8001: gRPC (inference.GRPCInferenceService, grpc.health.v1)
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "service.probe"]
 CMD ["coordconv", "serve"]
 
 # Stages after `serve`: a build with `--target serve` (compose, the Makefile) never builds them,

@@ -76,8 +76,8 @@ def measure_limit(providers: str, seconds: float, repeats: int = 3) -> dict[str,
 def open_model(name: str, providers: str, repo: Path = ROOT / "models") -> Any:
     """The version of a shipped model that answers requests without a version (the highest),
     as the service opens it (same session options)."""
-    from service import model_config
-    from service.model import open_version, usable_providers
+    from service.models import config as model_config
+    from service.models.version import open_version, usable_providers
     from service.settings import Settings
 
     settings = Settings(model_dir=repo, providers=providers)
@@ -94,7 +94,7 @@ def silent_models() -> Path:
     import shutil
     import tempfile
 
-    from service.model_config import without_scheduling
+    from service.models.config import without_scheduling
 
     root = Path(tempfile.mkdtemp(prefix="bench-models-"))
     shutil.copytree(ROOT / "models", root, dirs_exist_ok=True)

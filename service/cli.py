@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.cluster import WorkerInfo
+    from service.scaling.cluster import WorkerInfo
 
 GIL_SWITCH_S = 0.001  # Python's default is 0.005
 LOG_FIELDS = (
@@ -180,7 +180,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     if args.ray:
         try:
-            from service import ray_serve
+            from service.scaling import ray_serve
         except ImportError:
             print(
                 "coordconv serve --ray: install the ray extra: pip install 'coordconv[ray]'",
@@ -189,7 +189,7 @@ def main(argv: Sequence[str]) -> int:
             return 2
         return ray_serve.run(settings, args.ray_replicas, args.ray_num_cpus, args.ray_autoscale_max)
     if settings.workers > 1:
-        from service import workers
+        from service.scaling import workers
 
         return workers.run(settings)
     return serve(settings)
@@ -202,7 +202,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> Any:
     limits requests instead), our logging, and the drain on SIGTERM."""
     import uvicorn
 
-    from service.http_protocol import protocol_class
+    from service.http.connections import protocol_class
 
     options: dict[str, Any] = {
         "host": settings.host,
@@ -231,15 +231,15 @@ def serve(
 
     import uvicorn
 
-    from service.app import create_app
-    from service.cluster import Cluster
     from service.errors import RepositoryError
-    from service.http_protocol import raise_fd_limit
+    from service.http.app import create_app
+    from service.http.connections import raise_fd_limit
     from service.metrics import Metrics
-    from service.registry import ModelRegistry
+    from service.models.registry import ModelRegistry
+    from service.scaling.cluster import Cluster
 
     raise_fd_limit()  # every connection is a file descriptor
-    config = uvicorn_config("service.app:create_app", settings)  # the app is set below
+    config = uvicorn_config("service.http.app:create_app", settings)  # the app is set below
 
     async def main() -> int:
         registry = ModelRegistry(settings, Metrics())

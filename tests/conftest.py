@@ -32,7 +32,7 @@ def silent_repository(root: Path | None = None) -> Path:
     """A copy of the shipped models whose configs leave batching to the settings."""
     import tempfile
 
-    from service.model_config import without_scheduling
+    from service.models.config import without_scheduling
 
     root = Path(tempfile.mkdtemp(prefix="models-")) if root is None else root
     for model in MODELS.iterdir():
@@ -49,8 +49,8 @@ class LiveServer:
     def __init__(self, **overrides: Any) -> None:
         import uvicorn
 
-        from service.app import create_app
         from service.cli import configure_logging, uvicorn_config
+        from service.http.app import create_app
         from service.settings import Settings
 
         if SCHEDULING & set(overrides) and "model_dir" not in overrides:

@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.batching import Batcher, InferenceFailed
 from service.errors import ClientClosedRequest, Unavailable
 from service.metrics import Metrics
-from service.model_config import Scheduling
-from service.stats import ModelStats
+from service.models.batcher import Batcher, InferenceFailed
+from service.models.config import Scheduling
+from service.models.statistics import ModelStats
 from tests.conftest import live_server
 from training import data, metrics
 

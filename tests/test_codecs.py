@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service import codecs
+from service.dataplane import codecs
 from service.errors import BadRequest
 
 images = hnp.arrays(np.float32, (64, 64), elements=st.floats(0, 1, width=32))

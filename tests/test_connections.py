@@ -227,7 +227,7 @@ def test_every_kind_of_answer_arrives_whole_through_the_one_write_path(quick) ->
 
 
 def test_a_held_head_is_written_before_the_connection_closes() -> None:
-    from service.http_protocol import _HeadWithBody
+    from service.http.connections import _HeadWithBody
 
     class Transport:
         def __init__(self) -> None:

@@ -55,7 +55,7 @@ def test_the_image_runs_as_non_root_and_installs_no_torch() -> None:
     assert users and users[-1] not in ("root", "0")
     runs = " ".join(arg for op, arg in stage("build") + serve if op == "RUN")
     assert "torch" not in runs and ".[serve,client]" in runs
-    assert any(op == "HEALTHCHECK" and "service.healthcheck" in arg for op, arg in serve)
+    assert any(op == "HEALTHCHECK" and "service.probe" in arg for op, arg in serve)
 
 
 def test_the_build_context_is_an_allow_list_of_what_the_images_copy() -> None:
@@ -125,7 +125,7 @@ def test_every_profile_resolves_to_a_valid_project(profile, tmp_path) -> None:
     if profile in ("gpu", "cpu"):
         (svc,) = active.values()
         assert svc["volumes"][0]["read_only"] is True and svc["volumes"][0]["target"] == "/models"
-        assert svc["healthcheck"]["test"] == ["CMD", "python", "-m", "service.healthcheck"]
+        assert svc["healthcheck"]["test"] == ["CMD", "python", "-m", "service.probe"]
         devices = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
         if profile == "gpu":
             assert devices[0]["capabilities"] == ["gpu"]

@@ -94,8 +94,8 @@ def test_triton_config_leaves_the_batch_axis_out() -> None:
 def test_exported_configs_pass_the_services_own_check(runs, tmp_path) -> None:
     """`coordconv export` writes what `coordconv serve` accepts: the config parses as Triton's
     ModelConfig and agrees with the graph (the service's verification, strict)."""
-    from service import model_config
-    from service.model import open_version
+    from service.models import config as model_config
+    from service.models.version import open_version
     from service.settings import Settings
 
     for task in ("pixel", "locate"):

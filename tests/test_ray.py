@@ -19,7 +19,7 @@ ray = pytest.importorskip("ray")
 def ray_url():
     from ray import serve
 
-    from service.ray_serve import deployment
+    from service.scaling.ray_serve import deployment
     from service.settings import Settings
 
     # Ray's raylet must come up within a fixed 30 s; on a loaded CI machine it sometimes does not

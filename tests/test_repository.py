@@ -20,7 +20,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from service.model import sha256_of
+from service.models.version import sha256_of
 from tests.conftest import MODELS, live_server
 from training import data
 
@@ -256,7 +256,7 @@ def test_control_is_refused_outside_explicit_mode(client) -> None:
 def test_a_model_still_loading_answers_503_with_retry_after() -> None:
     from service.errors import Unavailable
     from service.metrics import Metrics
-    from service.registry import ModelRegistry
+    from service.models.registry import ModelRegistry
     from service.settings import Settings
 
     registry = ModelRegistry(Settings(model_dir=MODELS, providers="cpu"), Metrics())

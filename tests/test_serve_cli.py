@@ -174,7 +174,7 @@ def test_an_unreadable_model_directory_is_named(tmp_path: Path, monkeypatch) -> 
 
     from service.errors import RepositoryError
     from service.metrics import Metrics
-    from service.registry import ModelRegistry
+    from service.models.registry import ModelRegistry
     from service.settings import Settings
 
     repo = tmp_path / "repo"

@@ -20,8 +20,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from pydantic import ValidationError
 
+from service.models.statistics import merge
 from service.settings import Settings
-from service.stats import merge
 from tests.conftest import ROOT, free_port
 
 
@@ -221,7 +221,7 @@ def test_workers_setting() -> None:
 
 
 def test_workers_share_the_cores_out_unless_threads_are_set() -> None:
-    from service.workers import worker_settings
+    from service.scaling.workers import worker_settings
 
     assert worker_settings(Settings(workers=2), cores=16)["intra_op_threads"] == 8
     assert worker_settings(Settings(workers=3), cores=16)["intra_op_threads"] == 5

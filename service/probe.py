@@ -1,5 +1,5 @@
 """The container health check: exit 0 if /readyz answers 200, else 1. Standard library only, so it
-runs in the image without curl. `python -m service.healthcheck`."""
+runs in the image without curl. `python -m service.probe`."""
 
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ THREAD_BYTES = 1024 * 1024
 
 def _warm() -> None:
     """Import what the parsers need once per worker process."""
-    import service.routes.v1
-    import service.routes.v2  # noqa: F401
+    import service.http.v1
+    import service.http.v2  # noqa: F401
 
 
 class BodyParser:

@@ -18,16 +18,16 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from service.dataplane.types import InferRequest, InferResponse, InputTensor
 from service.errors import BadRequest
-from service.messages import InferRequest, InferResponse, InputTensor
-from service.routes.common import (
+from service.http.deps import AuthDep, ServiceDep
+from service.http.responses import (
     disconnect_waiter,
     json_response,
     model_headers,
     parse_json,
 )
-from service.schemas import V2Error, error_responses
-from service.state import AuthDep, ServiceDep
+from service.http.schemas import V2Error, error_responses
 
 TAGS: list[str | Enum] = ["v2 (Open Inference Protocol)"]
 ERRORS = error_responses(

@@ -19,18 +19,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from coordconv import __version__
-from service.cluster import Cluster
-from service.dataplane import DataPlane
+from service.dataplane.offload import BodyParser
+from service.dataplane.plane import DataPlane
 from service.errors import ServiceError
-from service.fastpath import FastPath
+from service.http import health, v1, v2
+from service.http.deps import ServiceState
+from service.http.dispatch import FastPath
+from service.http.middleware import ServiceMiddleware, error_body
+from service.http.schemas import ANY_ROUTE
 from service.metrics import Metrics
-from service.middleware import ServiceMiddleware, error_body
-from service.parsing import BodyParser
-from service.registry import ModelRegistry
-from service.routes import health, v1, v2
-from service.schemas import ANY_ROUTE
+from service.models.registry import ModelRegistry
+from service.scaling.cluster import Cluster
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger("coordconv.app")
 
@@ -111,7 +111,7 @@ def create_app(
         if owned:
             await registry.start()  # raises RepositoryError: start-up stops
         if settings.grpc_port:  # the gRPC front end, on this event loop, over the same plane
-            from service.grpc_server import GrpcFrontEnd
+            from service.grpc.server import GrpcFrontEnd
 
             state.grpc = GrpcFrontEnd(state.dataplane, settings, registry.metrics)
             await state.grpc.start()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from coordconv.contract import MODEL_NAME_RE
 from service.errors import BadRequest, NotFound, RepositoryError
-from service.model_config import CONFIG_FILE
+from service.models.config import CONFIG_FILE
 
 ONNX_FILE = "model.onnx"
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service import model_config, repository
+from service.models import config as model_config
+from service.models import repository
 from service.errors import (
     BadRequest,
     ModelError,
@@ -38,7 +39,7 @@ from service.errors import (
     Unavailable,
 )
 from service.metrics import Metrics
-from service.model import ModelVersion, open_version, usable_providers
+from service.models.version import ModelVersion, open_version, usable_providers
 from service.settings import Settings
 
 log = logging.getLogger("coordconv.registry")

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from coordconv.contract import CANVAS
-from service import codecs
+from service.dataplane import codecs
 from service.errors import BadRequest
 
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.routes.common import json_response
-from service.state import ServiceDep
+from service.http.deps import ServiceDep
+from service.http.responses import json_response
 
 router = APIRouter(tags=["health"])
 

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
-from service.dataplane import DataPlane
+from service.dataplane.offload import BodyParser
+from service.dataplane.plane import DataPlane
 from service.errors import Unauthorized, Unavailable
 from service.metrics import Metrics
-from service.parsing import BodyParser
-from service.registry import ModelRegistry
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.grpc_server import GrpcFrontEnd
+    from service.grpc.server import GrpcFrontEnd
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from service.cluster import METRICS_DIR, WorkerInfo
+from service.scaling.cluster import METRICS_DIR, WorkerInfo
 from service.settings import Settings, usable_cores
 
 log = logging.getLogger("coordconv.workers")

@@ -37,13 +37,13 @@ from coordconv.contract import (
     TASKS,
     Tensor,
 )
-from service import model_config
-from service.batching import Batcher, Disconnected, Outputs
+from service.models import config as model_config
+from service.models.batcher import Batcher, Disconnected, Outputs
 from service.errors import ModelError
 from service.metrics import Metrics
-from service.model_config import GraphTensor, Scheduling
+from service.models.config import GraphTensor, Scheduling
 from service.settings import Settings
-from service.stats import ModelStats
+from service.models.statistics import ModelStats
 
 log = logging.getLogger("coordconv.model")
 

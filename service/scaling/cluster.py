@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service import model_config
 from service.errors import BadRequest, ModelError, NotFound, ServiceError
-from service.registry import ModelRegistry
+from service.models import config as model_config
+from service.models.registry import ModelRegistry
 
 log = logging.getLogger("coordconv.cluster")
 

@@ -1,7 +1,7 @@
 """The data plane: everything a front end can ask of the server, as methods on plain types
-(`service.messages`), with no HTTP or gRPC in sight. `/v1`, `/v2` over HTTP and the gRPC servicer
-decode their wire format, call these and encode the answers, so every rule (names, types, shapes,
-limits, value ranges, version routing, statistics) has one home.
+(`service.dataplane.types`), with no HTTP or gRPC in sight. `/v1`, `/v2` over HTTP and the gRPC
+servicer decode their wire format, call these and encode the answers, so every rule (names,
+types, shapes, limits, value ranges, version routing, statistics) has one home.
 
 Dictionaries returned for metadata, config, statistics and the repository index have the field
 names of Triton's protocol messages, so the HTTP adapter writes them as JSON and the gRPC adapter
@@ -18,13 +18,16 @@ import numpy as np
 
 from coordconv import __version__
 from coordconv.contract import COORDS, IMAGE, PLATFORM, Tensor
-from service import codecs, model_config, repository, stats
-from service.batching import Disconnected
-from service.cluster import Cluster
+from service.dataplane import codecs
+from service.dataplane.types import InferRequest, InferResponse, InputTensor, OutputTensor
 from service.errors import BadRequest, ModelError, NotFound
-from service.messages import InferRequest, InferResponse, InputTensor, OutputTensor
-from service.model import ModelVersion, tensor_info
-from service.registry import ModelRegistry
+from service.models import config as model_config
+from service.models import repository
+from service.models import statistics as stats
+from service.models.batcher import Disconnected
+from service.models.registry import ModelRegistry
+from service.models.version import ModelVersion, tensor_info
+from service.scaling.cluster import Cluster
 from service.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]

@@ -12,9 +12,9 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from service.dataplane.offload import INLINE_BYTES
+from service.dataplane.types import InferResponse
 from service.errors import BadRequest, NotAcceptable
-from service.messages import InferResponse
-from service.parsing import INLINE_BYTES
 
 T = TypeVar("T")
 NPY = "application/x-npy"

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from coordconv.contract import COORDS, IMAGE
-from service import codecs
+from service.dataplane import codecs
+from service.dataplane.types import InferRequest, InputTensor
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.messages import InferRequest, InputTensor
-from service.routes.common import (
+from service.http.deps import AuthDep, ServiceDep
+from service.http.responses import (
     JSON,
     NPY,
     disconnect_waiter,
@@ -23,7 +24,7 @@ from service.routes.common import (
     off_loop_if_large,
     wants_npy,
 )
-from service.schemas import (
+from service.http.schemas import (
     Error,
     LocateRequest,
     LocateResponse,
@@ -35,7 +36,6 @@ from service.schemas import (
     json_body,
     parse_body,
 )
-from service.state import AuthDep, ServiceDep
 
 ERRORS = error_responses(
     Error,

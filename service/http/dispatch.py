@@ -18,8 +18,8 @@ from fastapi.responses import Response
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.routes import v1, v2
-from service.state import ServiceState, check_api_key
+from service.http import v1, v2
+from service.http.deps import ServiceState, check_api_key
 
 Call = Callable[[Request, ServiceState, dict[str, str]], Awaitable[Response]]
 ErrorHandler = Callable[[Request, Exception], Response]

@@ -33,8 +33,8 @@ import numpy as np
 
 from service.errors import ClientClosedRequest, ServiceError, Unavailable
 from service.metrics import Metrics
-from service.model_config import Scheduling
-from service.stats import ModelStats
+from service.models.config import Scheduling
+from service.models.statistics import ModelStats
 
 log = logging.getLogger("coordconv.batching")
 Outputs = tuple[np.ndarray, ...]

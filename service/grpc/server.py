@@ -30,12 +30,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.dataplane import DataPlane
+from service.dataplane.plane import DataPlane
+from service.dataplane.types import InferRequest, InferResponse, InputTensor
 from service.errors import BadRequest, ServiceError
-from service.messages import InferRequest, InferResponse, InputTensor
+from service.http.deps import check_api_key
 from service.metrics import Metrics
 from service.settings import Settings
-from service.state import check_api_key
 
 log = logging.getLogger("coordconv.grpc")
 T = TypeVar("T")

@@ -24,7 +24,7 @@ def build_app(settings: Settings) -> Any:
     """Runs inside each replica: the app, plus a header naming the replica."""
     from ray import serve
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     # Replicas speak HTTP behind Ray's proxy; several of them cannot share one gRPC port.
     app = create_app(settings.model_copy(update={"grpc_port": 0}))
