@@ -100,10 +100,12 @@ bench-peers: $(VENV)/.all perf-analyzer
 	$(BIN)/python -m benchmarks.peers
 
 # This checkout against another commit, servers in turns on the same machine: BEFORE=<git ref>
+# COMPARE_ARGS="--before-env COORDCONV_FAST_DISPATCH=false": one feature's own gain (BEFORE=HEAD).
 BEFORE ?= HEAD
 ROUNDS ?= 3
+COMPARE_ARGS ?=
 compare: $(VENV)/.all
-	$(BIN)/python -m benchmarks.compare --before $(BEFORE) --rounds $(ROUNDS) --case b a
+	$(BIN)/python -m benchmarks.compare --before $(BEFORE) --rounds $(ROUNDS) --case b a $(COMPARE_ARGS)
 
 # A flame graph of the service under case (b) load: benchmarks/flame-$(PROFILE_LABEL).svg
 PROFILE_LABEL ?= now

@@ -88,15 +88,26 @@ def open_model(name: str, providers: str, repo: Path = ROOT / "models") -> Any:
     return open_version(name, version, path, config, settings, usable)
 
 
-def silent_models() -> Path:
+def without_scheduling(text: str) -> str:
+    """A config text with `max_batch_size` and `dynamic_batching` removed, so the service's
+    settings decide them."""
+    from google.protobuf import text_format
+
+    from service.models.config import parse_text
+
+    config = parse_text(text, "config")
+    config.max_batch_size = 0
+    config.ClearField("dynamic_batching")
+    return str(text_format.MessageToString(config))
+
+
+def silent_models(root: Path | None = None) -> Path:
     """A copy of the shipped models whose configs leave batching to the settings (how the
-    'batching off' cases switch it off)."""
+    'batching off' cases switch it off, and how tests set scheduling by settings)."""
     import shutil
     import tempfile
 
-    from service.models.config import without_scheduling
-
-    root = Path(tempfile.mkdtemp(prefix="bench-models-"))
+    root = Path(tempfile.mkdtemp(prefix="models-")) if root is None else root
     shutil.copytree(ROOT / "models", root, dirs_exist_ok=True)
     for config in root.glob("*/config.pbtxt"):
         config.write_text(without_scheduling(config.read_text()))
@@ -108,21 +119,28 @@ LATEST = "2"  # the version of pixel, render and locate that answers without a v
 
 
 @contextmanager
-def server(*args: str, root: Path = ROOT, **settings: Any) -> Iterator[str]:
-    """`coordconv serve` (extra options `args`, settings as environment) on a free port, from the
-    checkout at `root` (another commit's worktree, for benchmarks.compare)."""
+def server(
+    *args: str, root: Path = ROOT, env: dict[str, str] | None = None, **settings: Any
+) -> Iterator[str]:
+    """`coordconv serve` (extra options `args`, settings as environment, `env` as it is) on a
+    free port, from the checkout at `root` (another commit's worktree, for benchmarks.compare)."""
     port = free_port()
     grpc_port = free_port()
-    env = {**os.environ, "COORDCONV_LOG_LEVEL": "warning", "COORDCONV_GRPC_PORT": str(grpc_port)}
+    environ = {
+        **os.environ,
+        "COORDCONV_LOG_LEVEL": "warning",
+        "COORDCONV_GRPC_PORT": str(grpc_port),
+    }
     if root != ROOT:
-        env["PYTHONPATH"] = str(root)
+        environ["PYTHONPATH"] = str(root)
     if {"max_batch_size", "max_queue_delay_us"} & set(settings):
-        env["COORDCONV_MODEL_DIR"] = str(silent_models())
-    env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
+        environ["COORDCONV_MODEL_DIR"] = str(silent_models())
+    environ.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
+    environ.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordconv", "serve", "--port", str(port), *args],
         cwd=root,
-        env=env,
+        env=environ,
     )
     url = f"http://127.0.0.1:{port}"
     GRPC_PORTS[url] = grpc_port

@@ -7,6 +7,10 @@ checkout's take turns under the same load, `--rounds` times each. Prints every r
 and the ratio after / before.
 
     python -m benchmarks.compare --before 386c9f4 --rounds 3 --case b
+
+`--before-env` / `--after-env NAME=VALUE` set settings for one side only: the same commit with
+and without one feature (`--before HEAD --before-env COORDCONV_FAST_DISPATCH=false` measures the
+fast dispatch's own gain).
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ def worktree(ref: str, where: Path) -> Path:
     return path
 
 
-def measure(root: Path, case: str, seconds: float, model: str) -> tuple[float, float]:
+def measure(
+    root: Path, case: str, seconds: float, model: str, env: dict[str, str]
+) -> tuple[float, float]:
     """(items/s, p99 ms) of one fresh server from `root` under `case`."""
     items, clients = CASES[case]
-    with bench.server(root=root, providers="cpu") as url:
+    with bench.server(root=root, providers="cpu", env=env) as url:
         r = bench.load(url, bench.v1_request(model, items), clients, seconds, items=items)
     if r.errors:
         raise SystemExit(f"compare: {r.errors} requests failed against {root}")
@@ -57,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", nargs="+", default=["b"], choices=sorted(CASES))
     p.add_argument("--model", default="render", choices=bench.MODELS)
     p.add_argument("--seconds", type=float, default=8.0, help="per measured run")
+    p.add_argument("--before-env", nargs="*", default=[], metavar="NAME=VALUE")
+    p.add_argument("--after-env", nargs="*", default=[], metavar="NAME=VALUE")
     a = p.parse_args(argv)
+    envs = {"before": _env(a.before_env), "after": _env(a.after_env)}
     with tempfile.TemporaryDirectory(prefix="coordconv-compare-") as tmp:
         before = worktree(a.before, Path(tmp))
         try:
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
                 for i in range(a.rounds):
                     for label, root in (("before", before), ("after", bench.ROOT)):
-                        ips, p99 = measure(root, case, a.seconds, a.model)
+                        ips, p99 = measure(root, case, a.seconds, a.model, envs[label])
                         runs[label].append((ips, p99))
                         print(
                             f"({case}) round {i + 1} {label:6s} {ips:7,.0f} items/s  "
@@ -78,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"({case}) {a.model}, {CASES[case][0]} item(s)/request, {CASES[case][1]} "
                     f"clients: before {b:,.0f} items/s (p99 {b99:.1f} ms), after {f:,.0f} "
                     f"items/s (p99 {f99:.1f} ms): x{f / b:.2f} (means of {a.rounds} alternating "
-                    f"runs; before = {a.before})",
+                    f"runs; before = {a.before} {' '.join(a.before_env)}".rstrip()
+                    + (f", after {' '.join(a.after_env)}" if a.after_env else "")
+                    + ")",
                     flush=True,
                 )
         finally:
@@ -88,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
                 capture_output=True,
             )
     return 0
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"compare: {pair!r} is not NAME=VALUE")
+        out[name] = value
+    return out
 
 
 if __name__ == "__main__":

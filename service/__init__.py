@@ -1,13 +1,15 @@
-"""The inference service: FastAPI on onnxruntime. Never imports torch.
+"""The inference service: the Open Inference Protocol and a product API on onnxruntime. Never
+imports torch. One concern per package, each importing only from those above it in this list
+(tests/test_architecture.py checks it):
 
-settings  configuration (environment variables COORDCONV_*, or `coordconv serve` options)
-errors    typed errors mapped to HTTP status codes
-registry  the model repository: onnxruntime sessions, metadata, checks, warm-up
-batching  a dynamic batcher per model
-codecs    PNG, base64, NPY and JSON array encodings
-metrics   Prometheus metrics
-routes/   one APIRouter per concern: v1 (product API), v2 (Open Inference Protocol), health
-app       the app factory `create_app(settings)`; fastpath: the hot routes without FastAPI's layers
-cli       `coordconv serve`
-workers   `--workers N`: the supervisor; cluster: what keeps the workers one server
+settings, errors, metrics, logs   configuration, the typed errors, Prometheus metrics, logging
+models/      what is served: the repository on disk, config.pbtxt, one version's session and
+             lifecycle, its dynamic batcher, statistics, and the registry (model control)
+dataplane/   every protocol rule on plain types: the DataPlane, the request and response types,
+             codecs, the authentication rule, and where decoding runs (offload)
+http/        the HTTP front end: app factory, middleware, connection guards, /v1, /v2, health
+grpc/        the gRPC front end: servicer, interceptor (auth, status codes, metrics), server
+scaling/     worker processes (cluster, supervisor) and Ray Serve replicas
+server       one process composed: registry, data plane, HTTP and gRPC, signals and drain
+cli          `coordconv serve`
 """

@@ -1,4 +1,5 @@
-"""`coordconv serve`: every setting is an option (and a COORDCONV_* environment variable).
+"""`coordconv serve`: every setting is an option (and a COORDCONV_* environment variable); one
+process (service/server.py), `--workers N` (service/scaling/workers.py) or Ray Serve replicas.
 
 Start-up problems (a bad model repository, a port in use, no GPU with REQUIRE_GPU) print one clear
 line and exit non-zero, without a traceback.
@@ -8,85 +9,14 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
-import json
-import logging
-import math
-import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from service.logs import configure_logging
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.scaling.cluster import WorkerInfo
-
-GIL_SWITCH_S = 0.001  # Python's default is 0.005
-LOG_FIELDS = (
-    "request_id",
-    "protocol",
-    "status",
-    "path",
-    "method",
-    "duration_ms",
-    "model",
-    "version",
-    "worker",
-)
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        obj: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        obj.update({k: getattr(record, k) for k in LOG_FIELDS if hasattr(record, k)})
-        if record.exc_info:
-            obj["exception"] = self.formatException(record.exc_info)
-        return json.dumps(obj)
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        tags = [
-            f"{k}={getattr(record, k)}"
-            for k in ("worker", "request_id")
-            if getattr(record, k, "") != ""
-        ]
-        return f"{text} [{' '.join(tags)}]" if tags else text
-
-
-def configure_logging(level: str, fmt: str, worker: int | None = None) -> None:
-    """One handler on stderr, text or JSON; with `worker`, each line names the worker process."""
-    handler = logging.StreamHandler(sys.stderr)
-    if worker is not None:
-
-        def tag(record: logging.LogRecord) -> bool:
-            record.worker = worker
-            return True
-
-        handler.addFilter(tag)
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        lg = logging.getLogger(name)
-        lg.handlers[:] = []
-        lg.propagate = True
-    logging.getLogger("uvicorn.access").disabled = True  # our middleware logs each request
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,103 +122,6 @@ def main(argv: Sequence[str]) -> int:
         from service.scaling import workers
 
         return workers.run(settings)
+    from service.server import serve
+
     return serve(settings)
-
-
-def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> Any:
-    """uvicorn's configuration for the app: the hardened HTTP protocol (header, body, send and
-    keep-alive timeouts, header size and connection limits), no uvicorn concurrency limit (it
-    counts connections and would refuse health probes with a bare 503: the app's middleware
-    limits requests instead), our logging, and the drain on SIGTERM."""
-    import uvicorn
-
-    from service.http.connections import protocol_class
-
-    options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "http": protocol_class(settings),
-        "log_config": None,
-        "access_log": False,
-        "limit_concurrency": None,
-        "timeout_keep_alive": settings.keepalive_timeout_s,
-        "timeout_graceful_shutdown": math.ceil(settings.grace_s),  # 0: no drain at all
-        "server_header": False,
-        "lifespan": "on",
-        **overrides,
-    }
-    return uvicorn.Config(app, **options)
-
-
-def serve(
-    settings: Settings, sock: socket.socket | None = None, worker: WorkerInfo | None = None
-) -> int:
-    """Load the start-up models, then serve HTTP and gRPC, all on one event loop: the registry's
-    batchers and model control live on the loop that serves both front ends. A bad repository
-    is one clear line and exit 1 (inside the app's lifespan it would be uvicorn's traceback).
-    `sock` and `worker`: this process is one of `--workers N`, on the supervisor's socket."""
-    import asyncio
-
-    import uvicorn
-
-    from service.errors import RepositoryError
-    from service.http.app import create_app
-    from service.http.connections import raise_fd_limit
-    from service.metrics import Metrics
-    from service.models.registry import ModelRegistry
-    from service.scaling.cluster import Cluster
-
-    raise_fd_limit()  # every connection is a file descriptor
-    config = uvicorn_config("service.http.app:create_app", settings)  # the app is set below
-
-    async def main() -> int:
-        registry = ModelRegistry(settings, Metrics())
-        cluster = None if worker is None else Cluster(worker, registry)
-        try:
-            await registry.start()
-            if cluster is not None:
-                await cluster.start()  # replays the loads and unloads its siblings were given
-        except RepositoryError as exc:
-            await registry.stop()
-            print(f"coordconv serve: {exc}", file=sys.stderr)
-            return 1
-        app = create_app(settings, registry=registry, cluster=cluster)
-        # What start-up allocated (modules, sessions, the app) lives as long as the process:
-        # out of the collector's sight, so its full collections stay short under load.
-        gc.collect()
-        gc.freeze()
-        # A scheduler thread needs the GIL for a moment between onnxruntime calls; with Python's
-        # 5 ms switch interval a busy event loop kept it, and the model, waiting (render (b):
-        # onnxruntime idle between calls 1.7 -> 0.14 ms on average, +8% items/s).
-        sys.setswitchinterval(GIL_SWITCH_S)
-        config.app = app
-        state = app.state.service
-        loop = asyncio.get_running_loop()
-
-        class _Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                # /readyz answers 503 and gRPC drains beside HTTP's in-flight requests.
-                state.accepting = False
-                loop.call_soon_threadsafe(state.begin_drain)
-                super().handle_exit(sig, frame)
-                # A drained SIGTERM is a clean stop: exit 0 instead of re-raising the signal.
-                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
-
-        server = _Server(config)
-        try:
-            await server.serve(sockets=None if sock is None else [sock])
-        finally:
-            if cluster is not None:
-                await cluster.stop()
-            await registry.stop()
-        if not server.started:
-            logging.getLogger("coordconv.serve").error("the server did not start")
-            return 1
-        return 0
-
-    loop_factory = config.get_loop_factory()
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(main())
-    except KeyboardInterrupt:
-        return 0

@@ -1,6 +1,7 @@
-"""Typed errors, each with its HTTP status. The data plane and the routes raise them; the HTTP
-app turns them into `{"detail": message}` (/v1) or `{"error": message}` (/v2) responses, the gRPC
-server into status codes."""
+"""Typed errors, each with its HTTP status: the one vocabulary of failure for every layer. The
+models and the data plane raise them; the HTTP front end turns them into `{"detail": message}`
+(/v1) or `{"error": message}` (/v2) bodies (service/http/errors.py), the gRPC front end into
+status codes (service/grpc/interceptors.py)."""
 
 from __future__ import annotations
 
@@ -42,14 +43,17 @@ class UnsupportedMediaType(ServiceError):
     status_code = 415
 
 
-class Unprocessable(ServiceError):
-    status_code = 422
-
-
 class ClientClosedRequest(ServiceError):
     """The client went away before its answer was ready (nginx's 499); nothing is sent."""
 
     status_code = 499
+
+
+class InferenceFailed(ServiceError):
+    """onnxruntime failed on a request's rows (logged with the cause); its neighbours in the
+    batch are answered."""
+
+    status_code = 500
 
 
 class Unavailable(ServiceError):

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         description="FastAPI's native OpenTelemetry spans and metrics (with a provider set up, "
         "e.g. by opentelemetry-instrument); off spares every request the provider lookup",
     )
+    fast_dispatch: bool = Field(
+        True,
+        description="the inference routes skip FastAPI's per-request layers (same routes, "
+        "parameters and auth; false: FastAPI dispatches them)",
+    )
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="gRPC Open Inference Protocol port (0: no gRPC)"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import threading
 import time
@@ -30,56 +29,59 @@ SCHEDULING = {"max_batch_size", "max_queue_delay_us", "max_queue_size", "request
 
 def silent_repository(root: Path | None = None) -> Path:
     """A copy of the shipped models whose configs leave batching to the settings."""
-    import tempfile
+    from benchmarks.bench import silent_models
 
-    from service.models.config import without_scheduling
-
-    root = Path(tempfile.mkdtemp(prefix="models-")) if root is None else root
-    for model in MODELS.iterdir():
-        shutil.copytree(model, root / model.name)
-        config = root / model.name / "config.pbtxt"
-        config.write_text(without_scheduling(config.read_text()))
-    return root
+    return silent_models(root)
 
 
 class LiveServer:
-    """uvicorn running `create_app(settings)` in a thread, on 127.0.0.1 and a free port. With
-    scheduling settings, it serves a copy of the models whose configs leave those to settings."""
+    """The whole server (service/server.py: registry, data plane, HTTP and gRPC) running in a
+    thread on its own event loop, on 127.0.0.1 and free ports. With scheduling settings, it
+    serves a copy of the models whose configs leave those to settings."""
 
     def __init__(self, **overrides: Any) -> None:
-        import uvicorn
-
-        from service.cli import configure_logging, uvicorn_config
-        from service.http.app import create_app
+        from service.logs import configure_logging
+        from service.server import Server
         from service.settings import Settings
 
         if SCHEDULING & set(overrides) and "model_dir" not in overrides:
             overrides["model_dir"] = silent_repository()
         overrides.setdefault("model_dir", MODELS)
         overrides.setdefault("grpc_port", free_port())
-        self.settings = Settings(port=0, **overrides)
+        overrides.setdefault("port", 0)
+        self.settings = Settings(**overrides)
         self.grpc_port = self.settings.grpc_port
         configure_logging("warning", "text")
-        self.app = create_app(self.settings)
-        config = uvicorn_config(
-            self.app, self.settings, host="127.0.0.1", port=0, timeout_graceful_shutdown=1
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = Server(self.settings, host="127.0.0.1", timeout_graceful_shutdown=1)
+        self.app = self.server.app
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def main() -> None:
+            await self.server.start()
+            await self.server.serve()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # the test that started it reports it
+            self.failure = exc
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 30
-        while not self.server.started:
+        while not self.server.http.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
+                raise RuntimeError(f"server did not start: {self.failure!r}")
             time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.port = self.server.http_port
         self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
+        self.server.request_exit()
         self.thread.join(timeout=10)
 
     def client(self, **kwargs: Any) -> httpx.Client:

@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.errors import ClientClosedRequest, Unavailable
+from service.errors import ClientClosedRequest, InferenceFailed, Unavailable
 from service.metrics import Metrics
-from service.models.batcher import Batcher, InferenceFailed
+from service.models.batcher import Batcher
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
 from tests.conftest import live_server

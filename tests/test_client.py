@@ -198,9 +198,7 @@ def test_a_server_restart_midway_completes_with_resume(tmp_path) -> None:
     port = free_port()
 
     def serve() -> LiveServer:
-        live = LiveServer(max_queue_delay_us=20_000)
-        live.server.config.port = port
-        return live.__enter__()
+        return LiveServer(max_queue_delay_us=20_000, port=port).__enter__()
 
     live = serve()
     out = tmp_path / "out.npy"

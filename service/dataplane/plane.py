@@ -1,7 +1,7 @@
 """The data plane: everything a front end can ask of the server, as methods on plain types
-(`service.dataplane.types`), with no HTTP or gRPC in sight. `/v1`, `/v2` over HTTP and the gRPC
+(`service.dataplane.types`), with no HTTP or gRPC in sight. `/v1` and `/v2` over HTTP and the gRPC
 servicer decode their wire format, call these and encode the answers, so every rule (names,
-types, shapes, limits, value ranges, version routing, statistics) has one home.
+types, shapes, limits, value ranges, version routing, readiness, statistics) has one home.
 
 Dictionaries returned for metadata, config, statistics and the repository index have the field
 names of Triton's protocol messages, so the HTTP adapter writes them as JSON and the gRPC adapter
@@ -12,36 +12,58 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from coordconv import __version__
 from coordconv.contract import COORDS, IMAGE, PLATFORM, Tensor
 from service.dataplane import codecs
+from service.dataplane.offload import Cost, Offload
 from service.dataplane.types import InferRequest, InferResponse, InputTensor, OutputTensor
-from service.errors import BadRequest, ModelError, NotFound
+from service.errors import BadRequest, ModelError, NotFound, Unavailable
+from service.metrics import Metrics
 from service.models import config as model_config
 from service.models import repository
 from service.models import statistics as stats
 from service.models.batcher import Disconnected
 from service.models.registry import ModelRegistry
 from service.models.version import ModelVersion, tensor_info
-from service.scaling.cluster import Cluster
 from service.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
 
 
+class Siblings(Protocol):
+    """The other worker processes of one server (`--workers N`; service/scaling/cluster.py):
+    model control reaches every one of them, statistics are summed over them."""
+
+    @property
+    def index(self) -> int: ...  # this worker's
+
+    async def control(self, entry: dict[str, Any]) -> None: ...
+
+    async def statistics(
+        self, name: str | None, version: str | None
+    ) -> list[list[dict[str, Any]]]: ...
+
+
 class DataPlane:
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, cluster: Cluster | None = None
+        self, settings: Settings, registry: ModelRegistry, siblings: Siblings | None = None
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.cluster = cluster  # with --workers N: control and statistics reach every worker
-        if cluster is not None:
-            cluster.local_stats = self.local_statistics
+        self.siblings = siblings
+        self.offload = Offload(settings.parse_processes)
+        self.draining = False  # set on SIGTERM: not ready, while what is in flight finishes
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.registry.metrics
+
+    def close(self) -> None:
+        self.offload.close()
 
     # Health and metadata
 
@@ -49,14 +71,14 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.registry.ready
+        """The one readiness rule (HTTP /readyz and /v2/health/ready, gRPC ServerReady and its
+        health service): every start-up model loaded and warm, and not draining."""
+        return not self.draining and self.registry.ready
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
             return self.registry.get(name, version).ready
-        except (NotFound, BadRequest):
-            return False
-        except Exception:  # loading or shutting down
+        except (NotFound, BadRequest, Unavailable):  # unknown, or loading, or shutting down
             return False
 
     def server_metadata(self) -> dict[str, Any]:
@@ -81,24 +103,22 @@ class DataPlane:
         """Every served version, for /v1/models."""
         return [m.describe() for m in self.registry.all_versions()]
 
+    def providers(self) -> dict[str, dict[str, str]]:
+        """name -> version -> execution provider, of every served version (/readyz)."""
+        out: dict[str, dict[str, str]] = {}
+        for m in self.registry.all_versions():
+            out.setdefault(m.name, {})[m.version] = m.provider
+        return out
+
     async def model_statistics(
         self, name: str | None = None, version: str | None = None
     ) -> dict[str, Any]:
         """Triton's statistics of the server: every worker's requests summed."""
-        own = self.local_statistics(name, version)  # 404 for an unknown name or version
-        if self.cluster is None:
+        own = self.registry.statistics(name, version)  # 404 for an unknown name or version
+        if self.siblings is None:
             return {"model_stats": own}
-        others = await self.cluster.statistics(name, version)
+        others = await self.siblings.statistics(name, version)
         return {"model_stats": stats.merge([own, *others])}
-
-    def local_statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
-        if name is None:
-            chosen = self.registry.all_versions()
-        elif version is None:
-            chosen = self.registry.all_versions(name)
-        else:
-            chosen = [self.registry.get(name, version)]
-        return [m.stats.as_dict() for m in chosen]
 
     # Repository
 
@@ -124,8 +144,8 @@ class DataPlane:
                 raise BadRequest("loading model files sent with the request is not supported")
             else:
                 raise BadRequest(f"unknown load parameter {key!r}; supported: 'config'")
-        if self.cluster is not None:  # every worker loads it, in the same order
-            await self.cluster.control({"op": "load", "name": name, "config": text})
+        if self.siblings is not None:  # every worker loads it, in the same order
+            await self.siblings.control({"op": "load", "name": name, "config": text})
             return
         try:
             await self.registry.load(name, config)
@@ -134,9 +154,9 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         self.registry.check_control()
-        if self.cluster is not None:
-            repository.check_name(name)
-            await self.cluster.control({"op": "unload", "name": name})
+        repository.check_name(name)
+        if self.siblings is not None:
+            await self.siblings.control({"op": "unload", "name": name})
             return
         await self.registry.unload(name)
 
@@ -163,7 +183,7 @@ class DataPlane:
         m = self.resolve(req.model, req.version, req.tasks)
         with m.hold():
             try:
-                x = self._input(req, m)
+                x = await self.offload.run(Cost.DECODE, _payload_bytes(req), self._input, req, m)
                 names = self._outputs(req, m)
                 outs = await m.infer(x, disconnected)
             except BaseException:
@@ -212,6 +232,21 @@ class DataPlane:
             if name not in have:
                 raise BadRequest(f"unknown output {name!r}; model {m.name!r} has {have}")
         return set(req.outputs)
+
+
+def _payload_bytes(req: InferRequest) -> int:
+    """What decoding and checking the request's tensors touches, in bytes (offload's size)."""
+    total = 0
+    for t in req.inputs:
+        if t.array is not None:
+            total += t.array.nbytes
+        elif t.raw is not None:
+            total += len(t.raw)
+        elif isinstance(t.data, np.ndarray):
+            total += t.data.nbytes
+        elif isinstance(t.data, list):
+            total += 8 * len(t.data)  # at least; nested lists are arrays by now (v2.decode)
+    return total
 
 
 def decode_tensor(t: InputTensor, spec: Tensor, max_items: int, limit_name: str) -> np.ndarray:

@@ -1,38 +1,34 @@
-"""The HTTP app factory: `create_app(settings)`. The lifespan starts the model registry (load,
-verify and warm every start-up model version, one batcher each); the routers adapt the data plane
-to HTTP; exception handlers map typed errors to status codes; no input yields a 500."""
+"""The HTTP front end's app factory: `create_app(settings, plane)`. Routers adapt the data plane
+to HTTP (/v1, /v2, health), exception handlers map every error to its status and message
+(service/http/errors.py), one middleware does request ids, limits, metrics and the log line, and
+the hot inference routes skip FastAPI's per-request layers (service/http/dispatch.py).
+
+Given a started data plane (service/server.py composes it with gRPC), the app serves it as it is;
+without one (Ray Serve replicas), its lifespan starts a registry and stops it on the way out.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from coordconv import __version__
-from service.dataplane.offload import BodyParser
 from service.dataplane.plane import DataPlane
-from service.errors import ServiceError
-from service.http import health, v1, v2
-from service.http.deps import ServiceState
-from service.http.dispatch import FastPath
-from service.http.middleware import ServiceMiddleware, error_body
+from service.http import errors, health, v1, v2
+from service.http.dispatch import FastDispatch
+from service.http.middleware import ServiceMiddleware
 from service.http.schemas import ANY_ROUTE
 from service.metrics import Metrics
 from service.models.registry import ModelRegistry
-from service.scaling.cluster import Cluster
 from service.settings import Settings
-
-log = logging.getLogger("coordconv.app")
 
 # FastAPI asks the global OpenTelemetry providers on every request whether it should trace;
 # unless opted in, it should not.
@@ -48,81 +44,41 @@ The Open Inference Protocol (`/v2`, as NVIDIA Triton speaks it) serves the same 
 """
 
 
-def _error(
-    request: Request, status: int, message: str, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        error_body(request.url.path, message),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+ROUTERS = (health.router, v1.router, v2.health, v2.guarded)  # included as they are declared
+# The routes that carry the traffic: dispatched without FastAPI's layers unless FAST_DISPATCH=false.
+HOT_ENDPOINTS = (v1.render, v1.locate, v2.infer, v2.infer_version)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
-    return "; ".join(parts) or "invalid request"
+def hot_routes() -> list[APIRoute]:
+    """The hot endpoints' routes as the routers declare them (paths with their prefixes, the
+    routers' dependencies included): what FastAPI dispatches, since the app adds nothing."""
+    hot = [
+        r
+        for router in ROUTERS
+        for r in router.routes
+        if isinstance(r, APIRoute) and r.endpoint in HOT_ENDPOINTS
+    ]
+    if len(hot) != len(HOT_ENDPOINTS):
+        raise RuntimeError(f"hot routes: found {[r.path for r in hot]}")
+    return hot
 
 
-def error_response(request: Request, exc: Exception) -> Response:
-    """Every error as its status and message: typed errors, validation, routing (404, 405), a
-    client gone mid-body (499), and anything else as a logged 500."""
-    if isinstance(exc, ServiceError):
-        return _error(request, exc.status_code, exc.message, exc.headers)
-    if isinstance(exc, RequestValidationError):
-        return _error(request, 400, _validation_message(exc))
-    if isinstance(exc, StarletteHTTPException):
-        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-    if isinstance(exc, ClientDisconnect):  # nobody reads this answer
-        return _error(request, 499, "the client closed the connection")
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(request, 500, "internal server error (logged with the request id)")
-
-
-async def _handle(request: Request, exc: Exception) -> Response:
-    return error_response(request, exc)
-
-
-def create_app(
-    settings: Settings | None = None,
-    registry: ModelRegistry | None = None,
-    cluster: Cluster | None = None,
-) -> FastAPI:
-    """The HTTP front end. With `registry` (already started, on the same event loop) the lifespan
-    serves it as it is; otherwise the lifespan starts one and stops it on the way out. `cluster`:
-    this process is one of `--workers N` (service/cluster.py)."""
-    settings = settings or Settings()
-    metrics = Metrics()
-    owned = registry is None
-    registry = registry or ModelRegistry(settings, metrics)
-    state = ServiceState(
-        settings,
-        registry.metrics,
-        registry,
-        DataPlane(settings, registry, cluster),
-        BodyParser(settings.parse_processes),
-    )
+def create_app(settings: Settings | None = None, plane: DataPlane | None = None) -> FastAPI:
+    settings = settings or (plane.settings if plane is not None else Settings())
+    owned = plane is None
+    plane = plane or DataPlane(settings, ModelRegistry(settings, Metrics()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
-            await registry.start()  # raises RepositoryError: start-up stops
-        if settings.grpc_port:  # the gRPC front end, on this event loop, over the same plane
-            from service.grpc.server import GrpcFrontEnd
-
-            state.grpc = GrpcFrontEnd(state.dataplane, settings, registry.metrics)
-            await state.grpc.start()
+            await plane.registry.start()  # raises RepositoryError: start-up stops
         try:
             yield
         finally:
-            await state.stop_grpc()
-            state.accepting = False
-            state.parser.close()
             if owned:
-                await registry.stop()
+                plane.draining = True
+                plane.close()
+                await plane.registry.stop()
 
     app = FastAPI(
         title="CoordConv serving",
@@ -134,7 +90,7 @@ def create_app(
         responses=ANY_ROUTE,
         telemetry=None if settings.opentelemetry else NO_TELEMETRY,
     )
-    app.state.service = state
+    app.state.plane = plane
 
     static = resources.files("fastapi_offline") / "static"
     app.mount("/docs-static", StaticFiles(directory=str(static)), name="docs-static")
@@ -150,25 +106,18 @@ def create_app(
             swagger_favicon_url="/docs-static/favicon.png",
         )
 
-    app.include_router(health.router)
-    app.include_router(v1.router)
-    app.include_router(v2.health)
-    app.include_router(v2.guarded)
+    for router in ROUTERS:
+        app.include_router(router)
+    for exc_class in errors.HANDLED:
+        app.add_exception_handler(exc_class, errors.handle)
 
-    for exc_class in (
-        ServiceError,
-        RequestValidationError,
-        StarletteHTTPException,
-        ClientDisconnect,
-        Exception,
-    ):
-        app.add_exception_handler(exc_class, _handle)
-
-    # Inner to the middleware below: the hot routes skip FastAPI's layers (service/fastpath.py).
-    app.add_middleware(FastPath, state=state, on_error=error_response)
+    if settings.fast_dispatch:  # inner to the middleware below
+        app.add_middleware(
+            FastDispatch, plane=plane, routes=hot_routes(), on_error=errors.error_response
+        )
     app.add_middleware(
         ServiceMiddleware,
-        metrics=registry.metrics,
+        metrics=plane.metrics,
         max_body_bytes=settings.max_body_bytes,
         max_concurrency=settings.max_concurrency,
     )

@@ -1,85 +1,124 @@
-"""The inference routes without FastAPI's per-request machinery.
+"""The hot inference routes without FastAPI's per-request machinery, derived from the app's own
+route table.
 
 POST /v1/render, /v1/locate and /v2/models/{name}[/versions/{version}]/infer carry nearly all the
-traffic. FastAPI would pass them through its exception, exit-stack and routing layers and solve
-their dependencies on every request; here a table of regular expressions finds the same endpoint
-functions, which get the same arguments (the request, the service state, the path and query
-parameters) after the same API key check, and errors become the same responses. The FastAPI
-routes stay for OpenAPI, other methods (405) and everything else.
+traffic. FastAPI passes each request through its exception, exit-stack and routing layers and
+solves its dependencies anew; here the same APIRoute objects are matched with their own compiled
+path patterns, and each endpoint is called with what its FastAPI declaration asks for (the
+request, the data plane, path and query parameters), after the API key check exactly when the
+route declares it. Nothing about a route is written twice: a route whose declaration the fast
+dispatch cannot honour (another dependency, a header, body or non-string parameter) is refused
+when the app is built, and tests/test_dispatch.py checks both dispatches answer alike.
+
+`FAST_DISPATCH=false` leaves every route to FastAPI (what the gain is measured against).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.http import v1, v2
-from service.http.deps import ServiceState, check_api_key
+from service.dataplane.plane import DataPlane
+from service.http.deps import get_plane, require_api_key
 
-Call = Callable[[Request, ServiceState, dict[str, str]], Awaitable[Response]]
+Endpoint = Callable[..., Awaitable[Response]]
 ErrorHandler = Callable[[Request, Exception], Response]
 
 
 @dataclass(frozen=True)
 class FastRoute:
-    path: str  # the template, as FastAPI names the route (the metrics' route label)
-    call: Call
+    """One route as the fast dispatch calls it, read off its FastAPI declaration."""
 
-    @property
-    def pattern(self) -> re.Pattern[str]:
-        return re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path)))
+    route: APIRoute
+    request_arg: str | None
+    plane_args: tuple[str, ...]
+    path_args: tuple[str, ...]
+    query_args: tuple[tuple[str, str, Any], ...]  # (argument, query name, default)
+    auth: bool
+
+    @classmethod
+    def of(cls, route: APIRoute) -> FastRoute:
+        d = route.dependant
+        where = f"fast dispatch of {sorted(route.methods or ())} {route.path}"
+        for sub in d.dependencies:
+            if sub.call not in (get_plane, require_api_key):
+                raise TypeError(f"{where}: cannot run the dependency {sub.call!r}")
+        if d.header_params or d.cookie_params or d.body_params:
+            raise TypeError(f"{where}: header, cookie and body parameters are not passed")
+        for field in (*d.path_params, *d.query_params):
+            if field.field_info.annotation not in (str, str | None):
+                raise TypeError(f"{where}: parameter {field.name!r} is not a string")
+        return cls(
+            route=route,
+            request_arg=d.request_param_name,
+            plane_args=tuple(s.name for s in d.dependencies if s.call is get_plane and s.name),
+            path_args=tuple(f.name for f in d.path_params),
+            query_args=tuple((f.name, f.alias, f.field_info.default) for f in d.query_params),
+            auth=any(s.call is require_api_key for s in d.dependencies),
+        )
+
+    def arguments(self, request: Request, plane: DataPlane, path: dict[str, Any]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict.fromkeys(self.plane_args, plane)
+        if self.request_arg is not None:
+            kwargs[self.request_arg] = request
+        for name in self.path_args:
+            kwargs[name] = path[name]
+        if self.query_args:
+            query = request.query_params
+            for name, alias, default in self.query_args:
+                kwargs[name] = query.get(alias, default)
+        return kwargs
 
 
-TABLE = (
-    FastRoute("/v1/render", lambda r, s, p: v1.render(r, s)),
-    FastRoute(
-        "/v1/locate",
-        lambda r, s, p: v1.locate(r, s, r.query_params.get("model"), r.query_params.get("version")),
-    ),
-    FastRoute("/v2/models/{name}/infer", lambda r, s, p: v2.infer(r, s, p["name"])),
-    FastRoute(
-        "/v2/models/{name}/versions/{version}/infer",
-        lambda r, s, p: v2.infer_version(r, s, p["name"], p["version"]),
-    ),
-)
+class FastDispatch:
+    """ASGI middleware: a POST to one of `routes` goes straight to its endpoint."""
 
-
-class FastPath:
-    def __init__(self, app: ASGIApp, state: ServiceState, on_error: ErrorHandler) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        plane: DataPlane,
+        routes: Iterable[APIRoute],
+        on_error: ErrorHandler,
+    ) -> None:
         self.app = app
-        self.state = state
+        self.plane = plane
         self.on_error = on_error
-        self.exact = {r.path: r for r in TABLE if "{" not in r.path}
-        self.patterns = [(r.pattern, r) for r in TABLE if "{" in r.path]
+        table = [FastRoute.of(r) for r in routes if "POST" in (r.methods or ())]
+        self.exact = {r.route.path: r for r in table if not r.path_args}
+        self.patterns = [r for r in table if r.path_args]
 
-    def _find(self, path: str) -> tuple[FastRoute, dict[str, str]] | None:
-        route = self.exact.get(path)
-        if route is not None:
-            return route, {}
-        for pattern, route in self.patterns:
-            match = pattern.fullmatch(path)
+    def find(self, path: str) -> tuple[FastRoute, dict[str, Any]] | None:
+        fast = self.exact.get(path)
+        if fast is not None:
+            return fast, {}
+        for fast in self.patterns:
+            match = fast.route.path_regex.match(path)
             if match is not None:
-                return route, match.groupdict()
+                convert = fast.route.param_convertors
+                return fast, {k: convert[k].convert(v) for k, v in match.groupdict().items()}
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            found = self._find(scope["path"])
+            found = self.find(scope["path"])
         if found is None:
             await self.app(scope, receive, send)
             return
-        route, params = found
-        scope["route"] = route
+        fast, path = found
+        scope["route"] = fast.route
         request = Request(scope, receive, send)
         try:
-            check_api_key(self.state.settings.api_key, request.headers.get("authorization", ""))
-            response = await route.call(request, self.state, params)
+            if fast.auth:
+                await require_api_key(request, self.plane)
+            endpoint: Endpoint = fast.route.endpoint
+            response = await endpoint(**fast.arguments(request, self.plane, path))
         except Exception as exc:
             response = self.on_error(request, exc)
         await response(scope, receive, send)

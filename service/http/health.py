@@ -1,4 +1,4 @@
-"""Probes and metrics, never authenticated."""
+"""Probes, metrics and the demo page, never authenticated and never refused for capacity."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.http.deps import ServiceDep
+from service.http.deps import PlaneDep
 from service.http.responses import json_response
 
 router = APIRouter(tags=["health"])
@@ -26,11 +26,10 @@ async def index() -> FileResponse:
 
 @router.head("/healthz", include_in_schema=False)
 @router.get("/healthz", summary="Liveness: the process is up")
-async def healthz(state: ServiceDep) -> Response:
-    cluster = state.dataplane.cluster
-    if cluster is None:
+async def healthz(plane: PlaneDep) -> Response:
+    if plane.siblings is None:
         return json_response({"status": "alive"})
-    return json_response({"status": "alive", "worker": cluster.info.index, "pid": os.getpid()})
+    return json_response({"status": "alive", "worker": plane.siblings.index, "pid": os.getpid()})
 
 
 @router.head("/readyz", include_in_schema=False)
@@ -39,19 +38,16 @@ async def healthz(state: ServiceDep) -> Response:
     summary="Readiness: every start-up model loaded and warmed",
     responses={503: {"description": "not ready (starting or draining)"}},
 )
-async def readyz(state: ServiceDep) -> Response:
-    if not state.ready:
+async def readyz(plane: PlaneDep) -> Response:
+    if not plane.ready():
         return json_response({"status": "not ready"}, 503, headers={"Retry-After": "1"})
-    models: dict[str, dict[str, str]] = {}
-    for m in state.registry.all_versions():
-        models.setdefault(m.name, {})[m.version] = m.provider
-    return json_response({"status": "ready", "models": models})
+    return json_response({"status": "ready", "models": plane.providers()})
 
 
 @router.head("/metrics", include_in_schema=False)
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(state: ServiceDep) -> Response:
+async def metrics(plane: PlaneDep) -> Response:
     # With --workers N this reads every worker's metric files: off the event loop.
     return Response(
-        await asyncio.to_thread(state.metrics.exposition), media_type=CONTENT_TYPE_LATEST
+        await asyncio.to_thread(plane.metrics.exposition), media_type=CONTENT_TYPE_LATEST
     )

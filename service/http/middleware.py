@@ -2,7 +2,9 @@
 middlewares: a request id, the body limit (413 before the body is read when Content-Length says
 so, and as soon as a streamed body passes it), the limit of requests in flight (503 +
 Retry-After in the route's error format; health routes exempt), request metrics and one log line
-per request. Connection-level limits live in service/http_protocol.py."""
+per request. The model and version that answered come from the request's state, where the routes
+put them (service/http/responses.py `answered`). Connection-level limits live in
+service/http/connections.py."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge
+from service.http.errors import error_body
 from service.metrics import Metrics
 
 log = logging.getLogger("coordconv.access")
@@ -26,12 +28,6 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 HEALTH_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready", "/"}
 )
-
-
-def error_body(path: str, message: str) -> bytes:
-    """/v2 errors are {"error": ...} (Open Inference Protocol); others FastAPI's {"detail": ...}."""
-    key = "error" if path.startswith("/v2") else "detail"
-    return orjson.dumps({key: message})
 
 
 class ServiceMiddleware:
@@ -59,22 +55,16 @@ class ServiceMiddleware:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")
         if not REQUEST_ID_RE.match(rid):
             rid = f"{self.id_prefix}{next(self.ids):08x}"
-        scope.setdefault("state", {})["request_id"] = rid
+        facts = scope.setdefault("state", {})  # request.state: the routes add model and version
+        facts["request_id"] = rid
         path: str = scope["path"]
         status = 500
-        model = version = ""
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, model, version
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                hdrs = list(message.get("headers", []))
-                for k, v in hdrs:
-                    if k == b"x-model-name":
-                        model = v.decode("latin-1")
-                    elif k == b"x-model-version":
-                        version = v.decode("latin-1")
-                hdrs.append((b"x-request-id", rid.encode("latin-1")))
+                hdrs = [*message.get("headers", ()), (b"x-request-id", rid.encode("latin-1"))]
                 message = {**message, "headers": hdrs}
             await send(message)
 
@@ -120,6 +110,7 @@ class ServiceMiddleware:
         finally:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
+            model, version = facts.get("model", ""), facts.get("version", "")
             elapsed = time.perf_counter() - start
             key = (route_path, model, version, status)
             children = self._children.get(key)

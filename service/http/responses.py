@@ -1,22 +1,21 @@
-"""Helpers the HTTP adapters share: JSON in and out with orjson, Accept negotiation, model
-headers, parsing off the event loop, and a waiter that notices when the client goes away."""
+"""What the HTTP adapters share: JSON in and out with orjson, Accept negotiation, the model
+headers (and the same facts in the request's state, where the middleware's metrics and log line
+read them), and a waiter that notices when the client goes away."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.dataplane.offload import INLINE_BYTES
 from service.dataplane.types import InferResponse
 from service.errors import BadRequest, NotAcceptable
 
-T = TypeVar("T")
 NPY = "application/x-npy"
 JSON = "application/json"
 
@@ -64,20 +63,15 @@ def _wants_npy(accept: str) -> bool:
     raise NotAcceptable(f"cannot answer with {accept!r}: accept {JSON} or {NPY}")
 
 
-def model_headers(response: InferResponse) -> dict[str, str]:
+def answered(request: Request, answer: InferResponse) -> dict[str, str]:
+    """The model headers of an answer; the same facts go into the request's state."""
+    request.state.model = answer.model_name
+    request.state.version = answer.model_version
     return {
-        "X-Model-Name": response.model_name,
-        "X-Model-Version": response.model_version,
-        "X-Model-SHA256": response.model_sha256,
+        "X-Model-Name": answer.model_name,
+        "X-Model-Version": answer.model_version,
+        "X-Model-SHA256": answer.model_sha256,
     }
-
-
-async def off_loop_if_large(size: int, func: Callable[..., T], *args: Any) -> T:
-    """Run `func` inline for a small body, in a worker thread for a large one: for decoders
-    that release the GIL (zlib, numpy copies). JSON goes to `BodyParser`, which holds it."""
-    if size > INLINE_BYTES:
-        return await asyncio.to_thread(func, *args)
-    return func(*args)
 
 
 def disconnect_waiter(request: Request) -> Callable[[], Coroutine[Any, Any, None]]:

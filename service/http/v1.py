@@ -12,16 +12,16 @@ from fastapi.responses import Response
 
 from coordconv.contract import COORDS, IMAGE
 from service.dataplane import codecs
+from service.dataplane.offload import Cost
 from service.dataplane.types import InferRequest, InputTensor
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.http.deps import AuthDep, ServiceDep
+from service.http.deps import AuthDep, PlaneDep
 from service.http.responses import (
     JSON,
     NPY,
+    answered,
     disconnect_waiter,
     json_response,
-    model_headers,
-    off_loop_if_large,
     wants_npy,
 )
 from service.http.schemas import (
@@ -48,9 +48,9 @@ ERRORS = error_responses(
     },
 )
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[AuthDep], responses=ERRORS)
-# Encoding more than this many PNGs moves to a worker thread (zlib releases the GIL), so a big
+# Encoding more than this many images moves to a worker thread (zlib releases the GIL), so a big
 # answer does not stall the event loop.
-THREAD_THRESHOLD = 16
+ENCODE_INLINE_ITEMS = 16
 RENDER_TASKS = ("render", "pixel")
 CONFIDENCE = "confidence"
 RENDER_BYTES_PER_ITEM = 256
@@ -75,12 +75,11 @@ def _tensor(name: str, array: Any, label: str) -> InputTensor:
     responses={200: {"content": {NPY: {}}}},
     openapi_extra=json_body(RenderRequest),
 )
-async def render(request: Request, state: ServiceDep) -> Response:
+async def render(request: Request, plane: PlaneDep) -> Response:
     npy = wants_npy(request)
     if (ctype := _content_type(request)) != JSON:
         raise UnsupportedMediaType(f"Content-Type must be {JSON}, got {ctype!r}")
-    plane = state.plane()
-    limit = state.settings.max_items_per_request
+    limit = plane.settings.max_items_per_request
     # A coordinate pair takes a few dozen bytes of JSON: a body far larger than the item limit
     # allows is refused before it is read, let alone parsed.
     most = limit * RENDER_BYTES_PER_ITEM + 4096
@@ -93,7 +92,7 @@ async def render(request: Request, state: ServiceDep) -> Response:
     raw = await request.body()
     if len(raw) > most:
         raise PayloadTooLarge(f"a /v1/render body over {most} bytes cannot hold {limit} pairs")
-    body = await state.parser.run(len(raw), parse_body, RenderRequest, raw, limit)
+    body = await plane.offload.run(Cost.PARSE, len(raw), parse_body, RenderRequest, raw, limit)
     answer = await plane.infer(
         InferRequest(
             model=body.model,
@@ -105,7 +104,7 @@ async def render(request: Request, state: ServiceDep) -> Response:
         disconnect_waiter(request),
     )
     out = answer.outputs[0].data
-    headers = model_headers(answer)
+    headers = answered(request, answer)
     if npy:
         return Response(codecs.encode_npy(out), media_type=NPY, headers=headers)
     scale = answer.task == "pixel"
@@ -118,7 +117,7 @@ async def render(request: Request, state: ServiceDep) -> Response:
             headers=headers,
         )
 
-    if len(out) > THREAD_THRESHOLD:
+    if len(out) > ENCODE_INLINE_ITEMS:
         return await asyncio.to_thread(encode)
     return encode()
 
@@ -158,18 +157,17 @@ LOCATE_BODY: dict[str, Any] = {
 )
 async def locate(
     request: Request,
-    state: ServiceDep,
+    plane: PlaneDep,
     model: str | None = Query(None, description="model name (default `locate`)"),
     version: str | None = Query(None, description="model version (default: the highest)"),
 ) -> Response:
     npy_out = wants_npy(request)
     ctype = _content_type(request)
-    plane = state.plane()
-    limit = state.settings.max_items_per_request
+    limit = plane.settings.max_items_per_request
     name = model or "locate"
     if ctype == JSON:
         raw = await request.body()
-        body = await state.parser.run(len(raw), parse_body, LocateRequest, raw, limit)
+        body = await plane.offload.run(Cost.PARSE, len(raw), parse_body, LocateRequest, raw, limit)
         images, name = body.images, body.model if model is None else model
         version = body.version if version is None else version
     elif ctype == "multipart/form-data":
@@ -183,13 +181,13 @@ async def locate(
                 files.append((up.filename or f"#{i}", await up.read()))
         check_count(len(files), "images", limit)
         size = sum(len(d) for _, d in files)
-        images = await off_loop_if_large(size, codecs.decode_pngs, files)
+        images = await plane.offload.run(Cost.DECODE, size, codecs.decode_pngs, files)
     elif ctype == NPY:
         raw = await request.body()
         claimed = codecs.npy_items(raw)
         if claimed is not None and claimed > limit:  # before reading the array
             check_count(claimed, "images", limit)
-        images = await off_loop_if_large(len(raw), codecs.decode_npy, raw)
+        images = await plane.offload.run(Cost.DECODE, len(raw), codecs.decode_npy, raw)
         check_count(len(images), "images", limit)
     else:
         raise UnsupportedMediaType(
@@ -205,7 +203,7 @@ async def locate(
         ),
         disconnect_waiter(request),
     )
-    headers = model_headers(answer)
+    headers = answered(request, answer)
     coords = answer.output(COORDS.name)
     if npy_out:
         return Response(codecs.encode_npy(coords), media_type=NPY, headers=headers)
@@ -222,5 +220,5 @@ async def locate(
 
 
 @router.get("/models", summary="Loaded model versions", response_model=ModelList)
-async def models(state: ServiceDep) -> Response:
-    return json_response({"models": state.plane().models()})
+async def models(plane: PlaneDep) -> Response:
+    return json_response({"models": plane.models()})

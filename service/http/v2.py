@@ -18,13 +18,15 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from service.dataplane.offload import Cost
+from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse, InputTensor
 from service.errors import BadRequest
-from service.http.deps import AuthDep, ServiceDep
+from service.http.deps import AuthDep, PlaneDep
 from service.http.responses import (
+    answered,
     disconnect_waiter,
     json_response,
-    model_headers,
     parse_json,
 )
 from service.http.schemas import V2Error, error_responses
@@ -54,54 +56,51 @@ async def live() -> Response:
 
 @health.head("/ready", include_in_schema=False)
 @health.get("/ready", summary="Server readiness")
-async def ready(state: ServiceDep) -> Response:
-    if not state.ready:
+async def ready(plane: PlaneDep) -> Response:
+    if not plane.ready():
         return json_response({"error": "models are not loaded"}, 503, {"Retry-After": "1"})
     return json_response({"ready": True})
 
 
 @guarded.get("", summary="Server metadata")
-async def server_metadata(state: ServiceDep) -> Response:
-    return json_response(state.dataplane.server_metadata())
+async def server_metadata(plane: PlaneDep) -> Response:
+    return json_response(plane.server_metadata())
 
 
 # Statistics extension (declared before /models/{name}, which would swallow "stats")
 
 
 @guarded.get("/models/stats", summary="Statistics of every model version")
-async def all_stats(state: ServiceDep) -> Response:
-    return json_response(await state.plane().model_statistics())
+async def all_stats(plane: PlaneDep) -> Response:
+    return json_response(await plane.model_statistics())
 
 
 @guarded.get("/models/{name}/stats", summary="Statistics of a model's versions")
-async def model_stats(state: ServiceDep, name: str = ModelName) -> Response:
-    return json_response(await state.plane().model_statistics(name))
+async def model_stats(plane: PlaneDep, name: str = ModelName) -> Response:
+    return json_response(await plane.model_statistics(name))
 
 
 @guarded.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
-async def version_stats(
-    state: ServiceDep, name: str = ModelName, version: str = Version
-) -> Response:
-    return json_response(await state.plane().model_statistics(name, version))
+async def version_stats(plane: PlaneDep, name: str = ModelName, version: str = Version) -> Response:
+    return json_response(await plane.model_statistics(name, version))
 
 
 # Metadata, readiness, configuration
 
 
 @guarded.get("/models/{name}", summary="Model metadata (every served version)")
-async def model_metadata(state: ServiceDep, name: str = ModelName) -> Response:
-    return json_response(state.plane().model_metadata(name))
+async def model_metadata(plane: PlaneDep, name: str = ModelName) -> Response:
+    return json_response(plane.model_metadata(name))
 
 
 @guarded.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
 async def version_metadata(
-    state: ServiceDep, name: str = ModelName, version: str = Version
+    plane: PlaneDep, name: str = ModelName, version: str = Version
 ) -> Response:
-    return json_response(state.plane().model_metadata(name, version))
+    return json_response(plane.model_metadata(name, version))
 
 
-async def _ready(state: Any, name: str, version: str | None) -> Response:
-    plane = state.plane()
+async def _ready(plane: DataPlane, name: str, version: str | None) -> Response:
     if plane.model_ready(name, version):
         return json_response({"name": name, "ready": True})
     plane.registry.get(name, version)  # 404 (unknown) or 503 (loading) with the usual message
@@ -109,27 +108,25 @@ async def _ready(state: Any, name: str, version: str | None) -> Response:
 
 
 @guarded.get("/models/{name}/ready", summary="Model readiness (any version)")
-async def model_ready(state: ServiceDep, name: str = ModelName) -> Response:
-    return await _ready(state, name, None)
+async def model_ready(plane: PlaneDep, name: str = ModelName) -> Response:
+    return await _ready(plane, name, None)
 
 
 @guarded.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
-async def version_ready(
-    state: ServiceDep, name: str = ModelName, version: str = Version
-) -> Response:
-    return await _ready(state, name, version)
+async def version_ready(plane: PlaneDep, name: str = ModelName, version: str = Version) -> Response:
+    return await _ready(plane, name, version)
 
 
 @guarded.get("/models/{name}/config", summary="Effective model configuration (Triton's JSON)")
-async def model_config(state: ServiceDep, name: str = ModelName) -> Response:
-    return json_response(state.plane().model_config(name))
+async def model_config(plane: PlaneDep, name: str = ModelName) -> Response:
+    return json_response(plane.model_config(name))
 
 
 @guarded.get("/models/{name}/versions/{version}/config", summary="Configuration (one version)")
 async def version_config(
-    state: ServiceDep, name: str = ModelName, version: str = Version
+    plane: PlaneDep, name: str = ModelName, version: str = Version
 ) -> Response:
-    return json_response(state.plane().model_config(name, version))
+    return json_response(plane.model_config(name, version))
 
 
 # Repository extension
@@ -153,29 +150,29 @@ def _parameters(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @guarded.post("/repository/index", summary="The models of the repository and their state")
-async def repository_index(request: Request, state: ServiceDep) -> Response:
+async def repository_index(request: Request, plane: PlaneDep) -> Response:
     body = await _json_object(request)
     ready_only = body.get("ready", False)
     if not isinstance(ready_only, bool):
         raise BadRequest("'ready' must be true or false")
-    return json_response(await state.plane().repository_index(ready_only))
+    return json_response(await plane.repository_index(ready_only))
 
 
 @guarded.post("/repository/models/{name:path}/load", summary="Load or reload a model")
-async def repository_load(request: Request, state: ServiceDep, name: str = ModelName) -> Response:
+async def repository_load(request: Request, plane: PlaneDep, name: str = ModelName) -> Response:
     body = await _json_object(request)
-    await state.plane().load(name, _parameters(body))
+    await plane.load(name, _parameters(body))
     return json_response({})
 
 
 @guarded.post("/repository/models/{name:path}/unload", summary="Unload a model (drains it first)")
-async def repository_unload(request: Request, state: ServiceDep, name: str = ModelName) -> Response:
+async def repository_unload(request: Request, plane: PlaneDep, name: str = ModelName) -> Response:
     body = await _json_object(request)
     params = _parameters(body)
     unknown = sorted(set(params) - {"unload_dependents"})
     if unknown:
         raise BadRequest(f"unknown unload parameter(s) {unknown}")
-    await state.plane().unload(name)
+    await plane.unload(name)
     return json_response({})
 
 
@@ -217,8 +214,8 @@ INFER_DOC: dict[str, Any] = {
 
 
 @guarded.post("/models/{name}/infer", summary="Inference", openapi_extra=INFER_DOC)
-async def infer(request: Request, state: ServiceDep, name: str = ModelName) -> Response:
-    return await _infer(request, state, name, None)
+async def infer(request: Request, plane: PlaneDep, name: str = ModelName) -> Response:
+    return await _infer(request, plane, name, None)
 
 
 @guarded.post(
@@ -227,9 +224,9 @@ async def infer(request: Request, state: ServiceDep, name: str = ModelName) -> R
     openapi_extra=INFER_DOC,
 )
 async def infer_version(
-    request: Request, state: ServiceDep, name: str = ModelName, version: str = Version
+    request: Request, plane: PlaneDep, name: str = ModelName, version: str = Version
 ) -> Response:
-    return await _infer(request, state, name, version)
+    return await _infer(request, plane, name, version)
 
 
 def _bool(value: Any, what: str) -> bool:
@@ -256,29 +253,39 @@ def _numbers(data: Any) -> Any:
     return arr if arr.dtype.kind in "iuf" else data
 
 
-def decode_infer(
-    body: bytes, header_length: str | None, name: str, version: str | None
-) -> tuple[InferRequest, dict[str, bool]]:
-    """A V2 HTTP infer body -> the data plane's request, and whether each output goes binary."""
-    binary = b""
-    if header_length is not None:
-        n = len(header_length)
-        if not (header_length.isascii() and header_length.isdigit()) or n > 12:
-            raise BadRequest(f"{HEADER_LENGTH} {header_length[:20]!r} is not a length in bytes")
-        length = int(header_length)
-        if length > len(body):
-            raise BadRequest(f"{HEADER_LENGTH} {length} is not a length within the body")
-        body, binary = body[:length], body[length:]
-    header = parse_json(body)
+# An input's binary data: (index of the input, first byte, byte count) after the JSON header.
+BinaryRange = tuple[int, int, int]
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """A V2 infer body -> its JSON header and the binary tensor data after it (a view)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if not (header_length.isascii() and header_length.isdigit()) or len(header_length) > 12:
+        raise BadRequest(f"{HEADER_LENGTH} {header_length[:20]!r} is not a length in bytes")
+    length = int(header_length)
+    if length > len(body):
+        raise BadRequest(f"{HEADER_LENGTH} {length} is not a length within the body")
+    return body[:length], memoryview(body)[length:]
+
+
+def decode_header(
+    header_bytes: bytes, binary_size: int, name: str, version: str | None
+) -> tuple[InferRequest, dict[str, bool], list[BinaryRange]]:
+    """A V2 infer request's JSON header -> the data plane's request (inputs sent as `data` are
+    numpy arrays by now), whether each output goes binary, and where each binary input lies in
+    the `binary_size` bytes that follow the header. Plain, picklable values only: this may run in
+    a parsing process (service/dataplane/offload.py)."""
+    header = parse_json(header_bytes)
     if not isinstance(header, dict):
         raise BadRequest("the inference request must be a JSON object")
     specs = header.get("inputs")
     if not isinstance(specs, list) or not specs:
         raise BadRequest("'inputs' must be a non-empty list")
     inputs: list[InputTensor] = []
+    ranges: list[BinaryRange] = []
     offset = 0
-    view = memoryview(binary)
-    for spec in specs:
+    for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise BadRequest("each input must be an object")
         params = _object(spec.get("parameters"), "input parameters")
@@ -291,19 +298,19 @@ def decode_infer(
                 raise BadRequest(f"input {t.name!r} has both 'data' and binary_data_size")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadRequest(f"input {t.name!r}: binary_data_size must be a byte count")
-            if offset + size > len(binary):
+            if offset + size > binary_size:
                 raise BadRequest(
                     f"input {t.name!r}: binary_data_size {size} but "
-                    f"{len(binary) - offset} bytes follow the JSON header"
+                    f"{binary_size - offset} bytes follow the JSON header"
                 )
-            t.raw = view[offset : offset + size]
+            ranges.append((i, offset, size))
             offset += size
         elif "data" in spec:
             t.data = _numbers(spec["data"])
         inputs.append(t)
-    if offset != len(binary):
+    if offset != binary_size:
         raise BadRequest(
-            f"{len(binary) - offset} bytes follow the JSON header that no input's "
+            f"{binary_size - offset} bytes follow the JSON header that no input's "
             "binary_data_size accounts for"
         )
     default_binary = _bool(
@@ -336,11 +343,12 @@ def decode_infer(
         outputs=names,
     )
     binary_out["*"] = default_binary
-    return req, binary_out
+    return req, binary_out, ranges
 
 
-def encode_infer(answer: InferResponse, binary_out: dict[str, bool]) -> Response:
-    headers = model_headers(answer)
+def encode_infer(
+    answer: InferResponse, binary_out: dict[str, bool], headers: dict[str, str]
+) -> Response:
     response: dict[str, Any] = {
         "model_name": answer.model_name,
         "model_version": answer.model_version,
@@ -368,12 +376,15 @@ def encode_infer(answer: InferResponse, binary_out: dict[str, bool]) -> Response
     )
 
 
-async def _infer(request: Request, state: Any, name: str, version: str | None) -> Response:
-    plane = state.plane()
+async def _infer(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
     plane.resolve(name, version, None)  # an unknown model or version is a 404 before decoding
-    raw = await request.body()
-    req, binary_out = await state.parser.run(
-        len(raw), decode_infer, raw, request.headers.get(HEADER_LENGTH), name, version
+    body = await request.body()
+    header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+    # Only the JSON header is parsed; binary tensors stay views of the body.
+    req, binary_out, ranges = await plane.offload.run(
+        Cost.PARSE, len(header), decode_header, header, len(binary), name, version
     )
+    for i, start, size in ranges:
+        req.inputs[i].raw = binary[start : start + size]
     answer = await plane.infer(req, disconnect_waiter(request))
-    return encode_infer(answer, binary_out)
+    return encode_infer(answer, binary_out, answered(request, answer))

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ClientClosedRequest, ServiceError, Unavailable
+from service.errors import ClientClosedRequest, InferenceFailed, Unavailable
 from service.metrics import Metrics
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
@@ -41,10 +41,6 @@ Outputs = tuple[np.ndarray, ...]
 Disconnected = Callable[[], Coroutine[Any, Any, None]]
 Part = tuple["_Job", int, int]  # rows [start, stop) of a job
 WATCH_AFTER_S = 0.05
-
-
-class InferenceFailed(ServiceError):
-    status_code = 500
 
 
 @dataclass(eq=False)

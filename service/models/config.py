@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -21,7 +21,8 @@ from coordconv.contract import BACKEND, PLATFORM, SIGNATURES, Tensor
 from service.errors import ModelError
 from service.settings import Settings
 
-ModelConfig = mc.ModelConfig
+ModelConfig: TypeAlias = mc.ModelConfig  # Triton's generated protobuf message
+ConfigTensor: TypeAlias = mc.ModelInput | mc.ModelOutput
 CONFIG_FILE = "config.pbtxt"
 TYPE_FP32 = mc.DataType.Value("TYPE_FP32")
 
@@ -49,7 +50,7 @@ class Scheduling:
     instances: int  # onnxruntime calls of this model that may run at once
 
 
-def parse_text(text: str, where: str) -> Any:
+def parse_text(text: str, where: str) -> ModelConfig:
     config = ModelConfig()
     try:
         text_format.Parse(text, config)
@@ -58,7 +59,7 @@ def parse_text(text: str, where: str) -> Any:
     return config
 
 
-def parse_json(text: str, where: str) -> Any:
+def parse_json(text: str, where: str) -> ModelConfig:
     """A config given as JSON (the `config` parameter of a repository load request)."""
     config = ModelConfig()
     try:
@@ -68,7 +69,7 @@ def parse_json(text: str, where: str) -> Any:
     return config
 
 
-def read(model_dir: Path, strict: bool) -> Any | None:
+def read(model_dir: Path, strict: bool) -> ModelConfig | None:
     """The model's config.pbtxt, parsed; None when it is missing and `strict` is off."""
     path = model_dir / CONFIG_FILE
     try:
@@ -85,7 +86,7 @@ def read(model_dir: Path, strict: bool) -> Any | None:
     return parse_text(text, f"model {model_dir.name}: {CONFIG_FILE}")
 
 
-def from_graph(name: str, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> Any:
+def from_graph(name: str, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> ModelConfig:
     """A config derived from the graph, for a model without config.pbtxt (not strict)."""
     config = ModelConfig(name=name, platform=PLATFORM, backend=BACKEND)
     for src, dst in ((inputs, config.input), (outputs, config.output)):
@@ -101,13 +102,13 @@ def from_graph(name: str, inputs: list[GraphTensor], outputs: list[GraphTensor])
     return config
 
 
-def _dims(entry: Any) -> tuple[int, ...]:
+def _dims(entry: ConfigTensor) -> tuple[int, ...]:
     """A config tensor's dims per item, after its reshape (Triton's [1] -> [] for scalars)."""
     return tuple(entry.reshape.shape) if entry.HasField("reshape") else tuple(entry.dims)
 
 
 def verify(
-    config: Any,
+    config: ModelConfig,
     name: str,
     task: str,
     inputs: list[GraphTensor],
@@ -173,7 +174,7 @@ def verify(
         raise ModelError(f"{where}: a {task!r} model must have the output(s) {missing}")
 
 
-def complete(config: Any, name: str, settings: Settings) -> Any:
+def complete(config: ModelConfig, name: str, settings: Settings) -> ModelConfig:
     """The effective config: a copy with the service's settings where the file is silent."""
     out = ModelConfig()
     out.CopyFrom(config)
@@ -199,16 +200,7 @@ def complete(config: Any, name: str, settings: Settings) -> Any:
     return out
 
 
-def without_scheduling(text: str) -> str:
-    """A config text with `max_batch_size` and `dynamic_batching` removed, so the service's
-    settings decide them (benchmarks and tests switch batching off this way)."""
-    config = parse_text(text, "config")
-    config.max_batch_size = 0
-    config.ClearField("dynamic_batching")
-    return str(text_format.MessageToString(config))
-
-
-def scheduling(config: Any, where: str) -> Scheduling:
+def scheduling(config: ModelConfig, where: str) -> Scheduling:
     """The batcher's parameters from an effective config; refuses values that cannot work."""
     db = config.dynamic_batching
     policy = db.default_queue_policy
@@ -230,7 +222,7 @@ def scheduling(config: Any, where: str) -> Scheduling:
     )
 
 
-def select_versions(config: Any, available: list[int]) -> list[int]:
+def select_versions(config: ModelConfig, available: list[int]) -> list[int]:
     """The versions `version_policy` serves out of those on disk, ascending."""
     policy = config.version_policy
     which = policy.WhichOneof("policy_choice")
@@ -268,7 +260,7 @@ def _single_json(field: Any, value: Any) -> Any:
     return value
 
 
-def tensors_of(config: Any, kind: str) -> list[Tensor]:
+def tensors_of(config: ModelConfig, kind: str) -> list[Tensor]:
     """The config's inputs or outputs as contract tensors (per-item dims)."""
     entries = config.input if kind == "input" else config.output
     return [Tensor(e.name, _dims(e)) for e in entries]

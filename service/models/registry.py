@@ -72,7 +72,7 @@ class ModelRegistry:
         self.versions: dict[str, dict[str, ModelVersion]] = {}
         self.loading: set[str] = set()
         self.failed: dict[str, str] = {}  # name -> why its last load failed
-        self.overrides: dict[str, Any] = {}  # name -> config given with a load request
+        self.overrides: dict[str, model_config.ModelConfig] = {}  # name -> config given with a load request
         self.requested: set[str] = set()  # models asked for at start: readiness waits for them
         self.providers: list[str] = []
         self.provider_problem: str | None = None
@@ -191,6 +191,16 @@ class ModelRegistry:
         self.get(name)  # 404 or 503 with the usual message
         return self._sorted(name)
 
+    def statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
+        """This process's `model_stats` entries (Triton's statistics extension)."""
+        if name is None:
+            chosen = self.all_versions()
+        elif version is None:
+            chosen = self.all_versions(name)
+        else:
+            chosen = [self.get(name, version)]
+        return [m.stats.as_dict() for m in chosen]
+
     def _sorted(self, name: str) -> list[ModelVersion]:
         vs = self.versions.get(name, {})
         return [vs[v] for v in sorted(vs, key=int)]
@@ -204,7 +214,9 @@ class ModelRegistry:
                 "control mode; start with --model-control-mode explicit"
             )
 
-    async def load(self, name: str, config: Any | None = None, *, at_start: bool = False) -> None:
+    async def load(
+        self, name: str, config: model_config.ModelConfig | None = None, *, at_start: bool = False
+    ) -> None:
         """(Re)load model `name` as the repository and its config say: new versions and changed
         files are loaded and warmed while the current ones serve, then the routing switches.
         Raises ModelError (the serving set unchanged), NotFound, BadRequest."""

@@ -1,12 +1,13 @@
 """One model version, served: its onnxruntime session, its batcher and its threads, with an
 explicit lifecycle
 
-    LOADING -> VERIFYING -> WARMING -> READY -> DRAINING -> CLOSED      (or FAILED)
+    WARMING -> READY -> DRAINING -> CLOSED
 
-`open_version` does the blocking part (load, verify against the config and the task's contract,
-warm up) in a worker thread; `start` puts the batcher on the event loop; `drain` waits until no
-request holds the version any more, then closes it. Requests hold a version between `acquire`
-and `release`, so a version that is unloaded or replaced finishes everything it accepted.
+`open_version` does the blocking part in a worker thread: load the ONNX file, verify it against
+its config and the task's contract (a failure raises ModelError and nothing is kept), warm it
+up; `start` puts the batcher on the event loop and the version takes traffic; `drain` waits
+until no request holds the version any more (`hold`), then closes it, so a version that is
+unloaded or replaced finishes everything it accepted.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from service.models import config as model_config
 from service.models.batcher import Batcher, Disconnected, Outputs
 from service.errors import ModelError
 from service.metrics import Metrics
-from service.models.config import GraphTensor, Scheduling
+from service.models.config import GraphTensor, ModelConfig, Scheduling
 from service.settings import Settings
 from service.models.statistics import ModelStats
 
@@ -55,13 +56,10 @@ PROVIDERS = {
 
 
 class State(enum.Enum):
-    LOADING = "LOADING"
-    VERIFYING = "VERIFYING"
-    WARMING = "WARMING"
-    READY = "READY"
-    DRAINING = "DRAINING"
+    WARMING = "WARMING"  # opened and verified, running its warm-up (not routed to yet)
+    READY = "READY"  # routed to
+    DRAINING = "DRAINING"  # unrouted; finishing what it accepted
     CLOSED = "CLOSED"
-    FAILED = "FAILED"
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
@@ -88,7 +86,7 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _graph(values: list[Any]) -> list[GraphTensor]:
+def _graph(values: list[ort.NodeArg]) -> list[GraphTensor]:
     return [GraphTensor(v.name, v.type, tuple(v.shape)) for v in values]
 
 
@@ -99,7 +97,7 @@ class ModelVersion:
     task: str
     path: Path
     sha256: str
-    config: Any  # the effective ModelConfig
+    config: ModelConfig  # the effective config
     scheduling: Scheduling
     session: ort.InferenceSession
     inputs: list[Tensor]
@@ -108,7 +106,7 @@ class ModelVersion:
     metadata: dict[str, str]
     stats: ModelStats
     fingerprint: tuple[object, ...] = ()
-    state: State = State.LOADING
+    state: State = State.WARMING
     executor: ThreadPoolExecutor | None = None
     batcher: Batcher | None = None
     holders: int = 0  # requests that hold this version (acquire/release)
@@ -229,7 +227,7 @@ def open_version(
     name: str,
     version: int,
     path: Path,
-    config: Any | None,
+    config: ModelConfig | None,
     settings: Settings,
     providers: list[str],
     fingerprint: tuple[object, ...] = (),

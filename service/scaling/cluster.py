@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,6 @@ class Cluster:
     def __init__(self, info: WorkerInfo, registry: ModelRegistry) -> None:
         self.info = info
         self.registry = registry
-        self.local_stats: Callable[[str | None, str | None], list[dict[str, Any]]] | None = None
         self.applied = 0
         self.results: dict[int, dict[str, Any] | None] = {}  # seq -> error (status, message)
         self._offset = 0
@@ -96,6 +94,10 @@ class Cluster:
         self._server: asyncio.AbstractServer | None = None
         self._follow: asyncio.Task[None] | None = None
         self._parent = os.getppid()
+
+    @property
+    def index(self) -> int:
+        return self.info.index
 
     async def start(self) -> None:
         """Replay the control log (what the siblings were told before this worker started),
@@ -219,9 +221,9 @@ class Cluster:
             if message["op"] == "sync":
                 await self.catch_up()
                 reply = {"error": self.results.get(message["seq"])}
-            elif message["op"] == "stats" and self.local_stats is not None:
+            elif message["op"] == "stats":
                 try:
-                    reply = {"stats": self.local_stats(message["name"], message["version"])}
+                    reply = {"stats": self.registry.statistics(message["name"], message["version"])}
                 except ServiceError:
                     reply = {"stats": []}
             else:

@@ -2,8 +2,9 @@
 
 The supervisor binds the HTTP socket once and hands it to every worker (the kernel gives each
 new connection to a worker that is waiting in accept); gRPC workers share their port with
-SO_REUSEPORT. Each worker is a whole server (`cli.serve`) with its own onnxruntime sessions and
-batchers; service/cluster.py keeps model control, statistics and /metrics the same across them.
+SO_REUSEPORT. Each worker is a whole server (service/server.py) with its own onnxruntime sessions
+and batchers; service/scaling/cluster.py keeps model control, statistics and /metrics the same
+across them.
 
 - Start-up: worker 0 starts first, so a bad repository is one line and exit 1 as with one
   process; the others start once it serves.
@@ -58,7 +59,8 @@ def worker_settings(settings: Settings, cores: int) -> dict[str, Any]:
 
 def _worker(data: dict[str, Any], sock: socket.socket, info: WorkerInfo) -> None:
     """A worker process's entry point (spawned: a fresh interpreter)."""
-    from service.cli import configure_logging, serve
+    from service.logs import configure_logging
+    from service.server import serve
 
     settings = Settings(**data)
     configure_logging(settings.log_level, settings.log_format, worker=info.index)

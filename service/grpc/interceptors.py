@@ -1,0 +1,167 @@
+"""What every Open Inference Protocol RPC gets on the way in and out, as one server interceptor
+(as MLServer wraps its servicer): the API key (the rule of service/dataplane/auth.py, read from
+`authorization` metadata), typed errors as status codes, and metrics with one log line. The
+servicer (service/grpc/servicer.py) only adapts messages to the data plane.
+
+Each method's handler is wrapped once and cached: the per-call cost is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from service.dataplane.auth import check_bearer
+from service.errors import ServiceError
+from service.metrics import Metrics
+
+log = logging.getLogger("coordconv.grpc")
+SERVICE = "inference.GRPCInferenceService"
+OPEN = frozenset({"ServerLive", "ServerReady"})  # probes: never authenticated
+
+# One status code per typed error's HTTP status (the same errors HTTP answers with).
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    406: grpc.StatusCode.INVALID_ARGUMENT,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Stream = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+def authorization(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            return value
+    return ""
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: ServiceError) -> None:
+    """A typed error as its status code, message and `retry-after` trailing entry (raises)."""
+    if exc.headers and "Retry-After" in exc.headers:
+        context.set_trailing_metadata((("retry-after", exc.headers["Retry-After"]),))
+    await context.abort(CODES.get(exc.status_code, grpc.StatusCode.INTERNAL), exc.message)
+
+
+class FrontDoor(grpc.aio.ServerInterceptor):
+    def __init__(self, api_key: str | None, metrics: Metrics) -> None:
+        self.api_key = api_key
+        self.metrics = metrics
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        service, _, name = method.lstrip("/").partition("/")
+        if handler is None or service != SERVICE:  # health, reflection: as they are
+            return handler
+        auth = name not in OPEN
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._unary(name, handler.unary_unary, auth),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                self._stream(handler.stream_stream, auth),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        self._handlers[method] = wrapped
+        return wrapped
+
+    def _check(self, context: grpc.aio.ServicerContext, auth: bool) -> None:
+        if auth and self.api_key is not None:  # no metadata to read without a key
+            check_bearer(self.api_key, authorization(context))
+
+    def _unary(self, name: str, behavior: Unary, auth: bool) -> Unary:
+        route = f"/{SERVICE}/{name}"
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            model = version = ""
+            try:
+                self._check(context, auth)
+                response = await behavior(request, context)
+                model = getattr(response, "model_name", "")
+                version = getattr(response, "model_version", "")
+                return response
+            except ServiceError as exc:
+                code = CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
+                await abort(context, exc)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s", name)
+                await context.abort(code, "internal server error (logged)")
+            finally:
+                self._observe(route, name, code, model, version, time.perf_counter() - start)
+
+        return call
+
+    def _stream(self, behavior: Stream, auth: bool) -> Stream:
+        async def call(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            try:
+                self._check(context, auth)
+            except ServiceError as exc:
+                await abort(context, exc)
+            async for response in behavior(requests, context):
+                yield response
+
+        return call
+
+    def _observe(
+        self,
+        route: str,
+        name: str,
+        code: grpc.StatusCode,
+        model: str,
+        version: str,
+        elapsed: float,
+    ) -> None:
+        m = self.metrics
+        m.requests.labels(
+            route=route, model=model, version=version, status=code.name, protocol="grpc"
+        ).inc()
+        m.request_duration.labels(
+            route=route, model=model, version=version, protocol="grpc"
+        ).observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "gRPC %s %s %.1fms",
+                name,
+                code.name,
+                elapsed * 1000,
+                extra={
+                    "path": route,
+                    "status": code.name,
+                    "model": model,
+                    "version": version,
+                    "protocol": "grpc",
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
