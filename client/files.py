@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from coordconv.contract import CANVAS
+from coordconv.png import encode_png
 
 # An item's id names a file (<id>.png): at most this many bytes, as most file systems allow.
 MAX_ID_BYTES = 200
@@ -179,13 +180,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    pixels = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 JOB_FILE = "job.json"
 
 
@@ -232,7 +226,7 @@ class PngDir:
 
     def write(self, idx: np.ndarray, names: list[str], result: np.ndarray) -> None:
         for i, image in zip(idx.tolist(), result, strict=True):
-            atomic_write(self.path / f"{names[i]}.png", png_bytes(image))
+            atomic_write(self.path / f"{names[i]}.png", encode_png(image))
 
     def finish(self, names: list[str]) -> None:
         pass

@@ -31,6 +31,8 @@ from coordconv import contract
 from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
 from training import data
 from training.nets import CoordNet, LocateWithConfidence, NearestCentre, RefinedLocate, Task
+from training.onnx_weights import weights_from_onnx
+from training.train import load_run
 
 OPSET = 18
 IR_VERSION = 9  # the IR of opset 18 (onnx 1.13): loadable by onnxruntime >= 1.14
@@ -233,8 +235,6 @@ def export_run(
     verified against PyTorch, and only then renamed into place; config.pbtxt is replaced by a
     rename too. A failed export leaves the repository as it
     was."""
-    from training.train import load_run
-
     if not MODEL_NAME_RE.match(name):
         raise ExportError(f"invalid model name {name!r}: use letters, digits, - _ .")
     model, cfg, run_metrics = load_run(run_dir)
@@ -316,20 +316,6 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-def weights_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
-    """The PyTorch state dict of a model this module exported (its initializers carry the
-    parameter names, under `model.`)."""
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(path))
-    return {
-        i.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(i).copy())
-        for i in proto.graph.initializer
-        if i.name.startswith("model.")
-    }
-
-
 def add_confidence(path: str | Path) -> dict[str, Any]:
     """Give an exported CoordConv locate model (version 1: the paper's quadrant-split model) the
     `confidence` output of the full-canvas models, in place, weights and metadata unchanged.
@@ -385,7 +371,6 @@ def export_painted_render(
     painter (`PaintedPixel`), rounding real points to their nearest centre; verified like any
     export, and published the same way (a complete version directory renamed into place)."""
     from training.nets import PaintedPixel
-    from training.train import load_run
 
     net, cfg, run_metrics = load_run(pixel_run)
     if cfg.task != "pixel" or cfg.split != "full":

@@ -31,6 +31,7 @@ from training.nets import (
     build,
     count_parameters,
 )
+from training.onnx_weights import weights_from_onnx
 
 # Per (task, arch): epochs, learning rate, minibatch, L2. CoordConv follows the paper (Adam,
 # minibatch 16, lr 0.005, betas 0.9/0.99, constant rate) with epochs cut to what reaches the goal
@@ -361,8 +362,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width)
     if cfg.init_onnx:
-        from training.export import weights_from_onnx
-
         model.load_state_dict(weights_from_onnx(cfg.init_onnx))
     # Channels-last: the small convolutions train 1.3-1.9x faster on a CPU (measured).
     model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]

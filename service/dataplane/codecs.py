@@ -19,6 +19,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from coordconv.contract import CANVAS
+from coordconv.png import encode_png  # re-exported: the one encoder, shared with the client
 from service.errors import BadRequest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -29,21 +30,8 @@ Image.MAX_IMAGE_PIXELS = 4096 * 4096
 F32 = npt.NDArray[np.float32]
 
 
-def encode_png(image: npt.NDArray[np.floating[Any]], scale_to_max: bool = False) -> bytes:
-    """An image of values in [0, 1] as an 8-bit grayscale PNG (255 = 1.0).
-
-    With scale_to_max the brightest pixel becomes 255 (for softmax heatmaps)."""
-    img = np.asarray(image, dtype=np.float32)
-    if scale_to_max:
-        peak = float(img.max())
-        img = img / peak if peak > 0 else img
-    pixels = np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def encode_png_b64(image: npt.NDArray[np.floating[Any]], scale_to_max: bool = False) -> str:
+    """`encode_png` as base64 text, for JSON answers."""
     return base64.b64encode(encode_png(image, scale_to_max)).decode("ascii")
 
 
