@@ -7,11 +7,13 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest docker-test browser perf-analyzer models reproduce bench bench-peers compare profile soak clean help
+.PHONY: run test test-fast lint typecheck pytest docker-test browser perf-analyzer models reproduce bench bench-peers compare profile soak clean help
 
 help:
 	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
 	@echo "make test       install everything and run ruff, mypy and pytest"
+	@echo "make test-fast  the inner loop: ruff, mypy, the architecture checks and the service"
+	@echo "                against real servers (under 2 minutes on 2 cores)"
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
@@ -78,6 +80,14 @@ docker-test: $(VENV)/.all
 	$(BIN)/python -m pytest -q -s -m docker tests/test_docker.py
 
 test: lint typecheck pytest
+
+# The inner loop: lint, types, the shape checks, codecs and the protocols against real servers
+# (HTTP, gRPC, both dispatches, every decoding placement). `make test` before you push.
+FAST_TESTS := tests/test_architecture.py tests/test_codecs.py tests/test_service_api.py \
+	tests/test_v2.py tests/test_grpc.py tests/test_service_errors.py tests/test_dispatch.py \
+	tests/test_offload.py
+test-fast: lint typecheck
+	$(BIN)/python -m pytest -q $(FAST_TESTS)
 
 models: $(VENV)/.all
 	$(BIN)/coordconv models --repo models

@@ -311,11 +311,6 @@ def export_run(
     }
 
 
-def _fresh_dir(path: Path) -> Path:
-    path.mkdir()
-    return path
-
-
 def add_confidence(path: str | Path) -> dict[str, Any]:
     """Give an exported CoordConv locate model (version 1: the paper's quadrant-split model) the
     `confidence` output of the full-canvas models, in place, weights and metadata unchanged.

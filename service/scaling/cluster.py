@@ -87,7 +87,6 @@ class Cluster:
     def __init__(self, info: WorkerInfo, registry: ModelRegistry) -> None:
         self.info = info
         self.registry = registry
-        self.applied = 0
         self.results: dict[int, dict[str, Any] | None] = {}  # seq -> error (status, message)
         self._offset = 0
         self._lock = asyncio.Lock()
@@ -144,7 +143,6 @@ class Cluster:
             )
             for entry in entries:
                 self.results[entry["seq"]] = await self._apply(entry)
-                self.applied = entry["seq"]
 
     async def _apply(self, entry: dict[str, Any]) -> dict[str, Any] | None:
         name = entry["name"]
