@@ -64,8 +64,11 @@ class LiveServer:
             await self.server.start()
             await self.server.serve()
 
+        # The loop production runs on (uvloop, through uvicorn's loop factory).
+        factory = self.server.http.config.get_loop_factory()
         try:
-            asyncio.run(main())
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(main())
         except BaseException as exc:  # the test that started it reports it
             self.failure = exc
 

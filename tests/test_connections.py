@@ -1,12 +1,15 @@
 """Connection-level hardening with real sockets against a real server: idle, slow-header and
 slow-body connections time out; a huge header is 431; health routes are never refused for
 capacity; a connection cap evicts idle connections first; clients that do not read their
-answers are cut off; large bodies do not stall the event loop."""
+answers are cut off; large bodies do not stall the event loop; a client that hangs up on
+pipelined requests costs one log line at most."""
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import live_server
+from tests.conftest import LiveServer, live_server
 from training import data
 
 
@@ -227,11 +230,15 @@ def test_every_kind_of_answer_arrives_whole_through_the_one_write_path(quick) ->
 
 
 def test_a_held_head_is_written_before_the_connection_closes() -> None:
-    from service.http.connections import _HeadWithBody
+    from service.http.coalesce import HeadWithBody
 
     class Transport:
         def __init__(self) -> None:
             self.calls: list[tuple[str, bytes]] = []
+            self.closing = False
+
+        def is_closing(self) -> bool:
+            return self.closing
 
         def write(self, data: bytes) -> None:
             self.calls.append(("write", data))
@@ -241,21 +248,128 @@ def test_a_held_head_is_written_before_the_connection_closes() -> None:
 
         def close(self) -> None:
             self.calls.append(("close", b""))
+            self.closing = True
 
     head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
     t = Transport()
-    w = _HeadWithBody(t, "POST")  # type: ignore[arg-type]
+    w = HeadWithBody(t, "POST")  # type: ignore[arg-type]
     w.write(head)
     assert t.calls == []
     w.write(b"ok")
     assert t.calls == [("writev", head + b"|ok")]
     t = Transport()
-    w = _HeadWithBody(t, "POST")  # type: ignore[arg-type]
+    w = HeadWithBody(t, "POST")  # type: ignore[arg-type]
     w.write(head)
     w.close()  # e.g. the app failed after starting its answer
     assert t.calls == [("write", head), ("close", b"")]
     t = Transport()
     chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-    w = _HeadWithBody(t, "GET")  # type: ignore[arg-type]
+    w = HeadWithBody(t, "GET")  # type: ignore[arg-type]
     w.write(chunked)  # a stream's head goes out at once: its body may be slow
     assert t.calls == [("write", chunked)]
+    t = Transport()
+    w = HeadWithBody(t, "POST")  # type: ignore[arg-type]
+    w.write(head)
+    t.closing = True  # the client went away while the body was being made
+    w.write(b"ok")
+    w.close()
+    assert t.calls == [("close", b"")]  # nothing written to a closing transport
+
+
+@contextmanager
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """Every record any logger emits meanwhile, DEBUG included."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root = logging.getLogger()
+    handler, level = Keep(logging.DEBUG), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def render_request(coords: int = 8) -> bytes:
+    body = json.dumps({"coords": [[10, 20]] * coords, "format": "array"}).encode()
+    return (
+        b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+def read_answers(s: socket.socket, n: int) -> list[int]:
+    """The statuses of the next n answers (each with a Content-Length) on s."""
+    s.settimeout(10)
+    raw = b""
+    statuses: list[int] = []
+    while len(statuses) < n:
+        while b"\r\n\r\n" not in raw:
+            chunk = s.recv(65536)
+            assert chunk, f"closed after {len(statuses)} answers"
+            raw += chunk
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(raw) < length:
+            chunk = s.recv(65536)
+            assert chunk, f"closed in answer {len(statuses) + 1}"
+            raw += chunk
+        statuses.append(int(head.split(b" ", 2)[1]))
+        raw = raw[length:]
+    return statuses
+
+
+@pytest.fixture(scope="module")
+def on_uvloop() -> Iterator[LiveServer]:
+    """A server on uvloop, the loop `coordconv serve` runs (uvicorn's loop "auto", which every
+    LiveServer uses): there a write to a closed transport raises RuntimeError, where asyncio's
+    transports drop it."""
+    pytest.importorskip("uvloop")
+    with live_server() as live:
+        yield live
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reset"),
+    [
+        pytest.param(render_request(), False, id="render-fin"),
+        pytest.param(render_request(), True, id="render-rst"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", True, id="health-rst"),
+    ],
+)
+def test_a_client_that_hangs_up_on_pipelined_requests_costs_one_line_at_most(
+    on_uvloop: LiveServer, request_bytes: bytes, reset: bool
+) -> None:
+    """uvicorn tells only the last pipelined request of a hang-up: the one running wrote to the
+    closed transport, and uvloop's RuntimeError cost two tracebacks (60 lines) per connection."""
+    with logged() as records:
+        s = connect(on_uvloop.port)
+        peer = "{}:{}".format(*s.getsockname())
+        s.sendall(request_bytes * 40)
+        time.sleep(0.02)  # the server has them and is answering the first
+        if reset:  # close with an RST instead of a FIN
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not any(peer in r.getMessage() for r in records):
+            time.sleep(0.05)
+        time.sleep(0.5)  # the request that was running has finished
+    texts = [r.getMessage() + (r.exc_text or "") + (r.stack_info or "") for r in records]
+    assert not [r.getMessage() for r in records if r.exc_info], "a traceback was logged"
+    assert not [t for t in texts if "Traceback" in t]
+    assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    mentions = [r for r in records if peer in r.getMessage()]
+    assert len(mentions) <= 1, [r.getMessage() for r in mentions]
+    assert all(r.levelno <= logging.INFO for r in mentions)
+    # The server still answers: a new client, and one that pipelines and reads its answers.
+    r = httpx.post(on_uvloop.url + "/v1/render", json={"coords": [[10, 20]]}, timeout=10)
+    assert r.status_code == 200
+    with connect(on_uvloop.port) as s:
+        s.sendall(request_bytes * 5)
+        assert read_answers(s, 5) == [200] * 5

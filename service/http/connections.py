@@ -12,11 +12,18 @@ cannot see: what an idle, slow or hostile client does before its request reaches
 - Send timeout: a client that does not read its answer for SEND_TIMEOUT_S is cut off, which frees
   the buffered response (clients that never read cannot grow the memory).
 - Connection limit: at MAX_CONNECTIONS the longest-idle keep-alive connection is closed to make
-  room; only when none is idle is the new connection answered 503 + Retry-After. Idle keep-alive
-  connections are closed after KEEPALIVE_TIMEOUT_S (uvicorn's own timer).
+  room (idle: between requests, with nothing received of the next one, nor waiting unread in
+  the kernel); only when none is idle is the new connection answered 503 + Retry-After. Idle
+  keep-alive connections are closed after KEEPALIVE_TIMEOUT_S (uvicorn's own timer).
+- Hang-ups: a client that goes away with answers pending (pipelined requests, or one still
+  being computed) costs one DEBUG line. Every unfinished request on the connection is told it
+  is disconnected (uvicorn tells only the last one parsed, so a pipelined request still running
+  wrote to the closed transport, and uvloop raised: two tracebacks per connection).
 
-Each response's head goes out with the start of its body in one writev (uvicorn writes them
-apart: two sends per request were the largest cost left on the event loop).
+The write coalescing (a response's head and the start of its body in one writev) is a separate
+concern, in service/http/coalesce.py; `protocol_class` composes both into the class uvicorn is
+given. Both subclass uvicorn's private HttpToolsProtocol: pyproject.toml pins uvicorn to the
+releases they are tested against.
 
 Requests are not limited here (uvicorn's `limit_concurrency` counts connections and answers a
 bare text 503 on every route, health included): the app's middleware limits requests in flight,
@@ -25,14 +32,17 @@ never refusing health routes.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from service.http.coalesce import CoalescingWrites
 from service.settings import Settings
 
 log = logging.getLogger("coordconv.http")
@@ -56,41 +66,6 @@ def _raw_response(status: int, message: str, retry_after: int | None = None) -> 
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-class _HeadWithBody:
-    """One response's transport: holds a head that announces a Content-Length until the body's
-    first write, then writes both at once. Interim (1xx) and chunked heads go out at once."""
-
-    __slots__ = ("_head", "_started", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, method: str) -> None:
-        self._transport = transport
-        self._head: bytes | None = None
-        self._started = method == "HEAD"  # a HEAD answer has no body to wait for
-
-    def write(self, data: bytes) -> None:
-        head = self._head
-        if head is not None:
-            self._head = None
-            self._transport.writelines((head, data))
-        elif self._started or data[9:10] == b"1":  # the body, or an interim "HTTP/1.1 1xx"
-            self._transport.write(data)
-        else:  # the response's head (uvicorn writes it first, names in lower case)
-            self._started = True
-            if b"\r\ncontent-length:" in data:
-                self._head = data
-            else:  # chunked: its body may be slow to come
-                self._transport.write(data)
-
-    def close(self) -> None:
-        if self._head is not None:
-            self._transport.write(self._head)
-            self._head = None
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-
 def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn's `http=` option, bound to these settings."""
     header_timeout = settings.header_timeout_s
@@ -108,6 +83,10 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
             self._header_bytes = 0
             self._in_body = False
             self.last_active = time.monotonic()
+            # This connection's requests whose answers are not complete yet, oldest first: the
+            # one running and those pipelined behind it.
+            self._unanswered: deque[RequestResponseCycle] = deque()
+            self._peer_closed = False  # the client sent EOF: it went away
 
         # Timers
 
@@ -159,18 +138,37 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
                 and not c._header_bytes
                 and not c.transport.is_closing()
             ]
-            if not idle:
-                return False
-            oldest = min(idle, key=lambda c: c.last_active)
-            oldest.transport.close()
-            self.connections.discard(oldest)
-            return True
+            for c in sorted(idle, key=lambda c: c.last_active):
+                # Bytes the loop has not read yet are a request under way: a loop that accepts
+                # a burst of connections makes them all before reading any of them.
+                if _unread_bytes(c.transport):
+                    continue
+                c.transport.close()
+                self.connections.discard(c)
+                return True
+            return False
+
+        def eof_received(self) -> None:
+            self._peer_closed = True
+            super().eof_received()  # None: the transport closes itself
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             if self._send_timer is not None:
                 self._send_timer.cancel()
             super().connection_lost(exc)
+            # uvicorn marks only `self.cycle`, the last request parsed; with pipelining the one
+            # running is older, and would write to the closed transport (uvloop raises).
+            pending = [c for c in self._unanswered if not c.response_complete]
+            for cycle in pending:
+                cycle.disconnected = True
+                cycle.message_event.set()
+            self._unanswered.clear()
+            self.pipeline.clear()  # queued requests never start on a closed connection
+            if pending and (exc is not None or self._peer_closed):
+                log.debug(
+                    "client %s hung up with %d answer(s) pending", _peer(self.client), len(pending)
+                )
 
         def data_received(self, data: bytes) -> None:
             self.last_active = time.monotonic()
@@ -211,11 +209,10 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
                 self._arm(body_timeout, 408, "request body not received in time")
             else:
                 self._disarm()
+            before = self.cycle
             super().on_headers_complete()
-            if self.cycle is not None:
-                self.cycle.transport = _HeadWithBody(  # type: ignore[assignment]
-                    self.transport, self.scope["method"]
-                )
+            if self.cycle is not None and self.cycle is not before:  # not a WebSocket upgrade
+                self._unanswered.append(self.cycle)
 
         def on_message_complete(self) -> None:
             self._in_body = False
@@ -225,6 +222,8 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
 
         def on_response_complete(self) -> None:
             self.last_active = time.monotonic()
+            while self._unanswered and self._unanswered[0].response_complete:
+                self._unanswered.popleft()
             super().on_response_complete()
 
         # Flow control: the client must read what we send
@@ -246,7 +245,10 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
             self.transport.abort()  # drops the buffered answer
             self.loop.call_later(0.1, release_memory)
 
-    return GuardedHttpProtocol
+    class HttpProtocol(GuardedHttpProtocol, CoalescingWrites):
+        """The guards, then the write coalescing, then uvicorn's protocol (in that MRO order)."""
+
+    return HttpProtocol
 
 
 def release_memory() -> None:
@@ -269,6 +271,23 @@ _trim: Any = None
 
 def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def _unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes the kernel holds for this connection that the event loop has not read yet (0 where
+    it cannot tell: no socket, or no FIONREAD on this platform)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        import fcntl
+        import termios
+
+        pending = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, pending)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return 0
+    return int(pending[0])
 
 
 def raise_fd_limit() -> int:
