@@ -83,14 +83,15 @@ def open_model(name: str, providers: str, repo: Path = ROOT / "models") -> Any:
     settings = Settings(model_dir=repo, providers=providers)
     version = max(int(p.name) for p in (repo / name).iterdir() if p.name.isdigit())
     path = repo / name / str(version) / "model.onnx"
-    usable, _ = usable_providers(settings, path)
-    config = model_config.read(repo / name, strict=True)
+    usable, _ = usable_providers(settings, path.read_bytes())
+    text = (repo / name / "config.pbtxt").read_text()
+    config = model_config.from_text(text, name, strict=True)
     return open_version(name, version, path, config, settings, usable)
 
 
 def without_scheduling(text: str) -> str:
     """A config text with `max_batch_size` and `dynamic_batching` removed, so the service's
-    settings decide them."""
+    settings decide them (served with STRICT_MODEL_CONFIG=false, as Triton auto-completes)."""
     from google.protobuf import text_format
 
     from service.models.config import parse_text
@@ -135,6 +136,7 @@ def server(
         environ["PYTHONPATH"] = str(root)
     if {"max_batch_size", "max_queue_delay_us"} & set(settings):
         environ["COORDCONV_MODEL_DIR"] = str(silent_models())
+        environ["COORDCONV_STRICT_MODEL_CONFIG"] = "false"  # 0 is filled in from the settings
     environ.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
     environ.update(env or {})
     proc = subprocess.Popen(

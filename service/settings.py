@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -67,6 +67,37 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="request line and headers (431 beyond)"
     )
+    # Bounds on what a model's config (config.pbtxt or a load request's override) may ask for:
+    # a config outside them is refused with one line before anything is allocated.
+    limit_batch_size: int = Field(
+        256,
+        ge=1,
+        description="largest max_batch_size a model config may set (and the most rows "
+        "of one request to a model that does not batch)",
+    )
+    limit_versions: int = Field(8, ge=1, description="most versions of one model served at once")
+    limit_instances: int = Field(
+        8, ge=1, description="largest instance_group count (onnxruntime calls of a model at once)"
+    )
+    limit_queue_delay_us: int = Field(
+        10_000_000, ge=0, description="largest max_queue_delay_microseconds a config may set"
+    )
+    limit_queue_size: int = Field(
+        65_536, ge=1, description="largest max_queue_size (items) a config may set"
+    )
+    limit_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="largest queue timeout (default_timeout_microseconds) a config may set",
+    )
+    limit_model_bytes: int = Field(
+        1 << 30, ge=1024, description="largest model.onnx file a load reads"
+    )
+    repository_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a repository read (scan, config, ONNX file) that takes longer fails its load",
+    )
     parse_processes: int = Field(
         2, ge=0, description="worker processes that parse bodies over 1 MiB (0: threads)"
     )
@@ -77,7 +108,10 @@ class Settings(BaseSettings):
         description="worker processes serving the same ports, each with its own sessions and "
         "batchers (auto: one per CPU core this process may use)",
     )
-    api_key: str | None = Field(None, description="bearer token for inference routes")
+    api_key: str | None = Field(
+        None,
+        description="bearer token(s) for inference routes, comma-separated (several: rotation)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
     opentelemetry: bool = Field(
@@ -108,6 +142,31 @@ class Settings(BaseSettings):
     strict_model_config: bool = Field(
         True, description="refuse a model without config.pbtxt (false: derive it from the graph)"
     )
+    # Scoped keys, TLS and the drain on SIGTERM (service/dataplane/auth.py, service/server.py).
+    admin_api_key: str | None = Field(
+        None,
+        description="bearer token(s) for repository control (load, unload), comma-separated; "
+        "unset: the API_KEY keys",
+    )
+    tls_cert_file: FilePath | None = Field(
+        None, description="PEM certificate (chain): HTTPS and gRPC over TLS (unset: plain text)"
+    )
+    tls_key_file: FilePath | None = Field(
+        None, validate_default=True, description="PEM private key of TLS_CERT_FILE"
+    )
+    tls_client_ca_file: FilePath | None = Field(
+        None,
+        validate_default=True,
+        description="PEM CA certificate(s): clients must present a certificate signed by one "
+        "(mutual TLS)",
+    )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, seconds not ready but still serving before the drain (so load "
+        "balancers stop routing here first; a few in containers, 0 outside)",
+    )
 
     @field_validator("load_model", mode="before")
     @classmethod
@@ -132,10 +191,22 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown execution provider(s) {unknown}: use cuda, cpu")
         return ",".join(names)
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_api_key")
     @classmethod
     def _empty_key_is_none(cls, value: str | None) -> str | None:
-        return value or None
+        return value if value and value.replace(",", "").strip() else None
+
+    @field_validator("tls_key_file", "tls_client_ca_file")
+    @classmethod
+    def _tls_pairs(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_cert_file" not in info.data:  # the certificate's own error says it
+            return value
+        cert = info.data["tls_cert_file"]
+        if info.field_name == "tls_key_file" and (cert is None) != (value is None):
+            raise ValueError("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE")
+        if info.field_name == "tls_client_ca_file" and value is not None and cert is None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return value
 
     @property
     def provider_list(self) -> list[str]:

@@ -46,6 +46,9 @@ class LiveServer:
 
         if SCHEDULING & set(overrides) and "model_dir" not in overrides:
             overrides["model_dir"] = silent_repository()
+            # Not strict: a max_batch_size of 0 is filled in from the settings (Triton's
+            # auto-complete) instead of meaning "does not batch".
+            overrides.setdefault("strict_model_config", False)
         overrides.setdefault("model_dir", MODELS)
         overrides.setdefault("grpc_port", free_port())
         overrides.setdefault("port", 0)

@@ -17,7 +17,14 @@ PACKAGES = ("coordconv", "service", "training", "client")
 
 # service's floors, lowest first; a module may import from its floor or any below.
 SERVICE_LAYERS: list[tuple[str, ...]] = [
-    ("service.settings", "service.errors", "service.metrics", "service.logs", "service.probe"),
+    (
+        "service.settings",
+        "service.errors",
+        "service.metrics",
+        "service.logs",
+        "service.memory",
+        "service.probe",
+    ),
     ("service.models",),
     ("service.dataplane", "service.scaling.cluster"),
     ("service.http", "service.grpc"),

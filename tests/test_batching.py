@@ -119,6 +119,7 @@ def make_batcher(model: FakeModel, **kw: Any) -> Batcher:
         "instances": 1,
         **kw,
     }
+    args.setdefault("request_items", args["max_batch_size"])
     return Batcher(
         "fake",
         "1",

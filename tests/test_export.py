@@ -100,7 +100,9 @@ def test_exported_configs_pass_the_services_own_check(runs, tmp_path) -> None:
 
     for task in ("pixel", "locate"):
         export_run(runs / task, task, repo=tmp_path, version=1)
-        config = model_config.read(tmp_path / task, strict=True)
+        config = model_config.from_text(
+            (tmp_path / task / "config.pbtxt").read_text(), task, strict=True
+        )
         m = open_version(
             task,
             1,

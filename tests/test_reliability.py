@@ -31,6 +31,7 @@ def serve_process(**settings: object) -> Iterator[tuple[subprocess.Popen[str], s
     }
     if SCHEDULING & set(settings):
         env["COORDCONV_MODEL_DIR"] = str(silent_repository())
+        env["COORDCONV_STRICT_MODEL_CONFIG"] = "false"  # max_batch_size 0: the settings' own
     env.update({f"COORDCONV_{k.upper()}": str(v) for k, v in settings.items()})
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordconv", "serve"],

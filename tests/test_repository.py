@@ -6,6 +6,7 @@ under load, in explicit and poll mode."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import threading
@@ -20,9 +21,13 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from service.models.version import sha256_of
 from tests.conftest import MODELS, live_server
 from training import data
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
 
 RENDER_V1 = MODELS / "render" / "1" / "model.onnx"
 # A second render graph with the same signature but other answers: the deconv baseline.

@@ -208,10 +208,13 @@ class DataPlane:
         spec = m.input
         if t.name != spec.name:
             raise BadRequest(f"unknown input {t.name!r}; model {m.name!r} takes {spec.name!r}")
-        limit = req.max_items or m.scheduling.max_batch_size
-        x = decode_tensor(
-            t, spec, limit, "max_batch_size" if req.max_items is None else "MAX_ITEMS_PER_REQUEST"
-        )
+        if req.max_items is not None:
+            limit, limit_name = req.max_items, "MAX_ITEMS_PER_REQUEST"
+        elif m.scheduling.batching:
+            limit, limit_name = m.scheduling.max_batch_size, "max_batch_size"
+        else:  # a model that does not batch: one call per request, of bounded size
+            limit, limit_name = m.scheduling.request_items, "LIMIT_BATCH_SIZE"
+        x = decode_tensor(t, spec, limit, limit_name)
         if len(x) > m.scheduling.max_queue_size:
             raise BadRequest(
                 f"{len(x)} items can never fit model {m.name!r}'s queue (max_queue_size "

@@ -43,6 +43,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.http.coalesce import CoalescingWrites
+from service.memory import release_memory
 from service.settings import Settings
 
 log = logging.getLogger("coordconv.http")
@@ -249,24 +250,6 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
         """The guards, then the write coalescing, then uvicorn's protocol (in that MRO order)."""
 
     return HttpProtocol
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the system (glibc keeps large freed blocks otherwise), so
-    dropped answers do not stay in the RSS."""
-    global _trim
-    if _trim is None:
-        try:
-            import ctypes
-
-            _trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim:
-        _trim(0)
-
-
-_trim: Any = None
 
 
 def _peer(client: tuple[str, int] | None) -> str:

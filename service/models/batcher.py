@@ -294,7 +294,10 @@ class Batcher:
         return parts
 
     def _batch_limit(self) -> int:
-        """The largest preferred size that the queue fills, else everything up to a full batch."""
+        """The largest preferred size that the queue fills, else everything up to a full batch;
+        without batching (max_batch_size 0), the first request alone."""
+        if not self.s.batching:
+            return next((j.remaining for j in self.queue if not j.cancelled), 0)
         n = min(self.queued_items, self.s.max_batch_size)
         fitting = [p for p in self.s.preferred_batch_sizes if p <= n]
         return max(fitting) if fitting else self.s.max_batch_size

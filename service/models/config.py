@@ -48,6 +48,13 @@ class Scheduling:
     timeout_s: float  # a request still queued after this: REJECT (503) or DELAY (keep waiting)
     delay_on_timeout: bool
     instances: int  # onnxruntime calls of this model that may run at once
+    request_items: int  # the most rows one request may carry
+
+    @property
+    def batching(self) -> bool:
+        """max_batch_size 0 means the model does not batch (as in Triton): each request runs
+        alone, its inputs' first axis part of the config's dims."""
+        return self.max_batch_size > 0
 
 
 def parse_text(text: str, where: str) -> ModelConfig:
@@ -69,21 +76,17 @@ def parse_json(text: str, where: str) -> ModelConfig:
     return config
 
 
-def read(model_dir: Path, strict: bool) -> ModelConfig | None:
-    """The model's config.pbtxt, parsed; None when it is missing and `strict` is off."""
-    path = model_dir / CONFIG_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+def from_text(text: str | None, name: str, strict: bool) -> ModelConfig | None:
+    """A model's config.pbtxt (its text as the repository scan read it), parsed; None when it
+    is missing and `strict` is off."""
+    if text is None:
         if strict:
             raise ModelError(
-                f"model {model_dir.name}: {CONFIG_FILE} is missing (strict model config; "
-                "write one, or start with --no-strict-model-config to derive it from the graph)"
-            ) from None
+                f"model {name}: {CONFIG_FILE} is missing (strict model config; write one, or "
+                "start with --no-strict-model-config to derive it from the graph)"
+            )
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"model {model_dir.name}: cannot read {CONFIG_FILE}: {exc}") from None
-    return parse_text(text, f"model {model_dir.name}: {CONFIG_FILE}")
+    return parse_text(text, f"model {name}: {CONFIG_FILE}")
 
 
 def from_graph(name: str, inputs: list[GraphTensor], outputs: list[GraphTensor]) -> ModelConfig:
@@ -102,9 +105,11 @@ def from_graph(name: str, inputs: list[GraphTensor], outputs: list[GraphTensor])
     return config
 
 
-def _dims(entry: ConfigTensor) -> tuple[int, ...]:
-    """A config tensor's dims per item, after its reshape (Triton's [1] -> [] for scalars)."""
-    return tuple(entry.reshape.shape) if entry.HasField("reshape") else tuple(entry.dims)
+def _dims(entry: ConfigTensor, batching: bool = True) -> tuple[int, ...]:
+    """A config tensor's dims per item, after its reshape (Triton's [1] -> [] for scalars).
+    Without batching (max_batch_size 0) the config's dims lead with the batch axis, -1."""
+    dims = tuple(entry.reshape.shape) if entry.HasField("reshape") else tuple(entry.dims)
+    return dims if batching else dims[1:]
 
 
 def verify(
@@ -114,9 +119,11 @@ def verify(
     inputs: list[GraphTensor],
     outputs: list[GraphTensor],
     where: str,
+    batching: bool = True,
 ) -> None:
     """The config must describe this graph, and the graph must do `task` (DESIGN.md section 4).
-    Raises ModelError with one line naming the first disagreement."""
+    `batching`: the config's dims leave the batch axis out (max_batch_size > 0); otherwise they
+    start with it, as -1. Raises ModelError with one line naming the first disagreement."""
     if config.name and config.name != name:
         raise ModelError(
             f"{where}: config name {config.name!r} differs from the directory {name!r}"
@@ -156,7 +163,13 @@ def verify(
                     f"{where}: graph {kind} {entry.name!r} has dims {list(g.dims)}: the first "
                     "axis must be a symbolic batch axis"
                 )
-            dims = _dims(entry)
+            if not batching and (not entry.dims or entry.dims[0] != -1):
+                raise ModelError(
+                    f"{where}: {kind} {entry.name!r}: with max_batch_size 0 (no batching) the "
+                    f"dims are the whole shape and must start with the batch axis, -1 (e.g. "
+                    f"[-1, {', '.join(str(d) for d in g.dims[1:])}]); got {list(entry.dims)}"
+                )
+            dims = _dims(entry, batching)
             if tuple(g.dims[1:]) != dims:
                 raise ModelError(
                     f"{where}: {kind} {entry.name!r} has dims {list(dims)} in the config but "
@@ -183,25 +196,93 @@ def complete(config: ModelConfig, name: str, settings: Settings) -> ModelConfig:
         out.platform = PLATFORM
     if not out.backend:
         out.backend = BACKEND
-    if out.max_batch_size == 0:
+    if out.max_batch_size == 0 and not settings.strict_model_config:
+        # Triton's auto-complete: without a strict config, an unset (0) max_batch_size of a
+        # model whose graph batches is filled in (its --backend-config default-max-batch-size).
         out.max_batch_size = settings.max_batch_size
     if not out.HasField("version_policy"):
         out.version_policy.latest.num_versions = 1  # Triton's default
-    db = out.dynamic_batching
-    if not out.HasField("dynamic_batching"):
-        db.max_queue_delay_microseconds = settings.max_queue_delay_us
-    policy = db.default_queue_policy
-    if policy.max_queue_size == 0:
-        policy.max_queue_size = settings.max_queue_size
-    if policy.default_timeout_microseconds == 0:
-        policy.default_timeout_microseconds = round(settings.request_timeout_s * 1e6)
-    if not out.instance_group:
-        out.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if out.max_batch_size > 0:  # a model that does not batch has no dynamic batcher to fill in
+        db = out.dynamic_batching
+        if not out.HasField("dynamic_batching"):
+            db.max_queue_delay_microseconds = settings.max_queue_delay_us
+        policy = db.default_queue_policy
+        if policy.max_queue_size == 0:
+            policy.max_queue_size = settings.max_queue_size
+        if policy.default_timeout_microseconds == 0:
+            policy.default_timeout_microseconds = round(settings.request_timeout_s * 1e6)
+    if not out.instance_group:  # Triton's default: where the model can run (GPU if there is one)
+        out.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     return out
 
 
-def scheduling(config: ModelConfig, where: str) -> Scheduling:
-    """The batcher's parameters from an effective config; refuses values that cannot work."""
+def check_limits(config: ModelConfig, where: str, settings: Settings, versions: int) -> None:
+    """Refuse an effective config that asks for more than the service allows (settings
+    LIMIT_*), before anything is allocated: one line naming the field, the value and the
+    limit."""
+    db = config.dynamic_batching
+    policy = db.default_queue_policy
+    checks = (
+        ("max_batch_size", config.max_batch_size, settings.limit_batch_size, "LIMIT_BATCH_SIZE"),
+        (
+            "dynamic_batching.max_queue_delay_microseconds",
+            db.max_queue_delay_microseconds,
+            settings.limit_queue_delay_us,
+            "LIMIT_QUEUE_DELAY_US",
+        ),
+        (
+            "default_queue_policy.max_queue_size",
+            policy.max_queue_size,
+            settings.limit_queue_size,
+            "LIMIT_QUEUE_SIZE",
+        ),
+        (
+            "default_queue_policy.default_timeout_microseconds",
+            policy.default_timeout_microseconds,
+            round(settings.limit_timeout_s * 1e6),
+            "LIMIT_TIMEOUT_S",
+        ),
+        (
+            "instance_group count",
+            sum(max(g.count, 1) for g in config.instance_group),
+            settings.limit_instances,
+            "LIMIT_INSTANCES",
+        ),
+        ("versions to serve (version_policy)", versions, settings.limit_versions, "LIMIT_VERSIONS"),
+    )
+    for field, value, limit, setting in checks:
+        if value > limit:
+            raise ModelError(f"{where}: {field} {value} exceeds the limit {limit} ({setting})")
+    if not config.max_batch_size and config.HasField("dynamic_batching"):
+        raise ModelError(f"{where}: dynamic_batching needs max_batch_size > 0 (0: no batching)")
+
+
+def instance_kind(config: ModelConfig) -> str:
+    """Where instance_group asks the model to run: "gpu", "cpu" or "auto"."""
+    kinds = {g.kind for g in config.instance_group}
+    if mc.ModelInstanceGroup.KIND_GPU in kinds:
+        return "gpu"
+    if kinds == {mc.ModelInstanceGroup.KIND_CPU}:
+        return "cpu"
+    return "auto"
+
+
+def scheduling(config: ModelConfig, where: str, settings: Settings) -> Scheduling:
+    """The batcher's parameters from an effective config; refuses values that cannot work. A
+    model that does not batch (max_batch_size 0) runs each request alone, queued by the
+    service's defaults, with at most LIMIT_BATCH_SIZE rows."""
+    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+    if not config.max_batch_size:
+        return Scheduling(
+            max_batch_size=0,
+            max_queue_delay_us=0,
+            preferred_batch_sizes=(),
+            max_queue_size=settings.max_queue_size,
+            timeout_s=settings.request_timeout_s,
+            delay_on_timeout=False,
+            instances=instances,
+            request_items=settings.limit_batch_size,
+        )
     db = config.dynamic_batching
     policy = db.default_queue_policy
     preferred = tuple(sorted(set(db.preferred_batch_size)))
@@ -210,7 +291,6 @@ def scheduling(config: ModelConfig, where: str) -> Scheduling:
             f"{where}: preferred_batch_size {list(preferred)} must lie in "
             f"[1, max_batch_size {config.max_batch_size}]"
         )
-    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
     return Scheduling(
         max_batch_size=config.max_batch_size,
         max_queue_delay_us=db.max_queue_delay_microseconds,
@@ -219,6 +299,7 @@ def scheduling(config: ModelConfig, where: str) -> Scheduling:
         timeout_s=policy.default_timeout_microseconds / 1e6,
         delay_on_timeout=policy.timeout_action == mc.ModelQueuePolicy.DELAY,
         instances=instances,
+        request_items=config.max_batch_size,
     )
 
 
@@ -263,4 +344,4 @@ def _single_json(field: Any, value: Any) -> Any:
 def tensors_of(config: ModelConfig, kind: str) -> list[Tensor]:
     """The config's inputs or outputs as contract tensors (per-item dims)."""
     entries = config.input if kind == "input" else config.output
-    return [Tensor(e.name, _dims(e)) for e in entries]
+    return [Tensor(e.name, _dims(e, config.max_batch_size > 0)) for e in entries]

@@ -11,7 +11,14 @@ A load builds every new or changed version off the event loop (load -> verify ->
 the current versions keep serving; only when all of them are warm does the routing table switch,
 in one step. Outgoing versions drain: what they accepted finishes on them. A broken new version
 fails the load with one line and leaves the serving set as it was. Loads and unloads of one model
-are serialised by a per-model lock.
+are serialised by a per-model lock (first come, first served), and each call carries what it
+asked for: a config override applies to that load alone and is kept only if the load succeeds;
+a plain load re-reads config.pbtxt.
+
+Every repository read goes through `Reads` (threads of its own, a time limit), so a hanging file
+system fails the load that touched it and nothing else; configs are refused when they ask for
+more than the LIMIT_* settings before anything is allocated; unloading a version lets go of its
+session and threads, and the memory is handed back (a collection and malloc_trim).
 
 With `--workers N` each worker has its own registry; service/cluster.py feeds every one of them
 the same loads and unloads in the same order (a shared control log), through `load` and `unload`.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 from collections import defaultdict
@@ -29,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.models import config as model_config
-from service.models import repository
 from service.errors import (
     BadRequest,
     ModelError,
@@ -38,7 +44,11 @@ from service.errors import (
     RepositoryError,
     Unavailable,
 )
+from service.memory import release_memory
 from service.metrics import Metrics
+from service.models import config as model_config
+from service.models import repository
+from service.models.reads import Reads
 from service.models.version import ModelVersion, open_version, usable_providers
 from service.settings import Settings
 
@@ -72,7 +82,9 @@ class ModelRegistry:
         self.versions: dict[str, dict[str, ModelVersion]] = {}
         self.loading: set[str] = set()
         self.failed: dict[str, str] = {}  # name -> why its last load failed
-        self.overrides: dict[str, model_config.ModelConfig] = {}  # name -> config given with a load request
+        # name -> the config override its last successful load was given (kept for reloads
+        # of unchanged files, e.g. in poll mode; a plain load drops it).
+        self.overrides: dict[str, model_config.ModelConfig] = {}
         self.requested: set[str] = set()  # models asked for at start: readiness waits for them
         self.providers: list[str] = []
         self.provider_problem: str | None = None
@@ -84,6 +96,7 @@ class ModelRegistry:
         self._seen: dict[str, tuple[object, ...]] = {}  # poll: fingerprint at the last scan
         self._applied: dict[str, tuple[object, ...]] = {}  # poll: fingerprint last acted on
         self._missing: set[str] = set()  # poll: gone at the last scan
+        self.reads = Reads(settings.repository_timeout_s)
 
     # Start and stop
 
@@ -91,7 +104,10 @@ class ModelRegistry:
         """Load the start-up set. Raises RepositoryError with one line on any problem."""
         s = self.settings
         repository.check_root(self.repo)
-        on_disk = await asyncio.to_thread(repository.model_names, self.repo)
+        try:
+            on_disk = await self.reads.run("the repository", repository.model_names, self.repo)
+        except ModelError as exc:
+            raise RepositoryError(str(exc)) from None
         if self.mode == "explicit":
             wanted = on_disk if "*" in s.load_model else list(dict.fromkeys(s.load_model))
         else:
@@ -103,7 +119,7 @@ class ModelRegistry:
                     f"model repository {self.repo} holds no models (expected "
                     "<name>/config.pbtxt and <name>/<version>/model.onnx)"
                 )
-        probe = await asyncio.to_thread(self._probe_file, wanted)
+        probe = await self._probe(wanted)
         self.providers, self.provider_problem = usable_providers(s, probe)
         if self.provider_problem:
             if s.require_gpu:
@@ -117,8 +133,9 @@ class ModelRegistry:
                 raise RepositoryError(str(exc)) from None
         if self.mode == "poll":
             for name in on_disk:
-                files = await asyncio.to_thread(repository.scan, self.repo, name)
-                self._seen[name] = self._applied[name] = files.fingerprint
+                with contextlib.suppress(ModelError, NotFound, BadRequest):
+                    files = await self.reads.run(name, repository.scan, self.repo, name)
+                    self._seen[name] = self._applied[name] = files.fingerprint
             self._poll_task = asyncio.get_running_loop().create_task(self._poll())
         self.started = True
         loaded = [f"{n}:{v}" for n, vs in sorted(self.versions.items()) for v in vs]
@@ -131,12 +148,17 @@ class ModelRegistry:
             ", ".join(loaded),
         )
 
-    def _probe_file(self, names: Iterable[str]) -> Path | None:
+    async def _probe(self, names: Iterable[str]) -> bytes | None:
+        """One ONNX file's bytes, to find out which execution providers load here."""
+        limit = self.settings.limit_model_bytes
         for name in names:
-            with contextlib.suppress(Exception):
-                files = repository.scan(self.repo, name)
+            with contextlib.suppress(ModelError, NotFound, BadRequest):
+                files = await self.reads.run(name, repository.scan, self.repo, name)
                 if files.versions:
-                    return files.versions[max(files.versions)]
+                    path = files.versions[max(files.versions)]
+                    return await self.reads.run(
+                        name, repository.read_model, self.repo, path, limit
+                    )
         return None
 
     async def stop(self) -> None:
@@ -177,7 +199,8 @@ class ModelRegistry:
             raise NotFound(f"unknown model {name!r}; loaded models: {known}")
         if version is None:
             return versions[max(versions, key=int)]
-        m = versions.get(version)
+        number = repository.version_number(version)
+        m = None if number is None else versions.get(str(number))  # "01" is version 1
         if m is None:
             available = sorted(versions, key=int)
             raise NotFound(
@@ -215,18 +238,27 @@ class ModelRegistry:
             )
 
     async def load(
-        self, name: str, config: model_config.ModelConfig | None = None, *, at_start: bool = False
+        self,
+        name: str,
+        config: model_config.ModelConfig | None = None,
+        *,
+        at_start: bool = False,
+        versions: list[int] | None = None,
     ) -> None:
-        """(Re)load model `name` as the repository and its config say: new versions and changed
-        files are loaded and warmed while the current ones serve, then the routing switches.
-        Raises ModelError (the serving set unchanged), NotFound, BadRequest."""
+        """(Re)load model `name` as the repository and `config` say (None: config.pbtxt, read
+        anew): new versions and changed files are loaded and warmed while the current ones
+        serve, then the routing switches. `versions`: exactly these (a sibling worker's choice,
+        service/scaling/cluster.py), whatever the policy would pick on today's disk. Raises
+        ModelError (the serving set unchanged), NotFound, BadRequest."""
         repository.check_name(name)
-        if config is not None:
-            self.overrides[name] = config
         async with self._locks[name]:
             self.loading.add(name)
             try:
-                await self._load(name)
+                await self._load(name, config, versions)
+                if config is None:
+                    self.overrides.pop(name, None)
+                else:
+                    self.overrides[name] = config
                 self.failed.pop(name, None)
             except (ModelError, NotFound) as exc:
                 self.failed[name] = str(exc)
@@ -236,46 +268,95 @@ class ModelRegistry:
             finally:
                 self.loading.discard(name)
 
-    async def _load(self, name: str) -> None:
-        files = await asyncio.to_thread(repository.scan, self.repo, name)
-        override = self.overrides.get(name)
+    async def plan(
+        self, name: str, config: model_config.ModelConfig | None = None
+    ) -> list[int]:
+        """The versions a load of `name` with `config` would serve on today's disk."""
+        files = await self.reads.run(name, repository.scan, self.repo, name)
+        chosen, _, _ = self._choose(name, files, config, None)
+        return chosen
+
+    def _choose(
+        self,
+        name: str,
+        files: repository.ModelFiles,
+        override: model_config.ModelConfig | None,
+        versions: list[int] | None,
+    ) -> tuple[list[int], model_config.ModelConfig | None, str]:
+        """The versions to serve, the config to serve them with, and that config's identity."""
         if override is not None:
-            config = override
+            config: model_config.ModelConfig | None = override
             config_id = hashlib.sha256(override.SerializeToString(deterministic=True)).hexdigest()
         else:
-            config = await asyncio.to_thread(
-                model_config.read, files.path, self.settings.strict_model_config
+            config = model_config.from_text(
+                files.config_text, name, self.settings.strict_model_config
             )
             config_id = str(files.fingerprint[0])
         policy = config if config is not None else model_config.ModelConfig()
-        chosen = model_config.select_versions(policy, sorted(files.versions))
+        on_disk = sorted(files.versions)
+        if versions is not None:
+            missing = sorted(set(versions) - set(on_disk))
+            if missing:
+                raise ModelError(f"model {name}: versions {missing} are no longer on disk")
+            chosen = sorted(versions)
+        else:
+            chosen = model_config.select_versions(policy, on_disk)
         if not chosen:
-            on_disk = sorted(files.versions)
             raise ModelError(
                 f"model {name}: no version to serve (on disk: {on_disk or 'none'}; "
                 f"version_policy {model_config.to_json(policy).get('version_policy', 'latest 1')})"
             )
+        if config is not None:  # bounds, before anything is allocated
+            effective = model_config.complete(config, name, self.settings)
+            model_config.check_limits(effective, f"model {name}", self.settings, len(chosen))
+        elif len(chosen) > self.settings.limit_versions:
+            raise ModelError(
+                f"model {name}: versions to serve {len(chosen)} exceeds the limit "
+                f"{self.settings.limit_versions} (LIMIT_VERSIONS)"
+            )
+        return chosen, config, config_id
+
+    async def _load(
+        self,
+        name: str,
+        override: model_config.ModelConfig | None,
+        versions: list[int] | None,
+    ) -> None:
+        files = await self.reads.run(name, repository.scan, self.repo, name)
+        chosen, config, config_id = self._choose(name, files, override, versions)
         current = self.versions.get(name, {})
         new: dict[str, ModelVersion] = {}
         opened: list[ModelVersion] = []
-        for v in chosen:  # a failure here leaves the routing table as it was
-            fp = (config_id, files.version_fingerprint(v))
-            old = current.get(str(v))
-            if old is not None and old.fingerprint == fp:
-                new[str(v)] = old
-                continue
-            m = await asyncio.to_thread(
-                open_version,
-                name,
-                v,
-                files.versions[v],
-                config,
-                self.settings,
-                self.providers,
-                fp,
-            )
-            opened.append(m)
-            new[str(v)] = m
+        try:
+            for v in chosen:  # a failure here leaves the routing table as it was
+                fp = (config_id, files.version_fingerprint(v))
+                old = current.get(str(v))
+                if old is not None and old.fingerprint == fp:
+                    new[str(v)] = old
+                    continue
+                path = files.versions[v]
+                label = repository.relative(path, self.repo)
+                data = await self.reads.run(
+                    label, repository.read_model, self.repo, path, self.settings.limit_model_bytes
+                )
+                m = await asyncio.to_thread(
+                    open_version,
+                    name,
+                    v,
+                    path,
+                    config,
+                    self.settings,
+                    self.providers,
+                    fp,
+                    data,
+                    label,
+                )
+                opened.append(m)
+                new[str(v)] = m
+        except BaseException:
+            for m in opened:  # warmed but never served: let go of them now
+                await m.close("the load failed")
+            raise
         for m in opened:
             m.start(self.metrics)
         self.versions = {**self.versions, name: new}  # the switch
@@ -302,20 +383,29 @@ class ModelRegistry:
             self.requested.discard(name)
             await asyncio.gather(*(m.drain(self._grace()) for m in current.values()))
             log.info("unloaded %s (versions %s)", name, sorted(current, key=int))
+        del current
+        await give_back_memory()
 
     def _grace(self) -> float:
         # A request can wait for its queue timeout and then for one call.
         return self.settings.request_timeout_s + 30
 
     def _drain_later(self, m: ModelVersion) -> None:
-        task = asyncio.get_running_loop().create_task(m.drain(self._grace()))
+        async def drain() -> None:
+            await m.drain(self._grace())
+            await give_back_memory()
+
+        task = asyncio.get_running_loop().create_task(drain())
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
 
     # Repository index
 
     async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        on_disk = await asyncio.to_thread(repository.model_names, self.repo)
+        try:
+            on_disk = await self.reads.run("the repository", repository.model_names, self.repo)
+        except (ModelError, RepositoryError) as exc:
+            raise Unavailable(f"cannot list the model repository: {exc}") from None
         entries: list[IndexEntry] = []
         for name in sorted(set(on_disk) | set(self.versions)):
             served = self._sorted(name)
@@ -343,14 +433,15 @@ class ModelRegistry:
                 log.exception("repository poll failed")
 
     async def poll_once(self) -> None:
-        on_disk = set(await asyncio.to_thread(repository.model_names, self.repo))
+        on_disk = set(await self.reads.run("the repository", repository.model_names, self.repo))
         for name in sorted(on_disk):
-            try:
-                files = await asyncio.to_thread(repository.scan, self.repo, name)
-            except (NotFound, BadRequest):
+            try:  # one model's trouble never stops the poll of the others
+                files = await self.reads.run(name, repository.scan, self.repo, name)
+            except (NotFound, BadRequest, ModelError) as exc:
+                log.warning("poll: %s", exc)
                 continue
             fp = files.fingerprint
-            if not files.versions:  # every version directory removed
+            if not files.versions:  # every version folder removed
                 if name in self.versions:
                     with contextlib.suppress(NotFound):
                         await self.unload(name)
@@ -360,7 +451,7 @@ class ModelRegistry:
             if stable and self._applied.get(name) != fp:
                 self._applied[name] = fp
                 with contextlib.suppress(ModelError, NotFound):
-                    await self.load(name)
+                    await self.load(name, self.overrides.get(name))
         for name in sorted(set(self.versions) - on_disk):
             if name in self._missing:  # gone for two scans in a row
                 self._missing.discard(name)
@@ -371,3 +462,12 @@ class ModelRegistry:
             else:
                 self._missing.add(name)
         self._missing &= set(self.versions) - on_disk
+
+
+async def give_back_memory() -> None:
+    """After versions are closed: collect the reference cycles they sat in (start-up froze the
+    collector's view of older objects, and full collections are rare), then hand freed heap
+    back to the system, so an unload shows in the RSS."""
+    gc.collect()
+    await asyncio.sleep(0)
+    release_memory()

@@ -48,6 +48,7 @@ from service.models.statistics import ModelStats
 
 log = logging.getLogger("coordconv.model")
 
+WARMUP_ITEMS = 64
 PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
@@ -78,14 +79,6 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return so
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _graph(values: list[ort.NodeArg]) -> list[GraphTensor]:
     return [GraphTensor(v.name, v.type, tuple(v.shape)) for v in values]
 
@@ -99,7 +92,7 @@ class ModelVersion:
     sha256: str
     config: ModelConfig  # the effective config
     scheduling: Scheduling
-    session: ort.InferenceSession
+    session: ort.InferenceSession | None
     inputs: list[Tensor]
     outputs: list[Tensor]
     provider: str
@@ -144,7 +137,10 @@ class ModelVersion:
 
     def run(self, batch: np.ndarray) -> Outputs:
         """One onnxruntime call (thread-safe): every output, in signature order."""
-        return tuple(self.session.run(self.output_names, {self.input.name: batch}))
+        session = self.session
+        if session is None:
+            raise RuntimeError(f"model {self.name} version {self.version} is closed")
+        return tuple(session.run(self.output_names, {self.input.name: batch}))
 
     def start(self, metrics: Metrics) -> None:
         """On the event loop: threads and batcher; the version takes traffic from now on."""
@@ -193,10 +189,17 @@ class ModelVersion:
         await self.close()
 
     async def close(self, message: str = "the server is shutting down") -> None:
+        """Stop the batcher, end its threads and let go of the session, so that unloading gives
+        back the session's memory and its onnxruntime threads (they live as long as the session
+        object, which nothing may keep: the batcher holds `run`, a bound method of this)."""
         if self.batcher is not None:
             await self.batcher.stop(message)
         if self.executor is not None:
-            self.executor.shutdown(wait=False)
+            executor = self.executor
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+        self.batcher = None
+        self.executor = None
+        self.session = None
         self.state = State.CLOSED
         log.info("unloaded %s version %s", self.name, self.version)
 
@@ -231,12 +234,27 @@ def open_version(
     settings: Settings,
     providers: list[str],
     fingerprint: tuple[object, ...] = (),
+    data: bytes | None = None,
+    label: str | None = None,
 ) -> ModelVersion:
     """Blocking: load, verify and warm one version. `config` is the parsed config.pbtxt (None:
-    derive it from the graph). Raises ModelError with one line naming the file and the problem."""
-    where = f"model {name} version {version} ({path})"
+    derive it from the graph); `data` the ONNX file's bytes as the repository read them (None:
+    read `path` here); `label` how messages name the file (relative to the repository). Raises
+    ModelError with one line naming the file and the problem, never a server path."""
+    where = f"model {name} version {version} ({label or path.name})"
+    if data is None:
+        data = path.read_bytes()
+    if config is not None:
+        kind = model_config.instance_kind(config)
+        if kind == "gpu" and "CUDAExecutionProvider" not in providers:
+            raise ModelError(
+                f"{where}: instance_group asks for KIND_GPU but no GPU is in use "
+                f"(execution providers: {', '.join(providers)})"
+            )
+        if kind == "cpu":
+            providers = ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), session_options(settings), providers=providers)
+        session = ort.InferenceSession(data, session_options(settings), providers=providers)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"{where}: cannot load the ONNX file: {first[:300]}") from None
@@ -250,7 +268,8 @@ def open_version(
     inputs, outputs = _graph(session.get_inputs()), _graph(session.get_outputs())
     if config is None:
         config = model_config.from_graph(name, inputs, outputs)
-    model_config.verify(config, name, task, inputs, outputs, where)
+    batching = config.max_batch_size > 0 or not settings.strict_model_config
+    model_config.verify(config, name, task, inputs, outputs, where, batching)
     declared = config.parameters.get(META_TASK)
     if declared is not None and declared.string_value and declared.string_value != task:
         raise ModelError(
@@ -258,7 +277,8 @@ def open_version(
             f"{META_TASK} {declared.string_value!r}"
         )
     effective = model_config.complete(config, name, settings)
-    scheduling = model_config.scheduling(effective, f"model {name}: config.pbtxt")
+    model_config.check_limits(effective, f"model {name}", settings, versions=1)
+    scheduling = model_config.scheduling(effective, f"model {name}: config.pbtxt", settings)
     provider = session.get_providers()[0]
     if settings.require_gpu and provider != "CUDAExecutionProvider":
         raise ModelError(f"REQUIRE_GPU is set but model {name} runs on {provider}")
@@ -272,7 +292,7 @@ def open_version(
         version=str(version),
         task=task,
         path=path,
-        sha256=sha256_of(path),
+        sha256=hashlib.sha256(data).hexdigest(),
         config=effective,
         scheduling=scheduling,
         session=session,
@@ -289,9 +309,10 @@ def open_version(
 
 
 def warm_up(m: ModelVersion, where: str) -> None:
-    """Run at batch 1 and the largest batch, so first requests do not pay for allocation, and
-    check the outputs' shapes and values."""
-    for n in sorted({1, m.scheduling.max_batch_size}):
+    """Run at batch 1 and at the largest batch up to WARMUP_ITEMS, so first requests do not pay
+    for allocation (a bounded warm-up: a large max_batch_size does not allocate its whole batch
+    at load), and check the outputs' shapes and values."""
+    for n in sorted({1, min(max(m.scheduling.max_batch_size, 1), WARMUP_ITEMS)}):
         x = np.zeros((n, *m.input.dims), dtype=np.float32)
         if m.task != "locate":
             x += CANVAS / 2
@@ -308,7 +329,9 @@ def warm_up(m: ModelVersion, where: str) -> None:
                 )
 
 
-def usable_providers(settings: Settings, probe_model: Path | None) -> tuple[list[str], str | None]:
+def usable_providers(
+    settings: Settings, probe_model: bytes | None
+) -> tuple[list[str], str | None]:
     """The execution providers to use, and a line saying which wanted ones are unavailable.
     GPU providers that cannot load here are dropped with one line instead of onnxruntime's
     library errors for every session."""
@@ -320,7 +343,7 @@ def usable_providers(settings: Settings, probe_model: Path | None) -> tuple[list
     if probe_model is not None and any(p in ort.get_available_providers() for p in gpu):
         ort.set_default_logger_severity(4)  # silence the probe's library errors
         try:
-            active = ort.InferenceSession(str(probe_model), providers=wanted).get_providers()
+            active = ort.InferenceSession(probe_model, providers=wanted).get_providers()
         except Exception as exc:  # a corrupt probe model is reported when it is loaded
             log.debug("provider probe failed: %s", exc)
         finally:
