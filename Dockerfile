@@ -37,7 +37,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     COORDCONV_MODEL_DIR=/models \
     COORDCONV_HOST=0.0.0.0 \
     COORDCONV_PORT=8000 \
-    COORDCONV_GRPC_PORT=8001
+    COORDCONV_GRPC_PORT=8001 \
+    COORDCONV_DRAIN_DELAY_S=5
 USER 10001
 # 8000: HTTP (/v1, /v2, /metrics); 8001: gRPC (inference.GRPCInferenceService, grpc.health.v1)
 EXPOSE 8000 8001

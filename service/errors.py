@@ -27,6 +27,12 @@ class Unauthorized(ServiceError):
     default_headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    """A known key without the scope this call needs (an inference key asking to load)."""
+
+    status_code = 403
+
+
 class NotFound(ServiceError):
     status_code = 404
 

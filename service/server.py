@@ -5,9 +5,13 @@
                                                                   ->  gRPC (service/grpc)
 
 The registry's batchers and model control live on the loop that serves both front ends, so
-requests from both join the same batches. SIGTERM: readiness turns false at once (HTTP and gRPC
-health), both front ends stop accepting and drain within GRACE_S; shortly before it runs out,
-whatever is still queued is answered 503 + Retry-After instead of being cut off.
+requests from both join the same batches. SIGTERM: readiness turns false at once (HTTP /readyz
+and /v2/health/ready, gRPC ServerReady and its health service) while both front ends keep
+accepting and answering for DRAIN_DELAY_S (load balancers take a while to stop routing to a
+terminating process; meanwhile every HTTP answer says `Connection: close`, so keep-alive clients
+reconnect to wherever the balancer now sends them); then both stop accepting and drain within
+GRACE_S; shortly before it runs out, whatever is still queued is answered 503 + Retry-After
+instead of being cut off. A second signal, or SIGINT, skips what is left of the delay.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import logging
 import math
 import signal
 import socket
+import ssl
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.dataplane.auth import KeyRing
 from service.dataplane.plane import DataPlane
 from service.errors import RepositoryError
 from service.grpc.server import GrpcFrontEnd
@@ -42,7 +50,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     """uvicorn's configuration for the app: the hardened HTTP protocol (header, body, send and
     keep-alive timeouts, header size and connection limits), no uvicorn concurrency limit (it
     counts connections and would refuse health probes with a bare 503: the app's middleware
-    limits requests instead), our logging, and the drain on SIGTERM."""
+    limits requests instead), our logging, TLS from the settings' files, and the drain on
+    SIGTERM."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -54,21 +63,81 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "timeout_graceful_shutdown": math.ceil(settings.grace_s),  # 0: no drain at all
         "server_header": False,
         "lifespan": "on",
+        **tls_options(settings),
         **overrides,
     }
     return uvicorn.Config(app, **options)
 
 
-class _Http(uvicorn.Server):
-    """uvicorn, with SIGTERM starting the whole server's drain, and a drained SIGTERM being a
-    clean stop (exit 0 instead of re-raising the signal)."""
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's ssl options: HTTPS from TLS_CERT_FILE and TLS_KEY_FILE, and client
+    certificates signed by TLS_CLIENT_CA_FILE required (the handshake fails without one)."""
+    if settings.tls_cert_file is None:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_cert_file),
+        "ssl_keyfile": None if settings.tls_key_file is None else str(settings.tls_key_file),
+    }
+    if settings.tls_client_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.tls_client_ca_file)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
 
-    def __init__(self, config: uvicorn.Config, on_exit: Any) -> None:
+
+def tls_problem(settings: Settings) -> str | None:
+    """One line if the TLS files cannot be used (a certificate and key that do not belong
+    together, a file that is not PEM), before anything listens."""
+    if settings.tls_cert_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (ssl.SSLError, OSError) as exc:
+        return f"TLS_CERT_FILE / TLS_KEY_FILE cannot be used: {exc.strerror or exc}"
+    if settings.tls_client_ca_file is not None:
+        try:
+            context.load_verify_locations(settings.tls_client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            return f"TLS_CLIENT_CA_FILE cannot be used: {exc.strerror or exc}"
+    return None
+
+
+class _CloseWhenDraining:
+    """Once the server is draining, every HTTP answer says `Connection: close`: a keep-alive
+    client reconnects, through its load balancer, to a process that is not going away, instead
+    of sending its next request on a connection that the end of DRAIN_DELAY_S closes. Before
+    that, one attribute read per request."""
+
+    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
+        self.app = app
+        self.plane = plane
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.plane.draining or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, closing)
+
+
+class _Http(uvicorn.Server):
+    """uvicorn, with SIGTERM starting the whole server's drain (after DRAIN_DELAY_S, when
+    `on_signal` says the stop waits), and a drained SIGTERM being a clean stop (exit 0 instead
+    of re-raising the signal)."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[int], bool]) -> None:
         super().__init__(config)
-        self.on_exit = on_exit
+        self.on_signal = on_signal
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        self.on_exit()
+        if self.on_signal(sig):  # still serving for DRAIN_DELAY_S; `should_exit` comes later
+            return
         super().handle_exit(sig, frame)
         self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
@@ -91,10 +160,14 @@ class Server:
         self.plane = DataPlane(settings, self.registry, self.cluster)
         self.grpc: GrpcFrontEnd | None = None
         self.app = create_app(settings, self.plane)
-        self.http = _Http(uvicorn_config(self.app, settings, **uvicorn_overrides), self._on_exit)
+        asgi = _CloseWhenDraining(self.app, self.plane)
+        self.http = _Http(uvicorn_config(asgi, settings, **uvicorn_overrides), self._on_signal)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._grpc_stop: asyncio.Task[None] | None = None
         self._shed: asyncio.TimerHandle | None = None
+        self._delaying = False  # SIGTERM came: serving on, not ready, for DRAIN_DELAY_S
+        self._delay: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = threading.Event()
 
     @property
@@ -105,6 +178,9 @@ class Server:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        warning = KeyRing.of(self.settings.api_key, self.settings.admin_api_key).warning
+        if warning and (self.cluster is None or self.cluster.index == 0):  # one line
+            log.warning(warning)
         try:
             await self.registry.start()
             if self.cluster is not None:
@@ -130,21 +206,58 @@ class Server:
             return 1
         return 0
 
-    def _on_exit(self) -> None:
-        """A signal (in the main thread) or request_exit: drain, on the event loop."""
+    def _on_signal(self, sig: int) -> bool:
+        """uvicorn's signal handler (the main thread, which runs the event loop): not ready at
+        once. The first SIGTERM with DRAIN_DELAY_S keeps serving that long, then drains (True:
+        uvicorn is told to stop later); SIGINT or a second signal drains now (False)."""
+        self.plane.draining = True
+        loop = self.loop
+        if loop is None:
+            return False
+        delay = self.settings.drain_delay_s
+        if sig == signal.SIGTERM and delay > 0 and not self._delaying and not self.http.should_exit:
+            self._delaying = True
+            loop.call_soon_threadsafe(self._start_delay, delay)
+            return True
+        loop.call_soon_threadsafe(self.begin_drain)
+        return False
+
+    def _start_delay(self, delay: float) -> None:
+        """On the event loop: gRPC's health turns NOT_SERVING beside HTTP's readiness; both
+        front ends answer on for `delay` seconds, then drain."""
+        log.info(
+            "SIGTERM: not ready; serving on for DRAIN_DELAY_S=%g s, then draining (GRACE_S=%g s)",
+            delay,
+            self.settings.grace_s,
+        )
+        loop = asyncio.get_running_loop()
+        if self.grpc is not None:
+            task = loop.create_task(self.grpc.set_serving(False))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._shed is None:  # not draining already (a second signal came first)
+            self._delay = loop.call_later(delay, self._end_delay)
+
+    def _end_delay(self) -> None:
+        self._delay = None
+        self.http.should_exit = True
+        self.begin_drain()
+
+    def request_exit(self) -> None:
+        """From any thread: stop as SIGINT would (at once, no DRAIN_DELAY_S)."""
         self.plane.draining = True
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.begin_drain)
-
-    def request_exit(self) -> None:
-        """From any thread: stop as SIGTERM would."""
-        self._on_exit()
         self.http.should_exit = True
 
     def begin_drain(self) -> None:
-        """On the event loop: not ready any more; gRPC drains beside HTTP within GRACE_S, and
-        what is still queued shortly before GRACE_S runs out is answered 503 + Retry-After."""
+        """On the event loop: not ready any more, and no longer accepting: gRPC drains beside
+        HTTP within GRACE_S, and what is still queued shortly before GRACE_S runs out is
+        answered 503 + Retry-After."""
         self.plane.draining = True
+        if self._delay is not None:  # a second signal during DRAIN_DELAY_S: now
+            self._delay.cancel()
+            self._delay = None
         if self._shed is not None:  # already draining
             return
         loop = asyncio.get_running_loop()
@@ -169,6 +282,10 @@ def serve(
     """`coordconv serve` (or one of `--workers N`, on the supervisor's socket): load the start-up
     models, then serve until SIGTERM or SIGINT. A bad repository is one clear line and exit 1."""
     raise_fd_limit()  # every connection is a file descriptor
+    problem = tls_problem(settings)
+    if problem:
+        print(f"coordconv serve: {problem}", file=sys.stderr)
+        return 1
 
     async def main() -> int:
         server = Server(settings, sock, worker)

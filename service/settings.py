@@ -196,6 +196,11 @@ class Settings(BaseSettings):
     def _empty_key_is_none(cls, value: str | None) -> str | None:
         return value if value and value.replace(",", "").strip() else None
 
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("tls_key_file", "tls_client_ca_file")
     @classmethod
     def _tls_pairs(cls, value: Path | None, info: ValidationInfo) -> Path | None:

@@ -12,6 +12,7 @@ import pytest
 from fastapi import APIRouter, Query
 from fastapi.routing import APIRoute
 
+from service.dataplane.auth import Scope
 from service.http import v1, v2
 from service.http.app import HOT_ENDPOINTS
 from service.http.dispatch import FastDispatch, FastRoute
@@ -51,7 +52,7 @@ def test_the_table_is_the_apps_hot_routes(pair: tuple[LiveServer, LiveServer]) -
         ("version", "version"),
     ]
     assert routes[v2.infer_version].path_args == ("name", "version")
-    assert all(r.auth for r in routes.values())
+    assert all(r.scopes == (Scope.INFERENCE,) for r in routes.values())  # the inference key
 
 
 def test_a_declaration_it_cannot_honour_is_refused_when_the_app_is_built() -> None:

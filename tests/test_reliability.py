@@ -237,7 +237,9 @@ def test_concurrency_limit_answers_503_with_retry_after(limit) -> None:
 def test_requests_still_queued_when_the_drain_runs_out_get_503_not_500() -> None:
     coords = data.centres()[:6]
     # Batches wait 20 s to fill, far past GRACE_S = 2: nothing queued can finish in time.
-    with serve_process(max_queue_delay_us=20_000_000, grace_s=2) as (proc, url):
+    with serve_process(
+        max_queue_delay_us=20_000_000, limit_queue_delay_us=30_000_000, grace_s=2
+    ) as (proc, url):
 
         async def scenario() -> list[tuple[int, dict, float, dict]]:
             task = asyncio.ensure_future(burst(url, coords))

@@ -89,7 +89,7 @@ def test_a_bad_repository_stops_start_up_naming_the_path(fault, tmp_path: Path) 
         (repo / "render" / "1").mkdir(parents=True)
         (repo / "render" / "1" / "model.onnx").write_bytes(b"not an onnx file")
         shutil.copy(MODELS / "render" / "config.pbtxt", repo / "render")
-        expected = f"({repo / 'render' / '1' / 'model.onnx'}): cannot load the ONNX file"
+        expected = "model render version 1 (render/1/model.onnx): cannot load the ONNX file"
     elif fault == "mismatch":
         shutil.copytree(MODELS / "locate", repo / "render")
         # A locate graph whose metadata claims it renders.
@@ -188,5 +188,5 @@ def test_an_unreadable_model_directory_is_named(tmp_path: Path, monkeypatch) -> 
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
     registry = ModelRegistry(Settings(model_dir=repo, providers="cpu"), Metrics())
-    with pytest.raises(RepositoryError, match=f"model directory {repo / 'locate'} is not readable"):
+    with pytest.raises(RepositoryError, match="model folder 'locate' is not readable"):
         asyncio.run(registry.start())

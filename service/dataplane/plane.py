@@ -97,7 +97,11 @@ class DataPlane:
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The effective config: config.pbtxt with the service's defaults where it is silent."""
-        return model_config.to_json(self.registry.get(name, version).config)
+        # max_batch_size 0 (no batching) is protobuf's default, so to_json would leave it out.
+        return {
+            "max_batch_size": 0,
+            **model_config.to_json(self.registry.get(name, version).config),
+        }
 
     def models(self) -> list[dict[str, Any]]:
         """Every served version, for /v1/models."""

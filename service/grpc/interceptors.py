@@ -1,7 +1,9 @@
 """What every Open Inference Protocol RPC gets on the way in and out, as one server interceptor
-(as MLServer wraps its servicer): the API key (the rule of service/dataplane/auth.py, read from
-`authorization` metadata), typed errors as status codes, and metrics with one log line. The
-servicer (service/grpc/servicer.py) only adapts messages to the data plane.
+(as MLServer wraps its servicer): the API key of each method's scope (the rule of
+service/dataplane/auth.py, read from `authorization` metadata: RepositoryModelLoad and
+RepositoryModelUnload need an admin key, the probes none, every other method an inference key),
+typed errors as status codes, and metrics with one log line. The servicer
+(service/grpc/servicer.py) only adapts messages to the data plane.
 
 Each method's handler is wrapped once and cached: the per-call cost is a dictionary lookup.
 """
@@ -16,18 +18,20 @@ from typing import Any
 
 import grpc
 
-from service.dataplane.auth import check_bearer
+from service.dataplane.auth import KeyRing, Scope
 from service.errors import ServiceError
 from service.metrics import Metrics
 
 log = logging.getLogger("coordconv.grpc")
 SERVICE = "inference.GRPCInferenceService"
 OPEN = frozenset({"ServerLive", "ServerReady"})  # probes: never authenticated
+ADMIN = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})  # repository control
 
 # One status code per typed error's HTTP status (the same errors HTTP answers with).
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     406: grpc.StatusCode.INVALID_ARGUMENT,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -55,8 +59,8 @@ async def abort(context: grpc.aio.ServicerContext, exc: ServiceError) -> None:
 
 
 class FrontDoor(grpc.aio.ServerInterceptor):
-    def __init__(self, api_key: str | None, metrics: Metrics) -> None:
-        self.api_key = api_key
+    def __init__(self, keys: KeyRing, metrics: Metrics) -> None:
+        self.keys = keys
         self.metrics = metrics
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -73,7 +77,7 @@ class FrontDoor(grpc.aio.ServerInterceptor):
         service, _, name = method.lstrip("/").partition("/")
         if handler is None or service != SERVICE:  # health, reflection: as they are
             return handler
-        auth = name not in OPEN
+        auth = None if name in OPEN else Scope.ADMIN if name in ADMIN else Scope.INFERENCE
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
                 self._unary(name, handler.unary_unary, auth),
@@ -89,11 +93,11 @@ class FrontDoor(grpc.aio.ServerInterceptor):
         self._handlers[method] = wrapped
         return wrapped
 
-    def _check(self, context: grpc.aio.ServicerContext, auth: bool) -> None:
-        if auth and self.api_key is not None:  # no metadata to read without a key
-            check_bearer(self.api_key, authorization(context))
+    def _check(self, context: grpc.aio.ServicerContext, auth: Scope | None) -> None:
+        if auth is not None and self.keys.needs_key(auth):  # no metadata to read without one
+            self.keys.check(auth, authorization(context))
 
-    def _unary(self, name: str, behavior: Unary, auth: bool) -> Unary:
+    def _unary(self, name: str, behavior: Unary, auth: Scope | None) -> Unary:
         route = f"/{SERVICE}/{name}"
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -121,7 +125,7 @@ class FrontDoor(grpc.aio.ServerInterceptor):
 
         return call
 
-    def _stream(self, behavior: Stream, auth: bool) -> Stream:
+    def _stream(self, behavior: Stream, auth: Scope | None) -> Stream:
         async def call(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:

@@ -1,11 +1,14 @@
 """The gRPC front end: the Open Inference Protocol servicer behind its interceptor, the standard
 health service (`grpc.health.v1.Health`, for Kubernetes' gRPC probes, following the data plane's
-readiness) and server reflection, on one port.
+readiness) and server reflection, on one port: plain text, or TLS from TLS_CERT_FILE and
+TLS_KEY_FILE (the files HTTPS uses), with client certificates required when TLS_CLIENT_CA_FILE is
+set.
 
-The HTTP rules hold here too: the API key as `authorization: Bearer` metadata
-(UNAUTHENTICATED), messages up to MAX_BODY_BYTES (RESOURCE_EXHAUSTED beyond), overload and
-not-ready as UNAVAILABLE with a `retry-after` trailing entry, bad input INVALID_ARGUMENT or
-NOT_FOUND with a message that says what was wrong, never INTERNAL or UNKNOWN.
+The HTTP rules hold here too: the API key of each method's scope as `authorization: Bearer`
+metadata (UNAUTHENTICATED, or PERMISSION_DENIED for an inference key asking to load), messages
+up to MAX_BODY_BYTES (RESOURCE_EXHAUSTED beyond), overload and not-ready as UNAVAILABLE with a
+`retry-after` trailing entry, bad input INVALID_ARGUMENT or NOT_FOUND with a message that says
+what was wrong, never INTERNAL or UNKNOWN.
 """
 
 from __future__ import annotations
@@ -17,11 +20,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from service.dataplane.auth import KeyRing
 from service.dataplane.plane import DataPlane
 from service.grpc.interceptors import SERVICE, FrontDoor
 from service.grpc.servicer import InferenceServicer
+from service.settings import Settings
 
 log = logging.getLogger("coordconv.grpc")
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the settings' PEM files (None: plain text); client certificates signed by
+    TLS_CLIENT_CA_FILE required when it is set."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=None if ca is None else ca.read_bytes(),
+        require_client_auth=ca is not None,
+    )
 
 
 class GrpcFrontEnd:
@@ -32,7 +50,9 @@ class GrpcFrontEnd:
         settings = plane.settings
         limit = settings.max_body_bytes
         self.server = grpc.aio.server(
-            interceptors=[FrontDoor(settings.api_key, plane.metrics)],
+            interceptors=[
+                FrontDoor(KeyRing.of(settings.api_key, settings.admin_api_key), plane.metrics)
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
@@ -53,7 +73,12 @@ class GrpcFrontEnd:
             self.server,
         )
         self.address = f"{settings.host}:{settings.grpc_port}"
-        self.port = self.server.add_insecure_port(self.address)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.address)
+        else:
+            self.port = self.server.add_secure_port(self.address, credentials)
+        self.tls = credentials is not None
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {self.address}")
         self.plane = plane
@@ -61,7 +86,8 @@ class GrpcFrontEnd:
     async def start(self) -> None:
         await self.server.start()
         await self.set_serving(self.plane.ready())
-        log.info("gRPC on %s", self.address.rsplit(":", 1)[0] + f":{self.port}")
+        where = self.address.rsplit(":", 1)[0] + f":{self.port}"
+        log.info("gRPC%s on %s", " (TLS)" if self.tls else "", where)
 
     async def set_serving(self, serving: bool) -> None:
         status = (

@@ -1,5 +1,7 @@
-"""What the HTTP routes depend on: the data plane (`PlaneDep`) and the API key check (`AuthDep`,
-the transport-neutral rule of service/dataplane/auth.py). The fast dispatch
+"""What the HTTP routes depend on: the data plane (`PlaneDep`) and the API key checks, one per
+scope (`AuthDep`: inference, `AdminDep`: repository control), the transport-neutral rule of
+service/dataplane/auth.py. A router's `AuthDep` and a route's `AdminDep` add up: an inference key
+passes the first and is refused (403) by the second. The fast dispatch
 (service/http/dispatch.py) reads these same declarations off each route."""
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.dataplane.auth import check_bearer
+from service.dataplane.auth import KeyRing, Scope
 from service.dataplane.plane import DataPlane
 
 
@@ -22,8 +24,23 @@ async def get_plane(request: Request) -> DataPlane:
 PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 
 
+def keyring(plane: DataPlane) -> KeyRing:
+    settings = plane.settings
+    return KeyRing.of(settings.api_key, settings.admin_api_key)
+
+
 async def require_api_key(request: Request, plane: PlaneDep) -> None:
-    check_bearer(plane.settings.api_key, request.headers.get("authorization", ""))
+    """The inference scope: API_KEY (or ADMIN_API_KEY) where API_KEY is set."""
+    keyring(plane).check(Scope.INFERENCE, request.headers.get("authorization", ""))
+
+
+async def require_admin_key(request: Request, plane: PlaneDep) -> None:
+    """The admin scope: ADMIN_API_KEY (unset: the API_KEY keys) where either is set."""
+    keyring(plane).check(Scope.ADMIN, request.headers.get("authorization", ""))
 
 
 AuthDep = Depends(require_api_key)
+AdminDep = Depends(require_admin_key)
+
+# What each key dependency checks (the fast dispatch runs them by this table).
+SCOPES = {require_api_key: Scope.INFERENCE, require_admin_key: Scope.ADMIN}

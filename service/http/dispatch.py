@@ -5,10 +5,11 @@ POST /v1/render, /v1/locate and /v2/models/{name}[/versions/{version}]/infer car
 traffic. FastAPI passes each request through its exception, exit-stack and routing layers and
 solves its dependencies anew; here the same APIRoute objects are matched with their own compiled
 path patterns, and each endpoint is called with what its FastAPI declaration asks for (the
-request, the data plane, path and query parameters), after the API key check exactly when the
-route declares it. Nothing about a route is written twice: a route whose declaration the fast
-dispatch cannot honour (another dependency, a header, body or non-string parameter) is refused
-when the app is built, and tests/test_dispatch.py checks both dispatches answer alike.
+request, the data plane, path and query parameters), after the API key checks exactly where the
+route declares them (`AuthDep`, `AdminDep`: each scope's check, in declaration order). Nothing
+about a route is written twice: a route whose declaration the fast dispatch cannot honour
+(another dependency, a header, body or non-string parameter) is refused when the app is built,
+and tests/test_dispatch.py checks both dispatches answer alike.
 
 `FAST_DISPATCH=false` leaves every route to FastAPI (what the gain is measured against).
 """
@@ -24,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.dataplane import auth
 from service.dataplane.plane import DataPlane
-from service.http.deps import get_plane, require_api_key
+from service.http.deps import SCOPES, get_plane, keyring
 
 Endpoint = Callable[..., Awaitable[Response]]
 ErrorHandler = Callable[[Request, Exception], Response]
@@ -40,14 +42,14 @@ class FastRoute:
     plane_args: tuple[str, ...]
     path_args: tuple[str, ...]
     query_args: tuple[tuple[str, str, Any], ...]  # (argument, query name, default)
-    auth: bool
+    scopes: tuple[auth.Scope, ...]  # the key checks the route declares, in order
 
     @classmethod
     def of(cls, route: APIRoute) -> FastRoute:
         d = route.dependant
         where = f"fast dispatch of {sorted(route.methods or ())} {route.path}"
         for sub in d.dependencies:
-            if sub.call not in (get_plane, require_api_key):
+            if sub.call is not get_plane and sub.call not in SCOPES:
                 raise TypeError(f"{where}: cannot run the dependency {sub.call!r}")
         if d.header_params or d.cookie_params or d.body_params:
             raise TypeError(f"{where}: header, cookie and body parameters are not passed")
@@ -60,7 +62,7 @@ class FastRoute:
             plane_args=tuple(s.name for s in d.dependencies if s.call is get_plane and s.name),
             path_args=tuple(f.name for f in d.path_params),
             query_args=tuple((f.name, f.alias, f.field_info.default) for f in d.query_params),
-            auth=any(s.call is require_api_key for s in d.dependencies),
+            scopes=tuple(SCOPES[s.call] for s in d.dependencies if s.call in SCOPES),
         )
 
     def arguments(self, request: Request, plane: DataPlane, path: dict[str, Any]) -> dict[str, Any]:
@@ -115,8 +117,11 @@ class FastDispatch:
         scope["route"] = fast.route
         request = Request(scope, receive, send)
         try:
-            if fast.auth:
-                await require_api_key(request, self.plane)
+            ring = keyring(self.plane) if fast.scopes else None
+            if ring is not None and ring.enabled:
+                authorization = request.headers.get("authorization", "")
+                for needed in fast.scopes:
+                    ring.check(needed, authorization)
             endpoint: Endpoint = fast.route.endpoint
             response = await endpoint(**fast.arguments(request, self.plane, path))
         except Exception as exc:

@@ -22,7 +22,7 @@ from service.dataplane.offload import Cost
 from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse, InputTensor
 from service.errors import BadRequest
-from service.http.deps import AuthDep, PlaneDep
+from service.http.deps import AdminDep, AuthDep, PlaneDep
 from service.http.responses import (
     answered,
     disconnect_waiter,
@@ -158,14 +158,22 @@ async def repository_index(request: Request, plane: PlaneDep) -> Response:
     return json_response(await plane.repository_index(ready_only))
 
 
-@guarded.post("/repository/models/{name:path}/load", summary="Load or reload a model")
+@guarded.post(
+    "/repository/models/{name:path}/load",
+    summary="Load or reload a model",
+    dependencies=[AdminDep],
+)
 async def repository_load(request: Request, plane: PlaneDep, name: str = ModelName) -> Response:
     body = await _json_object(request)
     await plane.load(name, _parameters(body))
     return json_response({})
 
 
-@guarded.post("/repository/models/{name:path}/unload", summary="Unload a model (drains it first)")
+@guarded.post(
+    "/repository/models/{name:path}/unload",
+    summary="Unload a model (drains it first)",
+    dependencies=[AdminDep],
+)
 async def repository_unload(request: Request, plane: PlaneDep, name: str = ModelName) -> Response:
     body = await _json_object(request)
     params = _parameters(body)

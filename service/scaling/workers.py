@@ -8,8 +8,9 @@ across them.
 
 - Start-up: worker 0 starts first, so a bad repository is one line and exit 1 as with one
   process; the others start once it serves.
-- SIGTERM or SIGINT: passed to every worker; each drains as one process would (GRACE_S); the
-  supervisor exits 0 when all of them did.
+- SIGTERM or SIGINT: passed to every worker; each drains as one process would (not ready at
+  once, serving on for DRAIN_DELAY_S after SIGTERM, then GRACE_S); the supervisor exits 0 when
+  all of them did.
 - A worker that dies is started again; it replays the control log, so it serves what its
   siblings serve.
 """
@@ -81,6 +82,10 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.procs: dict[int, BaseProcess] = {}
         self.stopping = False
+        # How long a worker may take to stop after SIGTERM: it serves on for DRAIN_DELAY_S,
+        # then drains within GRACE_S.
+        self.stop_s = settings.drain_delay_s + settings.grace_s + 10
+        self.stopped_at = 0.0
 
     def spawn(self, index: int) -> BaseProcess:
         info = WorkerInfo(index, self.count, self.run_dir)
@@ -94,6 +99,7 @@ class Supervisor:
     def _signal(self, sig: int, frame: FrameType | None) -> None:
         first, self.stopping = not self.stopping, True
         if first:
+            self.stopped_at = time.monotonic()
             log.info("%s: stopping %d workers", signal.Signals(sig).name, self.count)
         for proc in self.procs.values():
             if proc.pid is not None and proc.is_alive():
@@ -131,7 +137,7 @@ class Supervisor:
             if not self.stopping:
                 self._signal(signal.SIGTERM, None)
             for proc in self.procs.values():
-                proc.join(self.settings.grace_s + 10)
+                proc.join(self.stop_s)
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
@@ -159,9 +165,15 @@ class Supervisor:
                 if not self.stopping:
                     self.spawn(index)
                     started[index] = time.monotonic()
+        # The workers stop accepting when DRAIN_DELAY_S is over; this process's copy of the
+        # listening socket would keep it open, queueing connections that nobody accepts.
+        deadline = self.stopped_at + self.settings.drain_delay_s
+        for proc in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+        self.sock.close()
         codes = []
         for proc in self.procs.values():
-            proc.join(self.settings.grace_s + 10)
+            proc.join(self.stop_s)
             codes.append(proc.exitcode)
         return 0 if all(c == 0 for c in codes) else 1
 
