@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.errors import ClientClosedRequest, InferenceFailed, Unavailable
+from service.errors import ClientClosedRequest, InferenceFailed, PayloadTooLarge, Unavailable
 from service.metrics import Metrics
 from service.models.batcher import Batcher
 from service.models.config import Scheduling
@@ -146,6 +146,39 @@ def test_a_failing_request_does_not_fail_its_neighbours() -> None:
         np.testing.assert_array_equal(out[i][0], np.full((1, 2), 2 * i))
     assert isinstance(out[5], InferenceFailed)
     assert calls[0] == 6  # one batch first, then one call per request to isolate the failure
+
+
+class HungryModel(FakeModel):
+    """Runs out of memory as onnxruntime says it, on any batch of more than one row."""
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        self.calls.append(len(batch))
+        if len(batch) > 1:
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for "
+                "requested buffer of size 68719476736"
+            )
+        if (batch > 100).any():
+            raise MemoryError
+        return (batch * 2,)
+
+
+def test_running_out_of_memory_is_a_413_or_a_503_never_a_500() -> None:
+    async def go() -> list[Any]:
+        b = make_batcher(HungryModel(), max_queue_delay_us=0)
+        b.start()
+        out = await asyncio.gather(
+            b.infer(np.ones((4, 2), np.float32)),
+            b.infer(np.full((1, 2), 500, np.float32)),
+            return_exceptions=True,
+        )
+        await b.stop()
+        return out
+
+    big, single = asyncio.run(go())
+    assert isinstance(big, PayloadTooLarge) and big.status_code == 413
+    assert "could not allocate the memory for 4 items at once" in big.message
+    assert isinstance(single, Unavailable) and single.headers == {"Retry-After": "1"}
 
 
 def test_large_requests_are_split_into_max_batch_calls_and_reassembled() -> None:

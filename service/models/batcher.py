@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -31,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ClientClosedRequest, InferenceFailed, Unavailable
+from service.errors import (
+    ClientClosedRequest,
+    InferenceFailed,
+    PayloadTooLarge,
+    ServiceError,
+    Unavailable,
+)
 from service.metrics import Metrics
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
@@ -41,6 +48,8 @@ Outputs = tuple[np.ndarray, ...]
 Disconnected = Callable[[], Coroutine[Any, Any, None]]
 Part = tuple["_Job", int, int]  # rows [start, stop) of a job
 WATCH_AFTER_S = 0.05
+# How onnxruntime (and numpy, gathering a batch) report running out of memory.
+OUT_OF_MEMORY = re.compile(r"MemoryError|bad_alloc|[Ff]ailed to allocate|out of memory")
 
 
 @dataclass(eq=False)
@@ -302,6 +311,19 @@ class Batcher:
         fitting = [p for p in self.s.preferred_batch_sizes if p <= n]
         return max(fitting) if fitting else self.s.max_batch_size
 
+    def _failure(self, error: str, items: int) -> ServiceError:
+        """A failed call as its client should see it: running out of memory is the size of the
+        request (413, or 503 for a single item: the server is short of memory), anything else
+        the model's failure."""
+        if OUT_OF_MEMORY.search(error):
+            if items > 1:
+                return PayloadTooLarge(
+                    f"model {self.name!r} could not allocate the memory for {items} items at "
+                    "once; send fewer per request"
+                )
+            return Unavailable(f"model {self.name!r} is short of memory; retry", retry_after=1)
+        return InferenceFailed(f"model {self.name!r} failed")
+
     def _execute(self, parts: list[Part]) -> list[_Execution]:
         """In a scheduler thread: gather the rows and run onnxruntime; if the call fails, find
         the culprit with one call per job."""
@@ -317,7 +339,8 @@ class Batcher:
         except Exception as exc:
             if len(parts) > 1:
                 return [e for part in parts for e in self._execute([part])]
-            return [_Execution(parts, None, error=str(exc))]
+            error = "MemoryError" if isinstance(exc, MemoryError) else str(exc)
+            return [_Execution(parts, None, error=error)]
         return [_Execution(parts, out, t1 - t0, time.perf_counter_ns() - t1)]
 
     # -- back on the event loop ---------------------------------------------------------------
@@ -331,7 +354,7 @@ class Batcher:
                 job, a, b = e.parts[0]
                 log.error("model %s failed on %d items: %s", self.name, b - a, e.error)
                 if not job.future.done():
-                    job.future.set_exception(InferenceFailed(f"model {self.name!r} failed"))
+                    job.future.set_exception(self._failure(e.error, b - a))
                 continue
             start = time.perf_counter_ns()
             offset = 0
