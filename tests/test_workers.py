@@ -5,24 +5,28 @@ models, SIGTERM drains every worker and exits 0."""
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from pydantic import ValidationError
 
 from service.models.statistics import merge
 from service.settings import Settings
-from tests.conftest import ROOT, free_port
+from tests.conftest import MODELS, ROOT, free_port
 
 
 class Workers:
@@ -203,6 +207,156 @@ def test_a_killed_worker_comes_back_serving_what_its_siblings_serve(explicit: Wo
     code, out = explicit.stop()
     assert code == 0, out
     assert "worker 1" in out and "starting it again" in out
+
+
+def restarted(w: Workers, index: int) -> dict[int, httpx.Client]:
+    """SIGKILL worker `index`; a client held by each worker once the supervisor has started it
+    again."""
+    clients = w.by_worker()
+    old = clients[index].get("/healthz").json()["pid"]
+    for c in clients.values():
+        c.close()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        assert time.monotonic() < deadline, f"worker {index} did not come back"
+        clients = w.by_worker()
+        if clients[index].get("/healthz").json()["pid"] != old:
+            return clients
+        for c in clients.values():
+            c.close()
+        time.sleep(0.2)
+
+
+RENDER_COORDS = np.array([[10, 20], [40.5, 33], [3, 60]], np.float32)
+
+
+@pytest.mark.parametrize(
+    ("mode", "killed"),
+    [("explicit", 0), ("explicit", 1), ("none", 1)],
+    ids=["explicit-worker-0", "explicit-worker-1", "none-worker-1"],
+)
+def test_a_restarted_worker_serves_what_its_siblings_serve_not_the_disk(
+    tmp_path: Path, mode: str, killed: int
+) -> None:
+    """Both models' policy is `latest 2`. Explicit mode: `render` is loaded at start, `locate`
+    by a load request; none mode: both at start. Then version 3 of each appears on disk (and in
+    none mode a model folder), loaded by nobody. A worker killed and started again serves
+    versions 1 and 2 of both, as its sibling does, not the disk's 2 and 3."""
+    repo = tmp_path / "models"
+    for name in ("render", "locate"):
+        shutil.copytree(MODELS / name, repo / name)
+    args = ["--model-control-mode", mode, "--model-dir", str(repo)]
+    w = Workers(*args, *(["--load-model", "render"] if mode == "explicit" else []))
+    try:
+        clients = w.by_worker()
+        if mode == "explicit":  # a load entry in the control log
+            r = clients[1 - killed].post("/v2/repository/models/locate/load")
+            assert r.status_code == 200, r.text
+        want = {(n, v) for n in ("render", "locate") for v in ("1", "2")}
+        models = clients[0].get("/v1/models").json()
+        assert {(m["name"], m["version"]) for m in models["models"]} == want
+        for c in clients.values():
+            c.close()
+        for name in ("render", "locate"):  # version 1's file: answers unlike version 2's
+            shutil.copytree(repo / name / "1", repo / name / "3")
+        if mode == "none":
+            shutil.copytree(MODELS / "pixel", repo / "pixel")
+
+        clients = restarted(w, killed)
+        versions, values = [], []
+        for _ in range(6):
+            for i in (0, 1):
+                r = clients[i].post(
+                    "/v1/render",
+                    json={"coords": RENDER_COORDS.tolist()},
+                    headers={"Accept": "application/x-npy"},
+                )
+                assert r.status_code == 200, r.text
+                versions.append(r.headers["X-Model-Version"])
+                values.append(np.load(io.BytesIO(r.content)))
+        assert versions == ["2"] * 12, versions
+        session = ort.InferenceSession(
+            str(repo / "render" / "2" / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        expected = session.run(None, {"coords": RENDER_COORDS})[0]
+        for v in values:
+            np.testing.assert_allclose(v, expected, rtol=0, atol=1e-5)
+        for i in (0, 1):
+            r = clients[i].post(
+                "/v2/models/locate/infer",
+                json={
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "FP32",
+                            "shape": [1, 64, 64],
+                            "data": [0.0] * 4096,
+                        }
+                    ]
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["model_version"] == "2"
+
+        models = [clients[i].get("/v1/models").json() for i in (0, 1)]
+        assert models[0] == models[1]
+        assert {(m["name"], m["version"]) for m in models[0]["models"]} == want
+        index = [clients[i].post("/v2/repository/index", json={}).json() for i in (0, 1)]
+        assert index[0] == index[1]
+        assert {(e["name"], e["version"]) for e in index[0] if e["state"] == "READY"} == want
+        for c in clients.values():
+            c.close()
+        code, out = w.stop()
+        assert code == 0, out
+        assert "Traceback" not in out, out
+    finally:
+        if w.proc.poll() is None:  # SIGTERM: the supervisor removes its run directory
+            w.proc.terminate()
+            try:
+                w.proc.communicate(timeout=40)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.communicate()
+
+
+def test_a_restarted_worker_never_serves_a_version_its_siblings_do_not(tmp_path: Path) -> None:
+    """Version 1 is deleted from disk while the workers serve it (from memory), version 3
+    appears: a restarted worker cannot load 1, so it serves 2 alone (not the disk's 2 and 3),
+    and says so in one line."""
+    repo = tmp_path / "models"
+    shutil.copytree(MODELS / "render", repo / "render")
+    w = Workers(
+        *("--model-control-mode", "explicit", "--load-model", "render", "--model-dir", str(repo))
+    )
+    try:
+        for c in w.by_worker().values():
+            c.close()
+        shutil.copytree(repo / "render" / "1", repo / "render" / "3")
+        shutil.rmtree(repo / "render" / "1")
+        clients = restarted(w, 1)
+        served = [
+            {m["version"] for m in clients[i].get("/v1/models").json()["models"]} for i in (0, 1)
+        ]
+        assert served == [{"1", "2"}, {"2"}]
+        for i in (0, 1):
+            for _ in range(3):
+                r = clients[i].post("/v1/render", json={"coords": [[9, 9]]})
+                assert r.status_code == 200 and r.headers["X-Model-Version"] == "2", r.text
+        for c in clients.values():
+            c.close()
+        code, out = w.stop()
+        assert code == 0, out
+        assert "cannot serve render versions [1, 2] as the other workers do" in out, out
+        assert "serving versions [2]" in out and "Traceback" not in out, out
+    finally:
+        if w.proc.poll() is None:
+            w.proc.terminate()
+            try:
+                w.proc.communicate(timeout=40)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.communicate()
 
 
 def test_a_bad_repository_is_one_line_with_workers(tmp_path) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import logging
 from collections import defaultdict
@@ -465,9 +464,7 @@ class ModelRegistry:
 
 
 async def give_back_memory() -> None:
-    """After versions are closed: collect the reference cycles they sat in (start-up froze the
-    collector's view of older objects, and full collections are rare), then hand freed heap
-    back to the system, so an unload shows in the RSS."""
-    gc.collect()
-    await asyncio.sleep(0)
-    release_memory()
+    """After versions are closed (which lets go of their sessions at once: nothing else holds
+    them), hand the freed heap back to the system, so an unload shows in the RSS. In a thread:
+    malloc_trim walks the heap (ctypes releases the GIL), which would stall the event loop."""
+    await asyncio.to_thread(release_memory)

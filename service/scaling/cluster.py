@@ -6,8 +6,21 @@ creates for them:
 
 - Model control: a load or unload is appended to `control.jsonl` (under a file lock, which gives
   every operation a sequence number), applied by every worker in that order, and answered once
-  every live worker has applied it; a worker that starts later (or is restarted) replays the log,
-  so it serves the same set as its siblings.
+  every live worker has applied it; a worker that starts later (or is restarted) replays the log
+  before it serves, so it serves the same set as its siblings.
+- The log holds what was served, never what the disk said: the worker that is asked to load
+  picks the versions on the disk of that moment (`ModelRegistry.plan`) and the entry carries
+  them, so every worker, and any replay, loads exactly those (or fails as a load of a version
+  gone from disk fails). A load refused before that (no such model, no version to serve, a
+  limit) is logged as refused, so every worker reports the same reason. Once worker 0 has
+  started, it appends what it serves (`{"op": "start", "served": {name: [versions]}}`, the
+  first entry, once per run); a worker that applies it loads, reloads or unloads until it
+  serves exactly that, whatever its own start-up found on disk (version folders added or
+  removed since); where a version it lists is gone from disk (or no longer loads), the worker
+  serves those of the listed versions it can, or none of that model, never another version.
+  In poll mode the disk is the source of truth: every worker polls it for
+  itself, a restarted worker serves the disk as it is now and its siblings take the same
+  changes at their next polls, so no start entry is written.
 - Statistics: the worker that is asked sums its own and its siblings' (Triton's statistics
   extension counts requests, so the sum is the server's figure).
 - `/metrics`: Prometheus' multiprocess mode (PROMETHEUS_MULTIPROC_DIR under the run directory).
@@ -30,6 +43,7 @@ from typing import Any
 
 from service.errors import BadRequest, ModelError, NotFound, ServiceError
 from service.models import config as model_config
+from service.models import repository
 from service.models.registry import ModelRegistry
 
 log = logging.getLogger("coordconv.cluster")
@@ -54,13 +68,16 @@ class WorkerInfo:
         return [i for i in range(self.count) if i != self.index]
 
 
-def append_control(run_dir: Path, entry: dict[str, Any]) -> int:
-    """Append one operation to the control log; returns its sequence number (1, 2, ...)."""
+def append_control(run_dir: Path, entry: dict[str, Any], *, first: bool = False) -> int | None:
+    """Append one operation to the control log; returns its sequence number (1, 2, ...).
+    `first`: only if the log is empty (else None, nothing written)."""
     with open(run_dir / CONTROL_LOG, "a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             f.seek(0)
             seq = sum(1 for _ in f) + 1
+            if first and seq > 1:
+                return None
             f.write(json.dumps({**entry, "seq": seq}) + "\n")
             f.flush()
         finally:
@@ -100,8 +117,16 @@ class Cluster:
 
     async def start(self) -> None:
         """Replay the control log (what the siblings were told before this worker started),
-        then listen for them."""
+        then listen for them. Worker 0's first start writes the start entry (what it serves)."""
         await self.catch_up()
+        if self.index == 0 and self.registry.mode != "poll":
+            await asyncio.to_thread(
+                append_control,
+                self.info.run_dir,
+                {"op": "start", "served": self._served()},
+                first=True,  # a restarted worker 0 replays the one its first start wrote
+            )
+            await self.catch_up()
         path = self.info.socket_path(self.info.index)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a crashed predecessor's
@@ -122,8 +147,11 @@ class Cluster:
 
     async def control(self, entry: dict[str, Any]) -> None:
         """Apply a load or unload on every worker; raises what this worker's attempt raised, or
-        a sibling's failure."""
+        a sibling's failure. A load is given the versions to load here, from today's disk."""
+        if entry["op"] == "load":
+            entry = await self._plan(entry)
         seq = await asyncio.to_thread(append_control, self.info.run_dir, entry)
+        assert seq is not None
         await self.catch_up()
         own = self.results.get(seq)
         replies = await asyncio.gather(
@@ -144,27 +172,74 @@ class Cluster:
             for entry in entries:
                 self.results[entry["seq"]] = await self._apply(entry)
 
-    async def _apply(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+    async def _plan(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A load entry with the versions a load would serve now; one that cannot be served
+        carries the refusal instead (every worker reports it alike)."""
         name = entry["name"]
         try:
-            if entry["op"] == "load":
-                text = entry.get("config")
-                config = (
-                    None
-                    if text is None
-                    else model_config.parse_json(text, f"model {name}: config parameter")
+            versions = await self.registry.plan(name, _config(entry))
+        except Exception as exc:
+            failed = str(exc) if isinstance(exc, ModelError | NotFound) else None
+            if failed is not None:
+                log.error("load of %s refused, serving set unchanged: %s", name, exc)
+            return {**entry, "versions": None, "refused": _outcome(entry, exc), "failed": failed}
+        return {**entry, "versions": versions}
+
+    async def _apply(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            if entry["op"] == "start":
+                await self._converge(entry["served"])
+            elif entry["op"] == "load":
+                if entry.get("refused") is not None:
+                    if entry.get("failed") is not None:  # as a refused load records it
+                        self.registry.failed[entry["name"]] = entry["failed"]
+                    refused: dict[str, Any] = entry["refused"]
+                    return refused
+                await self.registry.load(
+                    entry["name"], _config(entry), versions=entry.get("versions")
                 )
-                await self.registry.load(name, config)
             else:
-                await self.registry.unload(name)
-        except ModelError as exc:
-            return {"status": 400, "message": f"failed to load {name!r}: {exc}"}
-        except ServiceError as exc:
-            return {"status": exc.status_code, "message": exc.message}
+                await self.registry.unload(entry["name"])
         except Exception as exc:  # never let one operation stop the follower
-            log.exception("control operation %s failed", entry)
-            return {"status": 500, "message": f"{entry['op']} {name!r} failed: {exc}"}
+            return _outcome(entry, exc)
         return None
+
+    async def _converge(self, served: dict[str, list[int]]) -> None:
+        """Serve exactly `served` (the start entry): what worker 0 found at its start."""
+        for name in sorted(set(self.registry.versions) - set(served)):
+            log.warning("unloading %s: the other workers do not serve it", name)
+            with contextlib.suppress(NotFound):
+                await self.registry.unload(name)
+        for name, versions in sorted(served.items()):
+            if self._served().get(name) == sorted(versions):
+                continue
+            try:
+                await self.registry.load(name, versions=versions)
+                continue
+            except (ModelError, NotFound, BadRequest) as exc:
+                problem = str(exc)
+            # Never a version the others do not serve: those of theirs still on disk, or none.
+            with contextlib.suppress(ModelError, NotFound, BadRequest):
+                reg = self.registry
+                files = await reg.reads.run(name, repository.scan, reg.repo, name)
+                left = sorted(set(versions) & set(files.versions))
+                if left and left != self._served().get(name):
+                    await self.registry.load(name, versions=left)
+            now = self._served().get(name)
+            if now is not None and not set(now) <= set(versions):
+                with contextlib.suppress(NotFound):
+                    await self.registry.unload(name)
+                now = None
+            log.error(
+                "cannot serve %s versions %s as the other workers do (%s); serving %s",
+                name,
+                versions,
+                problem,
+                f"versions {now}" if now else "none of it",
+            )
+
+    def _served(self) -> dict[str, list[int]]:
+        return {name: sorted(map(int, vs)) for name, vs in self.registry.versions.items()}
 
     async def _follow_log(self) -> None:
         while True:
@@ -232,6 +307,24 @@ class Cluster:
             pass
         finally:
             writer.close()
+
+
+def _config(entry: dict[str, Any]) -> model_config.ModelConfig | None:
+    text = entry.get("config")
+    if text is None:
+        return None
+    return model_config.parse_json(text, f"model {entry['name']}: config parameter")
+
+
+def _outcome(entry: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """What a failed operation answers (status, message), as one process would."""
+    name = entry.get("name")
+    if isinstance(exc, ModelError):
+        return {"status": 400, "message": f"failed to load {name!r}: {exc}"}
+    if isinstance(exc, ServiceError):
+        return {"status": exc.status_code, "message": exc.message}
+    log.error("control operation %s failed", entry, exc_info=exc)
+    return {"status": 500, "message": f"{entry['op']} {name!r} failed: {exc}"}
 
 
 def _error(err: dict[str, Any]) -> ServiceError:

@@ -11,8 +11,8 @@ across them.
 - SIGTERM or SIGINT: passed to every worker; each drains as one process would (not ready at
   once, serving on for DRAIN_DELAY_S after SIGTERM, then GRACE_S); the supervisor exits 0 when
   all of them did.
-- A worker that dies is started again; it replays the control log, so it serves what its
-  siblings serve.
+- A worker that dies is started again; it replays the control log (the versions its siblings
+  loaded, not what the disk holds now), so it serves what its siblings serve.
 """
 
 from __future__ import annotations
