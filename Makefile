@@ -92,9 +92,9 @@ test-fast: lint typecheck
 models: $(VENV)/.all
 	$(BIN)/coordconv models --repo models
 
-# The committed table: CoordConv on 10 seeds against the best baselines of the cached search
-# (results/baseline_search.json; REPRODUCE_ARGS=--search runs it again). For the CoordConv rows
-# of one seed only: REPRODUCE_ARGS="--archs coordconv coordconv906 --seeds 1".
+# The committed table: the campaign of training/campaign.py on the seeds fixed in
+# results/plan.json (paper recipe, ours, ablations, baselines), resumed from results/records/.
+# One block only: REPRODUCE_ARGS="--blocks paper"; the report alone: REPRODUCE_ARGS=--report-only.
 REPRODUCE_ARGS ?=
 reproduce: $(VENV)/.all
 	$(BIN)/coordconv reproduce --out results $(REPRODUCE_ARGS)

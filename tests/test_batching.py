@@ -173,7 +173,7 @@ def test_running_out_of_memory_is_a_413_or_a_503_never_a_500() -> None:
             return_exceptions=True,
         )
         await b.stop()
-        return out
+        return list(out)
 
     big, single = asyncio.run(go())
     assert isinstance(big, PayloadTooLarge) and big.status_code == 413

@@ -1,65 +1,178 @@
-"""`coordconv reproduce` on a tiny budget: every seed in the table, the baseline search run once
-and reused, time to goal, the 906-parameter row, plots."""
+"""The reproduction report: time to goal computed one way, ratios recomputed from the committed
+per-epoch histories, the baselines chosen on validation, and a tiny campaign that resumes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from training import reproduce, search
-from training import train as training
-from training.nets import Arch
+from training import campaign, reproduce
+from training import recipe as recipes
 
-pytestmark = pytest.mark.slow
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def _run(block: str, seed: int, goals: list[bool], cpu: float = 1.0, **kw):
+    history = [
+        {"epoch": i + 1, "time_s": (i + 1) * cpu, "cpu_s": (i + 1) * cpu, "test": 0.5, "goal": g}
+        for i, g in enumerate(goals)
+    ]
+    return {
+        "block": block,
+        "seed": seed,
+        "task": "pixel",
+        "arch": "coordconv",
+        "split": "quadrant",
+        "epochs": len(goals),
+        "train_time_s": len(goals) * cpu,
+        "history": history,
+        **kw,
+    }
+
+
+def test_time_to_goal_is_the_first_epoch_that_meets_it() -> None:
+    runs = [
+        _run("ours", 10, [False, True, True], cpu=2.0),
+        _run("ours", 11, [True, True, True], cpu=2.0),
+        _run("ours", 12, [False, False, False], cpu=2.0),
+    ]
+    t = reproduce.time_to_goal(runs)
+    assert t["met"] == 2 and t["median_epochs"] == 1.5 and t["median_cpu_s"] == 3.0
+    assert t["missed_within_epochs"] == 3 and t["missed_within_wall_s"] == 6.0
+    assert "1 not within 3 epochs / 6 s" in reproduce.fmt_ttg(t)
+
+
+def test_ratios_only_between_runs_that_both_met_the_goal() -> None:
+    fast = reproduce.time_to_goal([_run("ours", 10, [True], cpu=2.0)])
+    slow = reproduce.time_to_goal([_run("baseline", 10, [False, False, True], cpu=10.0)])
+    never = reproduce.time_to_goal([_run("baseline", 10, [False] * 50, cpu=10.0)])
+    assert reproduce.ratio(slow, fast) == pytest.approx(15.0)  # 30 s against 2 s
+    assert reproduce.ratio(never, fast) is None  # no best-epoch denominator
+
+
+def test_the_search_chooses_on_validation_not_on_test() -> None:
+    def trial(name: str, vals: list[float], tests: list[float]):
+        return {
+            "name": name,
+            "task": "pixel",
+            "arch": "baseline",
+            "config": {"lr": 0.01, "kernel": 3, "width": 1},
+            "history": [
+                {"epoch": i + 1, "val": v, "test": t}
+                for i, (v, t) in enumerate(zip(vals, tests, strict=True))
+            ],
+        }
+
+    a = trial("a", [0.2, 0.6, 0.5], [0.1, 0.2, 0.3])
+    b = trial("b", [0.3, 0.4, 0.4], [0.9, 0.9, 0.9])  # best on test, worse on validation
+    chosen = campaign.choose([b, a])
+    assert chosen["trial"] == "a" and chosen["epochs"] == 2 and chosen["val"] == 0.6
+
+
+def _matching(records, key):
+    block, task, arch, split = key
+    return [
+        r
+        for r in records
+        if r["block"] == block
+        and (r["task"], r["arch"], r["split"]) == (task, arch, split)
+        and not r["config"].get("without")
+        and r["config"].get("coords", True)
+    ]
+
+
+def test_every_reported_ratio_recomputes_from_the_committed_history() -> None:
+    summary = json.loads((RESULTS / "reproduction.json").read_text())
+    # the records the report was generated from (workers may have added more since)
+    included = set(summary["included"])
+    records = [r for r in campaign.load_all(RESULTS) if f"{r['block']}/{r['name']}" in included]
+    assert summary["completed"] == len(records) == len(included)
+    for r in records:  # each record's own time to goal is its history's
+        assert r["to_goal"] == reproduce.goal_epoch(r)
+    for entry in summary["time_to_goal_ratios"]:
+        slow = reproduce.time_to_goal(_matching(records, entry["slow"]))
+        fast = reproduce.time_to_goal(_matching(records, entry["fast"]))
+        expected = reproduce.ratio(slow, fast)
+        if expected is None:
+            assert entry["ratio"] is None, entry["between"]
+        else:
+            assert entry["ratio"] == pytest.approx(expected), entry["between"]
+    for c in summary["claims"]:
+        for block, key in (("paper", "paper_recipe"), ("ours", "ours")):
+            runs = _matching(records, (block, c["task"], c["arch"], c["split"]))
+            assert c[key]["time_to_goal"] == json.loads(json.dumps(reproduce.time_to_goal(runs)))
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    """One epoch per run and a two-configuration search, so the whole pipeline runs in seconds."""
-    monkeypatch.setitem(search.SPACE, "locate", {"lr": (0.003, 0.001), "shape": ((3, 1),)})
-    monkeypatch.setitem(search.RUNGS, "locate", (1, 2))
-    monkeypatch.setattr(search, "KEEP", 1)
-    key = ("locate", "coordconv906")
-    monkeypatch.setitem(training.DEFAULTS, key, {**training.DEFAULTS[key], "epochs": 1})
+def one_epoch(monkeypatch):
+    """Every recipe of the 906 row cut to one epoch, so a campaign runs in seconds."""
+    row = ("locate", "coordconv906")
+    monkeypatch.setitem(recipes.PAPER, row, dataclasses.replace(recipes.PAPER[row], epochs=1))
+    short = {**recipes._OURS_VALUES["short_epochs"], row: {"epochs": 1}}
+    monkeypatch.setitem(recipes._OURS_VALUES, "short_epochs", short)
 
 
-def test_reproduce_writes_every_seed_the_search_and_time_to_goal(tmp_path, tiny, capsys) -> None:
-    out, runs = tmp_path / "results", tmp_path / "runs" / "reproduce"
-    # The CoordConv locate rows are left out for speed: the 906-parameter regressor stands in.
-    archs: tuple[Arch, ...] = ("coordconv906", "baseline")
-    summary = reproduce.reproduce(
-        out, runs, seeds=2, tasks=("locate",), archs=archs, splits=("quadrant",), progress=False
+@pytest.mark.slow
+def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(tmp_path, one_epoch):
+    results, runs = tmp_path / "results", tmp_path / "runs"
+
+    def plan():
+        return campaign.static_plan(
+            rows=[("locate", "coordconv906")],
+            seeds=(10,),
+            ablation_seeds=(10,),
+            blocks=("paper", "ours", "ablation"),
+        )
+
+    n = campaign.work(results, runs, plan=plan)
+    changes = recipes.changes_of("locate", "coordconv906")
+    assert n == 4 + len(changes)
+    names = sorted(p.stem for p in (results / "records" / "ablation").glob("*.json"))
+    assert names == sorted(f"locate-coordconv906-quadrant-without-{c}-s10" for c in changes)
+    record = json.loads(
+        (results / "records" / "paper" / "locate-coordconv906-uniform-s10.json").read_text()
     )
-    got = {(r["arch"], r["seed"]) for r in summary["runs"]}
-    assert got == {("coordconv906", 0), ("coordconv906", 1), ("baseline", 0)}
-    # The search: both learning rates at the first rung, the better one at the second.
-    found = json.loads((out / "baseline_search.json").read_text())
-    rungs = [(t["rung"], t["lr"]) for t in found["trials"]]
-    assert sorted(rungs)[:2] == [(0, 0.001), (0, 0.003)] and len(rungs) == 3
-    winner = search.best(found["trials"], "locate")
-    assert winner["rung"] == 1 and winner["epochs"] == 2
-    base = next(r for r in summary["runs"] if r["arch"] == "baseline")
-    assert base["config"]["lr"] == winner["lr"] and base["epochs"] == 2
-    table = (out / "reproduction.md").read_text()
-    assert "| locate | quadrant | coordconv906 | 906 | 1 |" in table
-    assert "| locate | quadrant | baseline | " in table
-    assert "## Every seed" in table and "seed 1" in table
-    assert "## Time to goal" in table and "Measured on: CPU" in table
-    assert "# Baseline hyperparameter search" in (out / "baseline_search.md").read_text()
-    for plot in ("learning_curves.png", "time_to_goal.png", "locate_error_map.png"):
-        assert (out / plot).stat().st_size > 1000
-    for r in summary["runs"]:
-        assert r["to_best"]["seconds"] <= r["train_time_s"]
+    assert record["config"]["recipe"] == "paper" and record["settings"]["lr"] == 0.01
+    assert len(record["history"]) == 1 and "cpu_s" in record["history"][0]
+    assert campaign.work(results, runs, plan=plan) == 0  # resumes: nothing trained twice
 
-    # A second run reuses the cached search (no search at all) and the runs (--reuse).
-    def no_search(*args, **kwargs):
-        raise AssertionError("the cached search should have been reused")
+    s = reproduce.write_report(results, plots=True, runs=runs)
+    assert s["completed"] == 4 + len(changes)
+    md = (results / "reproduction.md").read_text()
+    assert "Fresh seeds **10-19**" in md and "1 of 10" in md
+    assert "| `peak_init` | locate/coordconv906 | 1 of 5 |" in md
+    assert "## CPU time of each block" in md
+    assert (results / "learning_curves.png").stat().st_size > 1000
+    assert json.loads((results / "plan.json").read_text())["seeds"] == list(range(10, 20))
 
-    capsys.readouterr()
-    again = reproduce.reproduce(
-        out, runs, seeds=2, tasks=("locate",), archs=archs, splits=("quadrant",),
-        progress=False, plots=False, reuse=True, search_fn=no_search,
-    )  # fmt: skip
-    assert "trained" not in capsys.readouterr().out
-    assert [r["test"] for r in again["runs"]] == [r["test"] for r in summary["runs"]]
+
+def test_verdicts_say_what_the_seeds_settle() -> None:
+    met, miss = {"goal_met": True}, {"goal_met": False}
+    v = reproduce.coordconv_verdict
+    assert v([met] * 10, [met] * 10, [], 10).startswith("**holds as stated**")
+    assert v([met] * 3, [], [], 10).startswith("holds as stated so far (3 of 10")
+    assert "holds only with `offset_init`" in v([met, miss] * 5, [met] * 10, ["offset_init"], 10)
+    assert "ablation runs" in v([miss] * 10, [met] * 10, [], 10, ablations_pending=4)
+    assert v([miss], [met, miss], [], 10).startswith("**does not reproduce here**")
+    assert v([miss], [met], [], 10).startswith("not as stated")
+
+
+def test_the_readme_section_is_replaced_and_nothing_else(tmp_path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# Title\n\n## Quick start\nkeep\n\n"
+        + reproduce.README_HEADING
+        + "\nOLD-SECTION\n\n## Demo\nkeep too\n"
+    )
+    summary = json.loads((RESULTS / "reproduction.json").read_text())
+    assert reproduce.update_readme(summary, readme)
+    text = readme.read_text()
+    assert (
+        "OLD-SECTION" not in text
+        and "## Quick start\nkeep" in text
+        and text.endswith("## Demo\nkeep too\n")
+    )
+    assert "runs complete" in text and text.count(reproduce.README_HEADING) == 1

@@ -22,7 +22,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["train", "--task", "pixel", "--lr", "nan"], "must be a positive number"),
         (["train", "--task", "pixel", "--out", "/proc/nope/run"], "cannot create output folder"),
         (["export", "/nonexistent/run", "--name", "x"], "not a run folder"),
-        (["reproduce", "--seeds", "0"], "must be >= 1"),
+        (["reproduce", "--workers", "0"], "must be >= 1"),
+        (["reproduce", "--blocks", "everything"], "invalid choice: 'everything'"),
+        (["train", "--task", "pixel", "--recipe", "tuned"], "invalid choice: 'tuned'"),
+        (["train", "--task", "pixel", "--without", "magic"], "invalid choice: 'magic'"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
 )
@@ -38,3 +41,27 @@ def test_help_lists_the_subcommands() -> None:
     assert proc.returncode == 0
     for name in ("train", "reproduce", "export", "serve", "client"):
         assert name in proc.stdout
+
+
+def test_the_clis_names_are_the_recipes() -> None:
+    from training import campaign, cli, recipe
+
+    assert cli.CHANGES == tuple(recipe.CHANGES)
+    assert cli.RECIPES == recipe.RECIPES
+    assert cli.BLOCKS == campaign.BLOCKS
+
+
+def test_train_turns_one_change_off(tmp_path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    proc = run(
+        "train", "--task", "locate", "--arch", "coordconv906", "--epochs", "1",
+        "--without", "peak_init", "--without", "no_l2", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "ours" and config["without"] == ["peak_init", "no_l2"]
+    assert config["l2"] == 1e-5  # the paper's, back
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["peak_init"] is False and metrics["settings"]["cosine"] is True

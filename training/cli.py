@@ -15,6 +15,28 @@ if TYPE_CHECKING:
 
 from coordconv.contract import TASKS
 
+# training.recipe's names, repeated so `--help` needs no torch (tests/test_training_cli.py checks
+# they agree).
+RECIPES = ("paper", "ours")
+CHANGES = (
+    "offset_init",
+    "peak_init",
+    "spread_init",
+    "taught_painter",
+    "pixel_aux",
+    "iou_loss",
+    "zero_coord_init",
+    "heatmap_ce",
+    "zero_bias_init",
+    "torch_init",
+    "no_l2",
+    "lr",
+    "cosine",
+    "pixel_mse",
+    "short_epochs",
+)
+BLOCKS = ("paper", "ours", "locate", "ablation", "search", "baseline")
+
 # coordconv906: the paper's 906-parameter regressor (locate, one-hot pixels only).
 ARCHS = ("coordconv", "baseline", "coordconv906")
 SPLITS = ("uniform", "quadrant", "all")
@@ -98,10 +120,31 @@ def train_main(argv: Sequence[str]) -> int:
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--arch", choices=ARCHS, default="coordconv")
     p.add_argument("--split", choices=SPLITS, default="quadrant")
-    p.add_argument("--epochs", type=_non_negative_int, help="default: per task (train.DEFAULTS)")
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="ours",
+        help="paper: the reference code's recipe; ours: with this project's changes "
+        "(training/recipe.py, results/reproduction.md lists them)",
+    )
+    p.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=CHANGES,
+        metavar="CHANGE",
+        help="turn one change of `ours` off (repeatable): " + ", ".join(CHANGES),
+    )
+    p.add_argument("--epochs", type=_non_negative_int, help="default: the recipe's")
     p.add_argument("--lr", type=_positive_float)
     p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--weight-decay", type=float, help="Adam's coupled decay (default 0)")
+    p.add_argument("--l2", type=float, help="L2 on the kernels, in the loss (default: recipe's)")
+    p.add_argument(
+        "--no-coords",
+        action="store_true",
+        help="locate heatmap net without its coordinate channels",
+    )
     p.add_argument("--kernel", type=_positive_int, default=3, help="baselines: filter size")
     p.add_argument("--width", type=_positive_int, default=1, help="baselines: width multiplier")
     p.add_argument("--seed", type=int, default=0)
@@ -121,10 +164,14 @@ def train_main(argv: Sequence[str]) -> int:
                 task=a.task,
                 arch=a.arch,
                 split=a.split,
+                recipe=a.recipe,
+                without=tuple(a.without),
                 epochs=a.epochs,
                 lr=a.lr,
                 batch_size=a.batch_size,
                 weight_decay=a.weight_decay,
+                l2=a.l2,
+                coords=not a.no_coords,
                 kernel=a.kernel,
                 width=a.width,
                 seed=a.seed,
@@ -148,58 +195,68 @@ def train_main(argv: Sequence[str]) -> int:
 def reproduce_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="coordconv reproduce",
-        description="Train the paper's table (3 tasks x 2 splits, CoordConv on every seed "
-        "against the best baselines, and the 906-parameter regressor), write "
-        "results/reproduction.md, .json and plots.",
+        description="Run the reproduction campaign (training/campaign.py): the paper's recipe "
+        "and ours on the fresh seeds 10-19, locate without coordinate channels, every change "
+        "of ours ablated, the baselines' validation search and their 3 seeds. Resumes: runs "
+        "already under OUT/runs/ are not trained again. Then writes OUT/reproduction.md, "
+        ".json and the plots from every completed run.",
     )
     p.add_argument("--out", default="results")
-    p.add_argument("--runs", default="runs/reproduce", help="where run folders go")
-    p.add_argument("--seeds", type=_positive_int, default=10, help="seeds per CoordConv row")
-    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
-    p.add_argument("--splits", nargs="+", choices=SPLITS[:2], default=list(SPLITS[:2]))
+    p.add_argument("--runs", default="runs/campaign", help="where run folders (models) go")
+    p.add_argument("--blocks", nargs="+", choices=BLOCKS, default=list(BLOCKS))
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="only the block of one recipe (the same as --blocks paper or --blocks ours)",
+    )
+    p.add_argument("--workers", type=_positive_int, default=1, help="parallel training workers")
+    p.add_argument("--threads", type=_non_negative_int, default=0, help="torch threads each")
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument(
-        "--reuse",
-        action="store_true",
-        help="reuse run folders that already hold metrics (e.g. from `coordconv models`)",
-    )
-    p.add_argument(
-        "--search",
-        action="store_true",
-        help="search the baselines' hyperparameters again (default: reuse "
-        "OUT/baseline_search.json, searching only for tasks it lacks)",
-    )
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="rewrite the table and plots from OUT/reproduction.json, no training",
+        help="no training: rewrite the table and plots from the records under OUT/records/",
+    )
+    p.add_argument(
+        "--readme",
+        help="also rewrite this file's results section from the table (e.g. README.md)",
     )
     a = p.parse_args(argv)
     _writable_dir(a.out, "output folder")
     _writable_dir(a.runs, "runs folder")
+    blocks = [a.recipe] if a.recipe else a.blocks
 
     def go() -> None:
-        from training.reproduce import report_only, reproduce
+        import subprocess
 
-        if a.report_only:
-            report_only(a.out, a.runs, plots=not a.no_plots)
-            return
+        from training.reproduce import write_report
 
-        reproduce(
-            a.out,
-            a.runs,
-            a.seeds,
-            a.tasks,
-            a.archs,
-            a.splits,
-            a.device,
-            progress=not a.no_progress,
-            plots=not a.no_plots,
-            reuse=a.reuse,
-            search=a.search,
+        if not a.report_only:
+            write_report(a.out, plots=False)  # the header (seeds, recipes) before any run
+            cmd = [
+                sys.executable,
+                "-m",
+                "training.campaign",
+                "--results",
+                a.out,
+                "--runs",
+                a.runs,
+                "--device",
+                a.device,
+                "--threads",
+                str(a.threads),
+                "--blocks",
+                *blocks,
+            ]
+            procs = [subprocess.Popen(cmd) for _ in range(a.workers)]
+            codes = [proc.wait() for proc in procs]
+            if any(codes):
+                raise ValueError(f"a worker failed (exit codes {codes}); completed runs are kept")
+        summary = write_report(a.out, plots=not a.no_plots, runs=a.runs, readme=a.readme)
+        print(
+            f"reproduce: {summary['completed']} of {summary['planned']} planned runs complete; "
+            f"wrote {a.out}/reproduction.md"
         )
 
     return _run(go)

@@ -15,7 +15,7 @@ applies the final softmax or sigmoid and is what gets exported and served.
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,21 @@ def spatial_softmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.flatten(1), dim=1).view_as(logits)
 
 
+def he_normal_(module: nn.Module) -> None:
+    """The reference code's init (TensorFlow's `he_normal`, zero biases) on every convolution and
+    linear layer of `module`: a normal of standard deviation sqrt(2 / fan_in) truncated at two
+    standard deviations (TensorFlow rescales the truncated normal so its standard deviation is
+    that value). Batch norm keeps its ones and zeros."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                std = (2.0 / fan_in) ** 0.5 / 0.87962566103423978
+                nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
 def pointwise(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution applied to a channels-last (B, H, W, C) tensor."""
     return F.linear(h, conv.weight.flatten(1), conv.bias)
@@ -60,7 +75,10 @@ class CoordConvPixel(CoordNet):
     (x_in, y_in, i, j), which is why it generalises to unseen regions. 7,553 parameters."""
 
     def __init__(
-        self, widths: tuple[int, ...] = (32, 32, 64, 64), offset_init: bool = True
+        self,
+        widths: tuple[int, ...] = (32, 32, 64, 64),
+        offset_init: bool = True,
+        torch_init: bool = True,
     ) -> None:
         super().__init__()
         first = CoordConv2d(2, widths[0], 1)
@@ -69,6 +87,8 @@ class CoordConvPixel(CoordNet):
             layers += [nn.Conv2d(cin, cout, 1), nn.ReLU()]
         layers.append(nn.Conv2d(widths[-1], 1, 1))
         self.body = nn.Sequential(*layers)
+        if not torch_init:
+            he_normal_(self)
         if offset_init:
             # Start every first-layer unit as a function of the offset (x_in - i, y_in - j)
             # between the point and the pixel (random weights, tied in pairs): the function
@@ -104,9 +124,15 @@ class CoordConvRender(CoordNet):
     """Rendering (paper section 5): the pixel network's softmax map, then 3x3 convolutions
     8, 8, 16, 16, 1 that paint the 9x9 square around the chosen pixel. 11,850 parameters."""
 
-    def __init__(self, widths: tuple[int, ...] = (8, 8, 16, 16), spread_init: bool = True) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (8, 8, 16, 16),
+        spread_init: bool = True,
+        offset_init: bool = True,
+        torch_init: bool = True,
+    ) -> None:
         super().__init__()
-        self.pixel = CoordConvPixel()
+        self.pixel = CoordConvPixel(offset_init=offset_init, torch_init=torch_init)
         layers: list[nn.Module] = []
         cin = 1
         for cout in widths:
@@ -114,6 +140,8 @@ class CoordConvRender(CoordNet):
             cin = cout
         layers.append(nn.Conv2d(cin, 1, 3, padding=1))
         self.paint = nn.Sequential(*layers)
+        if not torch_init:
+            he_normal_(self.paint)
         if spread_init:
             self._spread_init()
 
@@ -157,9 +185,21 @@ class CoordConvLocate(CoordNet):
     that is symmetric about the centre, which the soft-argmax is.
     """
 
-    def __init__(self, width: int = 16, depth: int = 4) -> None:
+    def __init__(
+        self,
+        width: int = 16,
+        depth: int = 4,
+        zero_coord_init: bool = True,
+        zero_bias_init: bool = True,
+        torch_init: bool = True,
+        coords: bool = True,
+    ) -> None:
         super().__init__()
-        first = CoordConv2d(1, width, 3, padding=1)
+        # coords=False: the same network without coordinate channels (a plain convolution
+        # first), to measure what the heatmap and its soft-argmax owe to CoordConv.
+        first: nn.Module = (
+            CoordConv2d(1, width, 3, padding=1) if coords else nn.Conv2d(1, width, 3, padding=1)
+        )
         layers: list[nn.Module] = [first, nn.ReLU()]
         for _ in range(depth - 1):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
@@ -174,13 +214,15 @@ class CoordConvLocate(CoordNet):
         # - biases at zero: a one-hot pixel is a faint input, and under random negative biases
         #   the ReLUs can drop it everywhere; one seed's heatmap never lit up for one-hot images
         #   (21 px off on train and test alike).
+        if not torch_init:
+            he_normal_(self)
         with torch.no_grad():
-            first.conv.weight[:, 1:].zero_()
-            for conv in self.body:
-                if isinstance(conv, nn.Conv2d) and conv.bias is not None:
-                    conv.bias.zero_()
-            assert first.conv.bias is not None
-            first.conv.bias.zero_()
+            if zero_coord_init and isinstance(first, CoordConv2d):
+                first.conv.weight[:, 1:].zero_()
+            if zero_bias_init:
+                for m in self.modules():
+                    if isinstance(m, nn.Conv2d) and m.bias is not None:
+                        m.bias.zero_()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.forward_aux(image)[0]
@@ -330,7 +372,9 @@ class DeconvNet(CoordNet):
     transposed convolutions (64m, 64m, 64m, 32m, 32m, 1 channels) with batch norm and ReLU between:
     1 -> 2 -> 4 -> ... -> 64. 103,585 parameters at kernel 3, m = 1."""
 
-    def __init__(self, task: Task, kernel: int = 3, width: int = 1) -> None:
+    def __init__(
+        self, task: Task, kernel: int = 3, width: int = 1, torch_init: bool = True
+    ) -> None:
         super().__init__()
         self.task = task
         chans = [2, 64 * width, 64 * width, 64 * width, 32 * width, 32 * width, 1]
@@ -345,6 +389,8 @@ class DeconvNet(CoordNet):
             if i < len(chans) - 2:
                 layers += [nn.BatchNorm2d(cout), nn.ReLU()]
         self.body = nn.Sequential(*layers)
+        if not torch_init:
+            he_normal_(self)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         return self.body(to_unit(coords)[:, :, None, None]).squeeze(1)
@@ -365,6 +411,7 @@ class ConvRegressor(CoordNet):
         hidden: int = 64,
         kernel: int = 3,
         width: int = 1,
+        torch_init: bool = True,
     ) -> None:
         super().__init__()
         if kernel % 2 == 0:
@@ -383,6 +430,8 @@ class ConvRegressor(CoordNet):
             nn.Linear(hidden * width, 2),
         ]
         self.body = nn.Sequential(*layers)
+        if not torch_init:
+            he_normal_(self)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         unit = self.body(image.unsqueeze(1))
@@ -397,7 +446,7 @@ class PaperRegressor(CoordNet):
     max of a linear map over a square's interior lands on its edge), so it trains and is judged on
     one-hot pixels only."""
 
-    def __init__(self) -> None:
+    def __init__(self, peak_init: bool = True, torch_init: bool = True) -> None:
         super().__init__()
         self.body = nn.Sequential(
             CoordConv2d(1, 8, 1),
@@ -406,7 +455,10 @@ class PaperRegressor(CoordNet):
             nn.Conv2d(8, 8, 3, padding=1),
             nn.Conv2d(8, 2, 3, padding=1),
         )
-        self._peak_at_the_pixel()
+        if not torch_init:
+            he_normal_(self)
+        if peak_init:
+            self._peak_at_the_pixel()
 
     @torch.no_grad()
     def _peak_at_the_pixel(self, gain: float = 100.0) -> None:
@@ -434,26 +486,35 @@ class PaperRegressor(CoordNet):
         return (unit + 1.0) * ((CANVAS - 1) / 2.0)
 
 
-def build(task: Task, arch: Arch, kernel: int = 3, width: int = 1) -> CoordNet:
+def build(task: Task, arch: Arch, kernel: int = 3, width: int = 1, **init: bool) -> CoordNet:
     """The network for a task and architecture; `kernel` and `width` (the paper's filter size and
-    width multiplier) shape the baselines only."""
+    width multiplier) shape the baselines only. `init` holds the recipe's init flags
+    (training.recipe.Settings: torch_init, offset_init, spread_init, zero_coord_init,
+    zero_bias_init, peak_init) and `coords` (locate); a flag a network does not use is ignored,
+    and an absent one takes the network's default (the `ours` recipe)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if kernel < 1 or width < 1:
         raise ValueError(f"kernel and width must be >= 1, got {kernel} and {width}")
+
+    def pick(*names: str) -> dict[str, Any]:
+        return {k: init[k] for k in names if k in init}
+
     if arch == "coordconv906":
         if task != "locate":
             raise ValueError("the 906-parameter regressor is a locate network (--task locate)")
-        return PaperRegressor()
+        return PaperRegressor(**pick("peak_init", "torch_init"))
     if arch == "coordconv":
-        return {"pixel": CoordConvPixel, "render": CoordConvRender, "locate": CoordConvLocate}[
-            task
-        ]()
+        if task == "pixel":
+            return CoordConvPixel(**pick("offset_init", "torch_init"))
+        if task == "render":
+            return CoordConvRender(**pick("spread_init", "offset_init", "torch_init"))
+        return CoordConvLocate(**pick("zero_coord_init", "zero_bias_init", "torch_init", "coords"))
     if task == "locate":
-        return ConvRegressor(kernel=kernel, width=width)
-    return DeconvNet(task, kernel=kernel, width=width)
+        return ConvRegressor(kernel=kernel, width=width, **pick("torch_init"))
+    return DeconvNet(task, kernel=kernel, width=width, **pick("torch_init"))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from training import data, metrics
+from training import recipe as recipes
 from training.nets import (
     ARCHS,
     Arch,
@@ -33,22 +34,31 @@ from training.nets import (
 )
 from training.onnx_weights import weights_from_onnx
 
-# Per (task, arch): epochs, learning rate, minibatch, L2. CoordConv follows the paper (Adam,
-# minibatch 16, lr 0.005, betas 0.9/0.99, constant rate) with epochs cut to what reaches the goal
-# on every seed with a margin (see results/reproduction.md: most seeds get there in one epoch).
-# The 906-parameter regressor trains on one-hot pixels at a lower, decaying rate: its max pool
-# sends gradient through one pixel per map, and a fast rate moves the max off the pixel. The
-# baselines' settings here are fallbacks: `coordconv reproduce` takes the best of the
-# hyperparameter search (training/search.py, results/baseline_search.md).
+# The baselines' settings under the `ours` recipe (the campaign's baselines use the `paper`
+# recipe and the configuration its validation search chose, training/campaign.py). The CoordConv
+# rows' settings come from training/recipe.py (`paper` and `ours`, one switch per change).
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("pixel", "coordconv"): {"epochs": 2, "lr": 0.005, "batch_size": 16, "cosine": False},
-    ("render", "coordconv"): {"epochs": 2, "lr": 0.005, "batch_size": 16, "cosine": False},
-    ("locate", "coordconv"): {"epochs": 3, "lr": 0.005, "batch_size": 16, "cosine": False},
     ("pixel", "baseline"): {"epochs": 100, "lr": 0.003, "batch_size": 32, "cosine": True},
     ("render", "baseline"): {"epochs": 100, "lr": 0.003, "batch_size": 32, "cosine": True},
     ("locate", "baseline"): {"epochs": 30, "lr": 0.001, "batch_size": 16, "cosine": True},
-    ("locate", "coordconv906"): {"epochs": 10, "lr": 0.001, "batch_size": 16, "cosine": True},
 }
+# The baselines under the `paper` recipe: the reference's deconv settings (he_normal, Adam lr
+# 0.01, minibatch 16, no L2; its step schedule divides the rate by 10 every 200 epochs, so it is
+# constant within any budget run here) and its conv regressor's (lr 0.001, L2 1e-5).
+PAPER_BASELINE: dict[str, dict[str, Any]] = {
+    "pixel": {"epochs": 100, "lr": 0.01, "batch_size": 16, "cosine": False, "l2": 0.0},
+    "render": {"epochs": 100, "lr": 0.01, "batch_size": 16, "cosine": False, "l2": 0.0},
+    "locate": {"epochs": 30, "lr": 0.001, "batch_size": 16, "cosine": False, "l2": 1e-5},
+}
+INIT_FLAGS = (
+    "torch_init",
+    "offset_init",
+    "spread_init",
+    "zero_coord_init",
+    "zero_bias_init",
+    "peak_init",
+)
+LOSS_FLAGS = ("pixel_aux", "taught_painter", "iou_loss", "heatmap_ce", "pixel_mse")
 
 # The goals of the paper's CoordConv rows, judged on the test set.
 GOALS = {
@@ -69,11 +79,18 @@ class TrainConfig:
     task: Task = "pixel"
     arch: Arch = "coordconv"
     split: data.Split = "quadrant"
-    epochs: int | None = None  # None: DEFAULTS
+    recipe: str = "ours"  # training.recipe: "paper" (the reference code's) or "ours"
+    without: tuple[str, ...] = ()  # changes of `ours` turned off (training.recipe.CHANGES)
+    epochs: int | None = None  # None: the recipe's
     lr: float | None = None
     batch_size: int | None = None
-    weight_decay: float | None = None
+    weight_decay: float | None = None  # Adam's coupled decay (legacy; the recipes use l2)
+    l2: float | None = None  # lambda * sum(kernel ** 2) added to the loss; None: the recipe's
     cosine: bool | None = None  # cosine decay of the learning rate to zero
+    coords: bool = True  # locate heatmap net: False drops its coordinate channels
+    onehot_only: bool | None = None  # locate on one-hot images only (None: for coordconv906)
+    val_fraction: float = 0.0  # carve a validation set from the training set (seeded)
+    bn_recalibrate: bool = True  # batch norm: statistics recomputed on the training set
     kernel: int = 3  # the baselines' filter size (the paper's search)
     width: int = 1  # the baselines' width multiplier
     seed: int = 0
@@ -93,12 +110,18 @@ class TrainConfig:
             )
         if self.split not in data.SPLITS:
             raise ValueError(f"unknown split {self.split!r}; choose one of {data.SPLITS}")
-        d = DEFAULTS[(self.task, self.arch)]
+        if self.arch == "coordconv906" and self.task != "locate":
+            raise ValueError("the 906-parameter regressor is a locate network (--task locate)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        d = self.recipe_defaults()
         cfg = TrainConfig(**{**asdict(self)})
+        cfg.without = tuple(self.without)
         cfg.epochs = d["epochs"] if self.epochs is None else self.epochs
         cfg.lr = d["lr"] if self.lr is None else self.lr
         cfg.batch_size = d["batch_size"] if self.batch_size is None else self.batch_size
         cfg.weight_decay = 0.0 if self.weight_decay is None else self.weight_decay
+        cfg.l2 = d.get("l2", 0.0) if self.l2 is None else self.l2
         cfg.cosine = d["cosine"] if self.cosine is None else self.cosine
         if cfg.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {cfg.epochs}")
@@ -106,9 +129,34 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {cfg.lr}")
         if cfg.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {cfg.batch_size}")
-        if self.arch == "coordconv906" and self.task != "locate":
-            raise ValueError("the 906-parameter regressor is a locate network (--task locate)")
+        if cfg.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {cfg.l2}")
         return cfg
+
+    def recipe_defaults(self) -> dict[str, Any]:
+        """The recipe's numbers and flags for this row (before explicit overrides)."""
+        if self.arch == "baseline":
+            if self.without:
+                raise ValueError("--without names changes of the CoordConv rows' `ours` recipe")
+            if self.recipe == "paper":
+                return {**PAPER_BASELINE[self.task], "torch_init": False}
+            if self.recipe != "ours":
+                recipes.resolve(self.task, "coordconv", self.recipe)  # the error message
+            return {**DEFAULTS[(self.task, self.arch)], "torch_init": True}
+        return asdict(recipes.resolve(self.task, self.arch, self.recipe, tuple(self.without)))
+
+    def flags(self) -> dict[str, bool]:
+        """The recipe's init and loss flags (training.recipe.Settings) for this row."""
+        d = self.recipe_defaults()
+        out = {k: bool(d.get(k, False)) for k in (*INIT_FLAGS, *LOSS_FLAGS)}
+        if self.arch == "baseline":
+            # the conv regressor's loss: the reference's (coordinates / 64) under `paper`,
+            # MSE in pixels under `ours` (as before)
+            out["pixel_mse"] = self.recipe != "paper"
+        return out
+
+    def uses_onehot_only(self) -> bool:
+        return self.arch == "coordconv906" if self.onehot_only is None else self.onehot_only
 
 
 @dataclass
@@ -195,42 +243,100 @@ def full_canvas_data(task: Task, seed: int = 0) -> TaskData:
     )
 
 
-def render_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-pixel sigmoid cross-entropy (the paper's) plus one minus the soft IoU, the metric
-    itself. Cross-entropy averages over 4096 pixels, so a square drawn without its four corners
-    (IoU 0.95) costs next to nothing and some seeds settled there; the IoU term makes those
-    pixels count."""
+def render_loss(logits: torch.Tensor, masks: torch.Tensor, iou: bool = True) -> torch.Tensor:
+    """Per-pixel sigmoid cross-entropy (the paper's), plus (`iou`, a change of ours) one minus
+    the soft IoU, the metric itself. Cross-entropy averages over 4096 pixels, so a square drawn
+    without its four corners (IoU 0.95) costs next to nothing and some seeds settled there; the
+    IoU term makes those pixels count."""
+    bce = F.binary_cross_entropy_with_logits(logits, masks)
+    if not iou:
+        return bce
     p = torch.sigmoid(logits)
     inter = (p * masks).sum(dim=(1, 2))
     union = (p + masks - p * masks).sum(dim=(1, 2))
     soft_iou = (inter / union.clamp_min(1e-6)).mean()
-    return F.binary_cross_entropy_with_logits(logits, masks) + (1.0 - soft_iou)
+    return bce + (1.0 - soft_iou)
 
 
-def loss_fn(task: Task, model: CoordNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def coord_mse(pred: torch.Tensor, y: torch.Tensor, pixels: bool) -> torch.Tensor:
+    """MSE of coordinates: in pixels (ours), or normalised by the canvas (the reference's
+    `train_normalized_locations`, pixels / 64)."""
+    return F.mse_loss(pred, y) if pixels else F.mse_loss(pred / data.CANVAS, y / data.CANVAS)
+
+
+def l2_penalty(model: torch.nn.Module) -> torch.Tensor:
+    """sum(w ** 2) over the kernels of every convolution and linear layer (not biases, not batch
+    norm): the reference's `kernel_regularizer=l2reg(l2)`."""
+    total = torch.zeros(())
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+            total = total.to(m.weight.device) + m.weight.pow(2).sum()
+    return total
+
+
+def loss_fn(
+    task: Task,
+    model: CoordNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    flags: dict[str, bool] | None = None,
+) -> torch.Tensor:
+    """The task's loss; `flags` (TrainConfig.flags(), default `ours`) turn the loss changes of
+    `ours` on or off: pixel_aux, taught_painter, iou_loss (render), heatmap_ce, pixel_mse."""
+    f = flags if flags is not None else dict.fromkeys(LOSS_FLAGS, True)
     if task == "pixel":
         return F.cross_entropy(model(x).flatten(1), y)
     if task == "render":
         if isinstance(model, CoordConvRender):
-            # Also supervise the intermediate map with the centre pixel: the painting layers then
-            # start from the right pixel everywhere, the unseen quadrant included.
             logits, pixel_logits = model.forward_aux(x)
+            loss = render_loss(logits, y, f["iou_loss"])
             target = data.CANVAS * x[:, 1].round().long() + x[:, 0].round().long()
-            aux = F.cross_entropy(pixel_logits.flatten(1), target)
-            # And teach the painter on the true centre pixel: early on the map it is given is
-            # still diffuse, and painting from that alone drove some seeds' painters dead.
-            onehot = F.one_hot(target, data.CANVAS * data.CANVAS).to(x.dtype)
-            taught = model.paint(onehot.view(-1, 1, data.CANVAS, data.CANVAS)).squeeze(1)
-            return render_loss(logits, y) + aux + render_loss(taught, y)
-        return render_loss(model(x), y)
+            if f["pixel_aux"]:
+                # Also supervise the intermediate map with the centre pixel: the painting
+                # layers then start from the right pixel everywhere, the unseen quadrant too.
+                loss = loss + F.cross_entropy(pixel_logits.flatten(1), target)
+            if f["taught_painter"]:
+                # And teach the painter on the true centre pixel: early on the map it is given
+                # is still diffuse, and painting from that alone drove some seeds' painters dead.
+                onehot = F.one_hot(target, data.CANVAS * data.CANVAS).to(x.dtype)
+                taught = model.paint(onehot.view(-1, 1, data.CANVAS, data.CANVAS)).squeeze(1)
+                loss = loss + render_loss(taught, y, f["iou_loss"])
+            return loss
+        return render_loss(model(x), y, f["iou_loss"])
     if isinstance(model, CoordConvLocate):
-        # The soft-argmax alone is content with a heatmap one pixel off whose mass spreads back
-        # towards the centre, and 2 of 20 seeds settled on such a shifted map (1.41 px on train
-        # and test alike). Cross-entropy on the true centre pixel names the peak directly.
         point, logits = model.forward_aux(x)
-        target = data.CANVAS * y[:, 1].round().long() + y[:, 0].round().long()
-        return F.mse_loss(point, y) + F.cross_entropy(logits.flatten(1), target)
-    return F.mse_loss(model(x), y)
+        loss = coord_mse(point, y, f["pixel_mse"])
+        if f["heatmap_ce"]:
+            # The soft-argmax alone is content with a heatmap one pixel off whose mass spreads
+            # back towards the centre, and 2 of 20 seeds settled on such a shifted map (1.41 px
+            # on train and test alike). Cross-entropy on the true centre pixel names the peak.
+            target = data.CANVAS * y[:, 1].round().long() + y[:, 0].round().long()
+            loss = loss + F.cross_entropy(logits.flatten(1), target)
+        return loss
+    return coord_mse(model(x), y, f["pixel_mse"])
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> bool:
+    """Recompute every batch-norm layer's running statistics on `x` (the training set) as exact
+    averages over it, in train mode without gradients: the standard fix (as in SWA's
+    `update_bn`) for running averages that lag behind the weights. False if there is none."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    was_training = model.training
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    device = next(model.parameters()).device
+    for i in range(0, len(x), batch):
+        model(x[i : i + batch].to(device))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+    return True
 
 
 @torch.no_grad()
@@ -266,9 +372,10 @@ def evaluate(
     return out
 
 
-def primary_metric(task: str, arch: str) -> str:
-    """The metric a run is judged and plotted by."""
-    return "exact" if arch == "coordconv906" else PRIMARY[task]
+def primary_metric(task: str, arch: str, onehot_only: bool = False) -> str:
+    """The metric a run is judged and plotted by: on one-hot pixels alone (the 906-parameter
+    regressor, and the conv regressor in the paper's setup), the share located exactly."""
+    return "exact" if arch == "coordconv906" or onehot_only else PRIMARY[task]
 
 
 def format_metric(task: str, arch: str, value: float) -> str:
@@ -287,7 +394,9 @@ def higher_is_better(metric: str) -> bool:
 
 
 def to_goal(history: list[dict[str, Any]]) -> dict[str, float] | None:
-    """Epochs and training seconds until the test metric first reached the goal (None: never)."""
+    """Epochs and training seconds until the test metric first reached the goal (None: never
+    within the run's epochs). The one definition of time to goal: every table and ratio uses it
+    (training.reproduce.time_to_goal)."""
     for h in history:
         if h["goal"]:
             return {"epochs": h["epoch"], "seconds": h["time_s"]}
@@ -317,8 +426,8 @@ def goal_met(task: str, m: dict[str, float], arch: str = "coordconv") -> bool:
         return m["accuracy"] >= 1.0
     if task == "render":
         return m["iou"] >= 0.99
-    if arch == "coordconv906":
-        return m["exact"] >= 1.0
+    if arch == "coordconv906" or "mean_error_px_square" not in m:
+        return m["exact"] >= 1.0  # one-hot pixels alone: every one located exactly
     return max(m["mean_error_px_square"], m["mean_error_px_onehot"]) <= 0.5
 
 
@@ -358,9 +467,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         cfg.task,
         cfg.split,
         test_fraction=cfg.test_fraction,
-        onehot_only=cfg.arch == "coordconv906",
+        onehot_only=cfg.uses_onehot_only(),
     )
-    model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width)
+    val = carve_validation(d, cfg.val_fraction, cfg.seed) if cfg.val_fraction else None
+    flags = cfg.flags()
+    init = {k: flags[k] for k in INIT_FLAGS}
+    model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width, coords=cfg.coords, **init)
     if cfg.init_onnx:
         model.load_state_dict(weights_from_onnx(cfg.init_onnx))
     # Channels-last: the small convolutions train 1.3-1.9x faster on a CPU (measured).
@@ -368,6 +480,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     opt = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay or 0.0
     )
+    l2 = cfg.l2 or 0.0
     n_steps = cfg.epochs * math.ceil(len(d.x_train) / cfg.batch_size)
     # Cosine decay to zero: the last epochs settle instead of bouncing at the full rate.
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -382,12 +495,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     x_train, y_train = d.x_train.to(device), d.y_train.to(device)
     n = len(x_train)
     history: list[dict[str, float]] = []
-    primary = primary_metric(cfg.task, cfg.arch)
+    primary = primary_metric(cfg.task, cfg.arch, cfg.uses_onehot_only())
     # The learning curves' train metric comes from a fixed sample of the training set (evaluating
     # all of it every epoch would double the run time); the final metrics use every sample.
     probe = np.sort(np.random.default_rng(cfg.seed).permutation(n)[:HISTORY_PROBE])
 
     start = time.perf_counter()
+    cpu0 = time.process_time()
+    # CPU seconds of training alone: steadier than wall time on a shared machine
+    trained_cpu = 0.0
     bar = tqdm(
         range(cfg.epochs),
         desc=f"{cfg.task}/{cfg.arch}/{cfg.split}",
@@ -398,11 +514,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     trained_s = 0.0  # training time alone: the evaluations below do not count
     for epoch in bar:
         model.train()
-        total, t0 = 0.0, time.perf_counter()
+        total, t0, c0 = 0.0, time.perf_counter(), time.process_time()
         order = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            loss = loss_fn(cfg.task, model, x_train[idx], y_train[idx])
+            loss = loss_fn(cfg.task, model, x_train[idx], y_train[idx], flags)
+            if l2:
+                loss = loss + l2 * l2_penalty(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -411,19 +529,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        if cfg.bn_recalibrate:
+            # Counted as training time: without it the batch-norm nets' evaluations measure
+            # running averages that lag behind the weights, not what was learned.
+            t1 = time.perf_counter()
+            recalibrate_bn(model, d.x_train)
+            seconds += time.perf_counter() - t1
         trained_s += seconds
+        trained_cpu += time.process_time() - c0
         tr = evaluate(cfg.task, model, d.x_train[probe], d.y_train[probe], d.kinds_train[probe])
         te = evaluate(cfg.task, model, d.x_test, d.y_test, d.kinds_test)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "time_s": round(trained_s, 2),
-                "loss": total / n,
-                "train": tr[primary],
-                "test": te[primary],
-                "goal": goal_met(cfg.task, te, cfg.arch),
-            }
-        )
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "time_s": round(trained_s, 2),
+            "cpu_s": round(trained_cpu, 2),
+            "loss": total / n,
+            "train": tr[primary],
+            "test": te[primary],
+            "goal": goal_met(cfg.task, te, cfg.arch),
+        }
+        if val is not None:
+            entry["val"] = evaluate(cfg.task, model, *val)[primary]
+        history.append(entry)
         bar.set_postfix(
             loss=f"{total / n:.4f}",
             train=f"{tr[primary]:.4f}",
@@ -431,6 +558,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             rate=f"{n / seconds:.0f}/s",
         )
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
 
     train_m = evaluate(cfg.task, model, d.x_train, d.y_train, d.kinds_train)
     test_m = evaluate(cfg.task, model, d.x_test, d.y_test, d.kinds_test)
@@ -443,14 +571,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "epochs": cfg.epochs,
         "wall_time_s": round(wall, 2),
         "train_time_s": round(trained_s, 2),
+        "cpu_time_s": round(cpu, 2),  # evaluations included
+        "train_cpu_s": round(trained_cpu, 2),
+        "threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": device_name(device),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")},
+        "settings": cfg.recipe_defaults(),
+        "n_val": 0 if val is None else len(val[0]),
         "train": train_m,
         "test": test_m,
         "n_train": len(d.x_train),
         "n_test": len(d.x_test),
-        "goal": GOALS[cfg.arch if cfg.arch == "coordconv906" else cfg.task],
+        "goal": GOALS["coordconv906" if cfg.uses_onehot_only() else cfg.task],
+        "metric": primary,
         "goal_met": goal_met(cfg.task, test_m, cfg.arch),
         "to_goal": to_goal(history),
         "to_best": to_best(history, higher_is_better(primary)),
@@ -465,6 +599,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return result
 
 
+def carve_validation(
+    d: TaskData, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Move a seeded `fraction` of the training set into a validation set (in place on `d`):
+    what configurations and epochs are chosen on, so the test set is never used to choose."""
+    n = len(d.x_train)
+    perm = np.random.default_rng(10_000 + seed).permutation(n)
+    n_val = max(1, round(fraction * n))
+    v, t = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    val = (d.x_train[v], d.y_train[v], d.kinds_train[v])
+    d.x_train, d.y_train, d.kinds_train = d.x_train[t], d.y_train[t], d.kinds_train[t]
+    return val
+
+
 def load_run(run_dir: str | Path) -> tuple[CoordNet, TrainConfig, dict[str, Any]]:
     """The trained model (eval mode, CPU), its config and metrics from a run folder."""
     run = Path(run_dir)
@@ -474,7 +622,8 @@ def load_run(run_dir: str | Path) -> tuple[CoordNet, TrainConfig, dict[str, Any]
     raw = json.loads((run / "config.json").read_text())
     known = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k in known})
-    model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width)
+    cfg.without = tuple(cfg.without)
+    model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width, coords=cfg.coords)
     model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     model.eval()
     return model, cfg, json.loads((run / "metrics.json").read_text())
