@@ -46,6 +46,7 @@ def browser():
 
 def click_canvas(page, selector: str, x: int, y: int) -> None:
     """Click the centre of canvas pixel (x, y)."""
+    page.locator(selector).scroll_into_view_if_needed()
     box = page.locator(selector).bounding_box()
     scale = box["width"] / 64
     page.mouse.click(box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale)
@@ -93,10 +94,39 @@ def test_click_renders_the_square_where_clicked_and_stamp_is_located(browser) ->
         page.keyboard.press("Enter")
         page.wait_for_function("window.demo.lastRender.x === 35")
         assert page.evaluate("window.demo.lastRender.y") == 32
+        click_canvas(page, "#versus-coordconv", 48, 48)  # for the screenshot: the paper's story
+        page.wait_for_function("window.demo.lastVersus && window.demo.lastVersus.x === 48")
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         page.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_baseline_beside_coordconv_on_the_held_out_quadrant_and_no_failed_asset(browser) -> None:
+    """The paper's story at a click: in the held-out quadrant the baseline misses and CoordConv
+    draws the square; outside it both do. Loading the page asks for nothing that fails."""
+    with LiveServer() as live:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        failed: list[str] = []
+        page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"))
+        page.on("requestfailed", lambda r: failed.append(f"failed {r.url}"))
+        page.goto(live.url + "/")
+        page.wait_for_selector("#models-table td:has-text('render-baseline v1')")
+        page.wait_for_load_state("networkidle")
+        click_canvas(page, "#versus-coordconv", 48, 48)
+        page.wait_for_function("window.demo.lastVersus && window.demo.lastVersus.x === 48")
+        held = page.evaluate("window.demo.lastVersus")
+        assert held["heldOut"] is True
+        assert held["coordconv"] >= 0.99 and held["baseline"] < 0.5
+        text = page.inner_text("#versus-result")
+        assert "inside the held-out quadrant" in text and "baseline 0." in text
+        click_canvas(page, "#versus-baseline", 20, 20)
+        page.wait_for_function("window.demo.lastVersus.x === 20")
+        seen = page.evaluate("window.demo.lastVersus")
+        assert seen["heldOut"] is False and seen["baseline"] > 0.9 and seen["coordconv"] >= 0.99
+        assert "in the training region" in page.inner_text("#versus-result")
+        page.close()
+    assert failed == []
 
 
 def test_the_page_works_with_an_api_key(browser) -> None:

@@ -104,6 +104,53 @@ async function render(x, y) {
   } catch (e) { show("render-result", `Render failed: ${e.message}`, true); }
 }
 
+// The held-out quadrant of the paper's quadrant split: test iff x > 32 and y > 32.
+const HELD_OUT = 33;
+const heldOut = (x, y) => x >= HELD_OUT && y >= HELD_OUT;
+
+function shadeQuadrant(canvas) {
+  const ctx = canvas.getContext("2d"), s = canvas.width / N;
+  ctx.fillStyle = "rgba(245, 158, 11, 0.22)";
+  ctx.fillRect(HELD_OUT * s, HELD_OUT * s, (N - HELD_OUT) * s, (N - HELD_OUT) * s);
+  ctx.strokeStyle = "#f59e0b"; ctx.lineWidth = 2; ctx.setLineDash([6, 4]);
+  ctx.strokeRect(HELD_OUT * s, HELD_OUT * s, (N - HELD_OUT) * s, (N - HELD_OUT) * s);
+  ctx.setLineDash([]);
+}
+
+const renderOne = (model, x, y) => api("/v1/render", { method: "POST",
+  headers: { "Content-Type": "application/json" },
+  body: JSON.stringify({ coords: [[x, y]], model, version: "1", format: "array" }) });
+
+// The same point through the baseline and CoordConv, both trained without the shaded quadrant.
+async function versus(x, y) {
+  const where = heldOut(x, y) ? "inside the held-out quadrant" : "in the training region";
+  show("versus-result", `Rendering (${x}, ${y}) with both models...`);
+  const truth = square(x, y), scores = {};
+  const results = await Promise.allSettled([renderOne("render-baseline", x, y),
+                                            renderOne("render", x, y)]);
+  const errors = [];
+  [["baseline", results[0]], ["coordconv", results[1]]].forEach(([side, r]) => {
+    const canvas = $(`versus-${side}`);
+    if (r.status === "fulfilled") {
+      const img = r.value.images[0];
+      scores[side] = iou(img, truth);
+      paint(canvas, img);
+      $(`versus-${side}-score`).textContent = `IoU ${scores[side].toFixed(3)}`;
+    } else {
+      paint(canvas, square(-100, -100));
+      $(`versus-${side}-score`).textContent = "";
+      errors.push(`${side}: ${r.reason.message}`);
+    }
+    shadeQuadrant(canvas);
+    outline(canvas, x, y, "#ef4444");
+  });
+  demo.lastVersus = { x, y, heldOut: heldOut(x, y), ...scores };
+  const fmt = (v) => (v === undefined ? "failed" : v.toFixed(3));
+  show("versus-result", `(${x}, ${y}), ${where}: IoU with the true square, baseline ` +
+    `${fmt(scores.baseline)}, CoordConv ${fmt(scores.coordconv)}` +
+    (errors.length ? ` (${errors.join("; ")})` : ""), errors.length > 0);
+}
+
 async function locateImage(img, truth) {
   show("locate-result", "Locating...");
   try {
@@ -207,6 +254,12 @@ async function loadModels() {
   }
 }
 
+for (const side of ["baseline", "coordconv"]) {
+  const canvas = $(`versus-${side}`);
+  canvas.addEventListener("click", (e) => versus(...pointFrom(canvas, e)));
+  keyboard(canvas, versus);
+  paint(canvas, square(-100, -100)); shadeQuadrant(canvas);
+}
 paint(renderCanvas, square(-100, -100)); paint(locateCanvas, square(-100, -100));
 paint($("heatmap-canvas"), square(-100, -100));
 loadModels();
