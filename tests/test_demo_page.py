@@ -108,7 +108,12 @@ def test_baseline_beside_coordconv_on_the_held_out_quadrant_and_no_failed_asset(
     with LiveServer() as live:
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         failed: list[str] = []
-        page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.status} {r.url}"))
+
+        def answered(r) -> None:
+            if r.status >= 400:
+                failed.append(f"{r.status} {r.url}")
+
+        page.on("response", answered)
         page.on("requestfailed", lambda r: failed.append(f"failed {r.url}"))
         page.goto(live.url + "/")
         page.wait_for_selector("#models-table td:has-text('render-baseline v1')")
