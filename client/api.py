@@ -4,7 +4,10 @@ Retries use exponential backoff with full jitter, on connection errors, timeouts
 (honouring `Retry-After`) and other 5xx; a 4xx answer is final and raised as `ClientError`.
 A request is retried `retries` times, and beyond that for as long as `retry_window` seconds
 have not passed since its first attempt (default 120 s: longer than a server's drain and
-restart), so a service that says "retry after" is waited for.
+restart), so a service that says "retry after" is waited for. That applies only to a service
+that has answered this client before: an address that was never reached (connection refused,
+no such host, a connect timeout) raises `Unreachable` at once, as there is nothing to wait for.
+The URL needs its scheme (`http://` or `https://`); one without is a ValueError, never guessed.
 Arrays travel as NPY both ways, the cheapest encoding for the service.
 """
 
@@ -14,6 +17,8 @@ import asyncio
 import io
 import os
 import random
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +37,32 @@ class ClientError(Exception):
         super().__init__(f"HTTP {status}: {message}" if status else message)
         self.status = status
         self.message = message
+
+
+class Unreachable(ClientError):
+    """The service was never reached: nothing was sent, and no retry would help."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(0, f"cannot reach the service at {url} ({reason})")
+        self.url = url
+        self.reason = reason
+
+
+# Errors of a first contact that mean nothing listens there (or no such host).
+_NEVER_REACHED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol)
+
+
+def check_url(url: str) -> str:
+    """`url` without a trailing slash, or ValueError with one line saying what is wrong."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"{url!r} is not a URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        if "://" not in url:
+            raise ValueError(f"{url!r} has no scheme; write it as http://{url} (or https://)")
+        raise ValueError(f"{url!r}: expected an http:// or https:// URL with a host")
+    return url.rstrip("/")
 
 
 # Answers that no retry and no smaller batch can fix: the whole job stops with one message.
@@ -62,6 +93,24 @@ def _error_message(response: httpx.Response) -> str:
     except ValueError:
         pass
     return response.text[:200] or response.reason_phrase
+
+
+def _reason(error: Exception) -> str:
+    """Why a first contact failed, in a few words: the operating system's reason at the root of
+    the chain (httpx -> httpcore -> anyio -> OSError), else httpx's message."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name: {cause.strerror or cause}"
+        if isinstance(cause, ssl.SSLError):  # an OSError whose errno is not the reason
+            why = getattr(cause, "verify_message", None) or cause.reason or cause
+            return f"TLS handshake failed: {why}"
+        if isinstance(cause, OSError) and isinstance(cause.errno, int) and cause.errno > 0:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(error, httpx.ConnectTimeout):
+        return "no answer to connecting"
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -127,12 +176,13 @@ class _Base:
             raise ValueError(f"retries must be >= 0, got {retries}")
         if not retry_window >= 0:
             raise ValueError(f"retry_window must be >= 0 seconds, got {retry_window}")
-        self.url = (url or os.environ.get("COORDCONV_URL") or DEFAULT_URL).rstrip("/")
+        self.url = check_url(url or os.environ.get("COORDCONV_URL") or DEFAULT_URL)
         self.api_key = api_key if api_key is not None else os.environ.get("COORDCONV_API_KEY")
         self.timeout = timeout
         self.retries = retries
         self.retry_window = retry_window
         self.on_retry: Callable[[int, str], None] | None = None  # (attempt, reason) hook
+        self.answered = False  # has the service ever answered? (then errors are waited out)
 
     def _next(
         self,
@@ -145,6 +195,7 @@ class _Base:
         to wait before retrying. Raises ClientError for a 4xx or once the retries are spent."""
         retry_after = None
         if response is not None:
+            self.answered = True
             if response.status_code == 200:
                 return None
             if not retryable(response.status_code):
@@ -152,6 +203,8 @@ class _Base:
             reason = f"HTTP {response.status_code}: {_error_message(response)}"
             retry_after = response.headers.get("retry-after")
         else:
+            if not self.answered and isinstance(error, _NEVER_REACHED):
+                raise Unreachable(self.url, _reason(error))
             reason = f"{type(error).__name__}: {error}"
         elapsed = time.monotonic() - started if started is not None else float("inf")
         if attempt >= self.retries and elapsed >= self.retry_window:

@@ -1,31 +1,38 @@
-"""Push whole files of work through the service: batches of `batch_size` items, at most
-`concurrency` requests in flight, retries (in the API client), per-item failures, progress, and
-resumable outputs."""
+"""Push whole files of work through the service: batches of `batch_size` items read from the
+input as they are needed (memory does not grow with the input), at most `concurrency` requests
+in flight, retries (in the API client), per-item failures streamed to `OUTPUT.failed.csv`,
+progress, and outputs the client owns (client/outputs.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TextIO
 
 import numpy as np
 
-from client.api import DEFAULT_RETRY_WINDOW, FATAL, AsyncCoordConvClient, ClientError
-from client.files import Items, PngDir, StagedFile
+from client.api import (
+    DEFAULT_RETRY_WINDOW,
+    FATAL,
+    AsyncCoordConvClient,
+    ClientError,
+    Unreachable,
+)
+from client.files import Batch, Source, read_png_files, tmp_name
+from client.outputs import Output, open_output
+from coordconv.contract import CANVAS
+
+# Failures kept in memory for the summary (all of them go to OUTPUT.failed.csv).
+MAX_LISTED = 1000
 
 
 class JobRefused(ClientError):
     """An answer no retry and no smaller batch can fix (wrong key, unknown model): the job stops."""
-
-
-class Sink(Protocol):
-    def done(self, names: list[str]) -> set[int]: ...
-    def write(self, idx: np.ndarray, names: list[str], result: np.ndarray) -> None: ...
-    def finish(self, names: list[str]) -> None: ...
 
 
 @dataclass
@@ -33,14 +40,19 @@ class Summary:
     total: int
     skipped: int = 0
     succeeded: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failed: int = 0  # items without a result (listed in OUTPUT.failed.csv)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # the first MAX_LISTED
+    below: int = 0  # items below --min-confidence: written, marked, and listed too
+    below_names: list[str] = field(default_factory=list)  # the first MAX_LISTED
     retries: int = 0
     seconds: float = 0.0
     output_written: bool = False
+    nothing_to_do: bool = False  # --resume over this job's finished output: nothing sent
+    failed_file: Path | None = None  # OUTPUT.failed.csv
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failed and not self.below
 
     @property
     def rate(self) -> float:
@@ -48,127 +60,151 @@ class Summary:
 
 
 class Progress:
-    """A tqdm bar on a terminal; otherwise a plain line every few seconds."""
+    """A tqdm bar on a terminal; otherwise a plain line every few seconds. No final line: the
+    caller prints the one summary line."""
 
-    def __init__(self, total: int, initial: int, label: str, quiet: bool = False) -> None:
-        self.total, self.count, self.failed = total, initial, 0
+    def __init__(self, total: int, label: str, quiet: bool = False) -> None:
+        self.total, self.count, self.failed = total, 0, 0
         self.label = label
-        self.start = time.monotonic()
-        self.last = 0.0
+        self.start = self.last = time.monotonic()
         self.quiet = quiet
         self.bar: Any = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=label, unit="item")
+            self.bar = tqdm(total=total, desc=label, unit="item")
 
-    def update(self, ok: int, failed: int) -> None:
-        self.count += ok + failed
+    def update(self, ok: int = 0, failed: int = 0, skipped: int = 0) -> None:
+        self.count += ok + failed + skipped
         self.failed += failed
         if self.bar is not None:
-            self.bar.update(ok + failed)
-            self.bar.set_postfix(failed=self.failed)
+            self.bar.update(ok + failed + skipped)
+            if failed:
+                self.bar.set_postfix(failed=self.failed)
         elif not self.quiet and time.monotonic() - self.last >= 2.0:
             self.last = time.monotonic()
-            self._line()
-
-    def _line(self) -> None:
-        elapsed = time.monotonic() - self.start
-        rate = self.count / elapsed if elapsed else 0.0
-        eta = (self.total - self.count) / rate if rate else float("inf")
-        print(
-            f"{self.label}: {self.count}/{self.total} items ({100 * self.count / self.total:.0f}%),"
-            f" {rate:.0f} items/s, ETA {eta:.0f}s, {self.failed} failed",
-            file=sys.stderr,
-            flush=True,
-        )
+            elapsed = self.last - self.start
+            rate = self.count / elapsed if elapsed else 0.0
+            eta = (self.total - self.count) / rate if rate else float("inf")
+            print(
+                f"{self.label}: {self.count}/{self.total} items "
+                f"({100 * self.count / self.total:.0f}%), {rate:.0f} items/s, ETA {eta:.0f}s, "
+                f"{self.failed} failed",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif not self.quiet:
-            self._line()
+            self.bar = None
+
+
+class FailureLog:
+    """`OUTPUT.failed.csv` (name, reason), written as failures happen to a temporary name and
+    put in place at the end: the list of this run, or no file when nothing failed."""
+
+    def __init__(self, path: Path, summary: Summary) -> None:
+        self.path = path
+        self.tmp = tmp_name(path)
+        self.summary = summary
+        self._file: TextIO | None = None
+        self._writer: Any = None
+
+    def _row(self, name: str, reason: str) -> None:
+        if self._file is None:
+            self._file = open(self.tmp, "w", newline="")  # noqa: SIM115 (closed in commit)
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["name", "reason"])
+        self._writer.writerow([name, reason])
+
+    def failed(self, names: list[str], reason: str) -> None:
+        s = self.summary
+        s.failed += len(names)
+        room = MAX_LISTED - len(s.failures)
+        s.failures += [(n, reason) for n in names[: max(room, 0)]]
+        for n in names:
+            self._row(n, reason)
+
+    def below(self, name: str, reason: str) -> None:
+        s = self.summary
+        s.below += 1
+        if len(s.below_names) < MAX_LISTED:
+            s.below_names.append(name)
+        self._row(name, reason)
+
+    def commit(self) -> None:
+        if self._file is None:
+            self.path.unlink(missing_ok=True)
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self.tmp.unlink(missing_ok=True)
 
 
 async def _send(
-    client: AsyncCoordConvClient,
-    task: str,
-    items: Items,
-    idx: np.ndarray,
-    model: str,
-    version: str | None,
+    client: AsyncCoordConvClient, task: str, batch: Batch, model: str, version: str | None
 ) -> np.ndarray:
     if task == "render":
-        assert items.coords is not None
-        return await client.render(items.coords[idx], model, version)
-    if items.pngs is not None:
-        pngs = [items.pngs[i].read_bytes() for i in idx.tolist()]
-        return await client.locate_rows(pngs, model, version)
-    assert items.images is not None
-    images = np.asarray(items.images[idx], dtype=np.float32)
-    return await client.locate_rows(images, model, version)
+        result = await client.render(batch.payload, model, version)
+        shape: tuple[int, ...] = (len(batch), CANVAS, CANVAS)
+    else:
+        payload = batch.payload
+        if isinstance(payload, list):  # PNG paths
+            payload = await asyncio.to_thread(read_png_files, payload)
+        result = await client.locate_rows(payload, model, version)
+        shape = (len(batch), 4)
+    if result.shape != shape:
+        raise ClientError(0, f"the service answered {result.shape} for {len(batch)} items")
+    return result
 
 
 async def _run_batch(
     client: AsyncCoordConvClient,
     task: str,
-    items: Items,
-    idx: np.ndarray,
+    batch: Batch,
     model: str,
     version: str | None,
-    sink: Sink,
+    sink: Output,
     summary: Summary,
     progress: Progress,
-    min_confidence: float | None = None,
+    failures: FailureLog,
 ) -> None:
     """Send one batch; a 4xx answer about the items is split in halves until the bad items are
-    isolated; an answer about the job itself (FATAL: key, model, route) stops everything."""
+    isolated; an answer about the job itself (FATAL: key, model, route) stops everything, and so
+    does a service that was never reached."""
     try:
-        result = await _send(client, task, items, idx, model, version)
+        result = await _send(client, task, batch, model, version)
+    except Unreachable:
+        raise
     except ClientError as exc:
         if exc.status in FATAL:
             raise JobRefused(exc.status, exc.message) from None
-        if 400 <= exc.status < 500 and len(idx) > 1:
-            half = len(idx) // 2
-            for part in (idx[:half], idx[half:]):
+        if 400 <= exc.status < 500 and len(batch) > 1:
+            for part in batch.halves():
                 await _run_batch(
-                    client,
-                    task,
-                    items,
-                    part,
-                    model,
-                    version,
-                    sink,
-                    summary,
-                    progress,
-                    min_confidence,
+                    client, task, part, model, version, sink, summary, progress, failures
                 )
             return
-        reason = str(exc)
-        summary.failures += [(items.names[i], reason) for i in idx.tolist()]
-        progress.update(0, len(idx))
+        failures.failed(batch.names, str(exc))
+        progress.update(failed=len(batch))
         return
-    if min_confidence is not None and task == "locate":
-        doubtful = ~(result[:, 2] >= min_confidence)  # NaN (no confidence) is doubtful too
-        for i, row in zip(idx[doubtful].tolist(), result[doubtful], strict=True):
-            shown = (
-                "none (the model answers no confidence)" if np.isnan(row[2]) else (f"{row[2]:.3f}")
-            )
-            summary.failures.append(
-                (items.names[i], f"confidence {shown} below --min-confidence {min_confidence}")
-            )
-        progress.update(0, int(doubtful.sum()))
-        idx, result = idx[~doubtful], result[~doubtful]
-        if not len(idx):
-            return
-    await asyncio.to_thread(sink.write, idx, items.names, result)
-    summary.succeeded += len(idx)
-    progress.update(len(idx), 0)
+    await asyncio.to_thread(sink.write, batch, result)
+    summary.succeeded += len(batch)
+    progress.update(ok=len(batch))
 
 
 async def run(
     task: str,
-    items: Items,
+    items: Source,
     output: Path,
     *,
     url: str | None = None,
@@ -181,12 +217,14 @@ async def run(
     timeout: float = 30.0,
     retry_window: float = DEFAULT_RETRY_WINDOW,
     resume: bool = False,
+    overwrite: bool = False,
     quiet: bool = False,
     min_confidence: float | None = None,
 ) -> Summary:
     """Run a whole job; returns its summary. Failed items go to `<output>.failed.csv`.
-    Raises JobRefused when the service refuses the job itself, InputError when `resume` meets
-    the output of another job."""
+    Raises JobRefused when the service refuses the job itself, Unreachable when it was never
+    reached, InputError when the output is not this job's to write (client/outputs.py) or the
+    disk has no room for it. `overwrite` wins over `resume`."""
     model = model or task
     job = {
         "task": task,
@@ -195,19 +233,59 @@ async def run(
         "input_sha256": await asyncio.to_thread(items.fingerprint),
         "items": len(items),
         "output": output.suffix.lower() or "dir",
-        "min_confidence": min_confidence,
+        "min_confidence": min_confidence if task == "locate" else None,
     }
-    sink: Sink
-    if task == "render" and output.suffix.lower() != ".npy":
-        sink = PngDir(output, resume, job)
-    else:
-        sink = StagedFile(output, resume, job)
-    done = sink.done(items.names)
-    pending = np.array([i for i in range(len(items)) if i not in done], dtype=np.int64)
-    summary = Summary(total=len(items), skipped=len(done))
-    progress = Progress(len(items), len(done), task, quiet)
+    sink = await asyncio.to_thread(
+        open_output, task, output, job, len(items), resume and not overwrite, overwrite
+    )
+    try:
+        return await _run(
+            task,
+            items,
+            sink,
+            url=url,
+            api_key=api_key,
+            model=model,
+            version=version,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            retries=retries,
+            timeout=timeout,
+            retry_window=retry_window,
+            quiet=quiet,
+            min_confidence=min_confidence if task == "locate" else None,
+        )
+    finally:
+        sink.close()
+
+
+async def _run(
+    task: str,
+    items: Source,
+    sink: Output,
+    *,
+    url: str | None,
+    api_key: str | None,
+    model: str,
+    version: str | None,
+    batch_size: int,
+    concurrency: int,
+    retries: int,
+    timeout: float,
+    retry_window: float,
+    quiet: bool,
+    min_confidence: float | None,
+) -> Summary:
+    summary = Summary(total=len(items), failed_file=sink.failed)
     start = time.monotonic()
-    gate = asyncio.Semaphore(concurrency)
+    if sink.complete:
+        summary.skipped = len(items)
+        summary.below = sink.below
+        summary.nothing_to_do = summary.output_written = True
+        return summary
+    failures = FailureLog(sink.failed, summary)
+    progress = Progress(len(items), task, quiet)
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * concurrency)
     async with AsyncCoordConvClient(
         url, api_key, timeout, retries, max_connections=concurrency, retry_window=retry_window
     ) as client:
@@ -217,39 +295,44 @@ async def run(
 
         client.on_retry = count_retry
 
-        async def guarded(idx: np.ndarray) -> None:
-            async with gate:
+        async def produce() -> None:
+            for batch in items.batches(batch_size):
+                keep = sink.pending(batch)
+                todo = int(keep.sum())
+                if todo < len(batch):
+                    summary.skipped += len(batch) - todo
+                    progress.update(skipped=len(batch) - todo)
+                if todo:
+                    await queue.put(batch.take(keep))
+                else:
+                    await asyncio.sleep(0)
+            for _ in range(concurrency):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (batch := await queue.get()) is not None:
                 await _run_batch(
-                    client,
-                    task,
-                    items,
-                    idx,
-                    model,
-                    version,
-                    sink,
-                    summary,
-                    progress,
-                    min_confidence,
+                    client, task, batch, model, version, sink, summary, progress, failures
                 )
 
-        batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
         try:
             async with asyncio.TaskGroup() as group:  # a refused job cancels the other batches
-                for b in batches:
-                    group.create_task(guarded(b))
-        except* JobRefused as refused:
+                group.create_task(produce())
+                for _ in range(concurrency):
+                    group.create_task(work())
+        except* Exception as errors:
             progress.close()
-            raise refused.exceptions[0] from None
+            failures.discard()
+            first = [e for e in errors.exceptions if isinstance(e, JobRefused | Unreachable)]
+            raise (first or errors.exceptions)[0] from None
     progress.close()
-    summary.seconds = time.monotonic() - start
-    failed_file = output.with_name(output.name + ".failed.csv")
-    if summary.failures:
-        with open(failed_file, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["name", "reason"])
-            w.writerows(summary.failures)
+    if summary.failed:
+        await asyncio.to_thread(sink.prepare)  # the list of failures belongs to this job
+        failures.commit()
     else:
-        failed_file.unlink(missing_ok=True)
-        sink.finish(items.names)
+        await asyncio.to_thread(sink.finish, items.iter_names(), min_confidence, failures.below)
+        failures.commit()
         summary.output_written = True
+        summary.nothing_to_do = summary.skipped == summary.total
+    summary.seconds = time.monotonic() - start
     return summary

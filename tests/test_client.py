@@ -127,6 +127,7 @@ def journal_items(stage: Path) -> int:
     return sum(json.loads(line)["items"] for line in j.read_text().splitlines() if line.strip())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", ["out.npy", "pngs"])
 def test_a_killed_render_resumes_with_every_item_exactly_once(slow_server, tmp_path, output):
     server = slow_server
@@ -145,6 +146,8 @@ def test_a_killed_render_resumes_with_every_item_exactly_once(slow_server, tmp_p
         assert journal_items(tmp_path / "out.npy.parts") < 1200  # really killed midway
     else:
         assert len(list(out.glob("*.png"))) < 1200
+    code, err = run_cli(*args)  # the same job again without --resume: refused, nothing lost
+    assert code == 2 and "holds an unfinished run of this job; --resume continues it" in err
     done = proc2 = cli(*args, "--resume")
     _, err = proc2.communicate(timeout=300)
     assert done.returncode == 0, err
@@ -161,6 +164,7 @@ def test_a_killed_render_resumes_with_every_item_exactly_once(slow_server, tmp_p
     assert metrics.iou(images, data.squares(c)).min() >= 0.9
 
 
+@pytest.mark.slow
 def test_a_killed_locate_to_csv_resumes(slow_server, tmp_path) -> None:
     server = slow_server
     c = data.centres()[::2][:1000]
@@ -193,6 +197,7 @@ def test_a_killed_locate_to_csv_resumes(slow_server, tmp_path) -> None:
     assert metrics.mean_error_px(xy, c) <= 0.5
 
 
+@pytest.mark.slow
 def test_a_server_restart_midway_completes_with_resume(tmp_path) -> None:
     c = write_coords(tmp_path / "coords.csv", 1500, seed=5)
     port = free_port()
@@ -382,7 +387,7 @@ def test_bad_image_inputs_exit_2(tmp_path) -> None:
     assert proc.returncode == 2 and "expected float (N, 64, 64)" in err
 
 
-def test_progress_is_plain_lines_off_a_terminal_with_a_summary(server, tmp_path) -> None:
+def test_progress_is_plain_lines_off_a_terminal_with_one_final_summary(server, tmp_path) -> None:
     write_coords(tmp_path / "coords.csv", 300)
     proc = cli(
         "render",
@@ -398,13 +403,18 @@ def test_progress_is_plain_lines_off_a_terminal_with_a_summary(server, tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     lines = err.strip().splitlines()
-    assert any(
-        line.startswith("render: 300/300 items (100%)")
-        and "items/s, ETA" in line
-        and "0 failed" in line
-        for line in lines
-    )
-    assert "render: 300 done, 0 skipped (already done), 0 failed of 300 items" in err
+    # Periodic lines (every 2 s) look like "render: 150/300 items (50%), ... ETA ..., 0 failed";
+    # the run ends with exactly one summary line, never a second copy of the final state.
+    assert all(
+        line.startswith("render: ") and "items/s, ETA" in line and "failed" in line
+        for line in lines[:-1]
+    ), err
+    assert not any(line.startswith("render: 300/300") for line in lines), err
+    assert lines[-1].startswith(
+        "render: 300 done, 0 skipped (already done), 0 failed of 300 items in "
+    ), err
+    assert lines[-1].endswith(f"retries); wrote {tmp_path / 'o.npy'}"), err
+    assert sum("300 done" in line for line in lines) == 1
     assert "\r" not in err  # no progress bar escape codes in a log file
 
 
@@ -432,10 +442,13 @@ def test_resume_after_the_input_changed_is_refused(server, tmp_path, output) -> 
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     write_coords(coords, 30, seed=2)  # same ids, other coordinates, fewer rows
+    code, err = run_cli(*render_args(coords, out, server.url, "--quiet"))
+    state = "unfinished" if output == "out.npy" else "finished"
+    assert code == 2 and f"holds the {state} output of another job (other input)" in err
     code, err = run_cli(*render_args(coords, out, server.url, "--quiet", "--resume"))
     assert code == 2, err
     assert "cannot resume: the input or the options changed" in err
-    assert "run without --resume to start over" in err
+    assert "--overwrite starts over (it replaces that output)" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     # Another model is another job too.
     write_coords(coords, 40, seed=1)
@@ -461,6 +474,8 @@ def test_a_refused_job_stops_at_once_without_splitting(tmp_path) -> None:
         if line.startswith("coordconv_requests_total") and 'status="401"' in line
     )
     assert 1 <= sent <= 4  # the requests already in flight (4), never a split into 200
+    # A refused job changes nothing on disk: no output, no staged parts, no record, no list.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coords.csv"]
 
 
 def test_unknown_model_stops_with_one_message(server, tmp_path) -> None:
@@ -503,8 +518,9 @@ def test_a_csv_saved_with_a_byte_order_mark_is_read(tmp_path) -> None:
     path = tmp_path / "bom.csv"
     path.write_bytes("\ufeffid,x,y\nfirst,10,20\n".encode())
     items = read_coords(path)
-    assert items.names == ["first"] and items.coords is not None
-    assert items.coords.tolist() == [[10.0, 20.0]]
+    assert list(items.iter_names()) == ["first"]
+    (batch,) = items.batches(64)
+    assert batch.names == ["first"] and batch.payload.tolist() == [[10.0, 20.0]]
 
 
 def test_503_is_honoured_for_the_retry_window_past_the_retry_count() -> None:

@@ -1,0 +1,170 @@
+"""The batch client when things go wrong, against a real service: an address never reached fails
+at once (exit 2, one line; retries are for a service that answered before), a URL without a
+scheme is refused, and --min-confidence marks, counts and lists the items below it while still
+writing every output (exit 1)."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client import CoordConvClient
+from client.api import ClientError, Unreachable
+from tests.conftest import LiveServer, free_port
+from tests.test_client import cli, render_args, rows_of, run_cli, write_coords
+from tests.test_client_outputs import locate_args, one_line, tree
+from training import data
+
+# -- an address that was never reached ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (f"http://127.0.0.1:{free_port()}", "(connection refused)"),
+        ("http://no-such-host.invalid:8000", "cannot reach the service at http://no-such-host"),
+    ],
+)
+@pytest.mark.parametrize("output", ["out.npy", "pngs"])
+def test_an_address_never_reached_fails_at_once_with_one_line(tmp_path, url, reason, output):
+    write_coords(tmp_path / "coords.csv", 300)
+    started = time.monotonic()
+    code, err = run_cli(*render_args(tmp_path / "coords.csv", tmp_path / output, url))
+    assert time.monotonic() - started < 20  # not the 120 s retry window
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(f"coordconv client: cannot reach the service at {url} (")
+    assert reason in line and "nothing was sent" in line
+    assert "is --url (env COORDCONV_URL) right?" in line
+    assert tree(tmp_path) == ["coords.csv"]  # nothing created: rerunning needs no flag
+
+
+def test_a_url_without_scheme_is_refused_before_anything_is_read(tmp_path) -> None:
+    write_coords(tmp_path / "coords.csv", 5)
+    for args, env in (
+        (["--url", "127.0.0.1:18080"], None),
+        ([], {"COORDCONV_URL": "127.0.0.1:18080"}),
+    ):
+        proc = cli(
+            "render",
+            "--input",
+            str(tmp_path / "coords.csv"),
+            "--output",
+            str(tmp_path / "o.npy"),
+            *args,
+            env=env,
+        )
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2
+        assert one_line(err) == (
+            "coordconv client: --url '127.0.0.1:18080' has no scheme; write it as "
+            "http://127.0.0.1:18080 (or https://)"
+        )
+        assert tree(tmp_path) == ["coords.csv"]
+    proc = cli("render", "--help")
+    out, _ = proc.communicate(timeout=60)
+    assert "one without a scheme is refused, never guessed" in " ".join(out.split())
+
+
+def test_python_api_unreachable_at_once_and_retries_once_answered(tmp_path) -> None:
+    with pytest.raises(ValueError, match="has no scheme"):
+        CoordConvClient("localhost:8000")
+    started = time.monotonic()
+    with (
+        CoordConvClient(f"http://127.0.0.1:{free_port()}", retry_window=120) as c,
+        pytest.raises(Unreachable, match="connection refused"),
+    ):
+        c.render([[1, 1]])
+    assert time.monotonic() - started < 5
+    # A service that answered once and went away is waited for (within the window), not
+    # refused at once: the retries run and then give up.
+    live = LiveServer().__enter__()
+    try:
+        with CoordConvClient(live.url, retries=2, retry_window=0.5) as c:
+            assert c.render([[10, 10]]).shape == (1, 64, 64)
+            live.__exit__()
+            retries: list[str] = []
+            c.on_retry = lambda attempt, reason: retries.append(reason)
+            with pytest.raises(ClientError, match="gave up after") as info:
+                c.render([[10, 10]])
+    finally:
+        if live.thread.is_alive():
+            live.__exit__()
+    assert not isinstance(info.value, Unreachable) and len(retries) >= 2
+
+
+# -- --min-confidence ------------------------------------------------------------------------------
+
+
+def test_min_confidence_marks_counts_and_lists_but_still_writes_everything(
+    server, tmp_path
+) -> None:
+    centres = data.centres()[::400][:6]
+    images = np.concatenate([data.squares(centres), np.zeros((2, 64, 64), np.float32)])
+    images = images[[0, 6, 1, 2, 3, 7, 4, 5]]  # blanks at items 1 and 5
+    np.save(tmp_path / "images.npy", images)
+    out = tmp_path / "xy.csv"
+    args = locate_args(tmp_path / "images.npy", out, server.url, "--min-confidence", "0.5")
+    code, err = run_cli(*args, "--quiet")
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in err, err
+    assert lines[0].startswith("locate: 8 done, 0 skipped (already done), 0 failed, 2 below ")
+    assert lines[0].endswith(f"; wrote {out}")
+    assert lines[1] == (
+        "coordconv client: 2 below --min-confidence 0.5 (1, 5): written with "
+        f"below_min_confidence=true in {out} and listed in {out}.failed.csv"
+    )
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [str(i) for i in range(8)]  # every item written
+    assert [r["below_min_confidence"] for r in rows] == [
+        "true" if i in (1, 5) else "false" for i in range(8)
+    ]
+    assert all(float(r["confidence"]) < 0.5 for r in rows if r["below_min_confidence"] == "true")
+    located = np.array([[float(r["x"]), float(r["y"])] for r in rows])[[0, 2, 3, 4, 6, 7]]
+    np.testing.assert_allclose(located, centres, atol=0.5)
+    failed = rows_of(Path(f"{out}.failed.csv"))
+    assert [r["name"] for r in failed] == ["1", "5"]
+    assert all("below --min-confidence 0.5" in r["reason"] for r in failed)
+    assert tree(tmp_path) == [
+        ".xy.csv.coordconv-job.json",
+        "images.npy",
+        "xy.csv",
+        "xy.csv.failed.csv",
+    ]
+    # --resume: the job is finished; the same verdict, nothing sent, nothing changed.
+    finished = out.read_bytes()
+    code, err = run_cli(
+        *locate_args(
+            tmp_path / "images.npy",
+            out,
+            f"http://127.0.0.1:{free_port()}",
+            "--min-confidence",
+            "0.5",
+            "--resume",
+        )
+    )
+    assert code == 1, err
+    assert "0 done, 8 skipped (already done), 0 failed, 2 below --min-confidence 0.5" in err
+    assert "nothing was sent" in err and out.read_bytes() == finished
+    # Another threshold is another job.
+    code, err = run_cli(*locate_args(tmp_path / "images.npy", out, server.url, "--resume"))
+    assert code == 2 and "(min_confidence)" in one_line(err)
+
+
+def test_bad_min_confidence_and_conflicting_flags_are_one_line(tmp_path) -> None:
+    np.save(tmp_path / "images.npy", np.zeros((1, 64, 64), np.float32))
+    for extra, message in (
+        (["--min-confidence", "nan"], "must be a number in [0, 1], got nan"),
+        (["--min-confidence", "1.5"], "must be a number in [0, 1], got 1.5"),
+        (["--resume", "--overwrite"], "not allowed with argument --resume"),
+        (["--batch-size", "1_0"], "expected a whole number, got '1_0'"),
+    ):
+        code, err = run_cli(*locate_args(tmp_path / "images.npy", tmp_path / "o.csv", "x", *extra))
+        assert code == 2 and message in one_line(err), err
+    assert tree(tmp_path) == ["images.npy"]
