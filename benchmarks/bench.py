@@ -7,6 +7,9 @@
    from 32 concurrent clients, batching on and off, with the mean batch size; (c) the same
    through the V2 endpoint (binary tensors); for render, Triton's perf_analyzer over gRPC beside
    HTTP (one item per request, and 64 per request).
+4. The response cache (render's `response_cache { enable: true }`): case (b) over a repeating set
+   of 256 points (4 around each of 64 centres), cache on (CACHE_SIZE_BYTES) and off, with the
+   ratio. Every other case runs with the cache off (the default), so it measures inference.
 Every service figure is printed as a ratio to the limit at batch 64. Results go to
 benchmarks/results.md (and a plot of throughput and latency against concurrency).
 """
@@ -310,6 +313,92 @@ def perf_analyzer_cases(
     return out
 
 
+CACHE_POINTS = 256  # the repeating point set of the cache case
+CACHE_BYTES = 64 << 20
+
+
+def cache_points() -> np.ndarray:
+    """256 real-valued points, 4 around each of 64 integer centres (seeded)."""
+    rng = np.random.default_rng(0)
+    centres = data.centres()[rng.choice(3136, CACHE_POINTS // 4, replace=False)]
+    jitter = rng.uniform(-0.45, 0.45, size=(4, len(centres), 2))
+    return np.clip(centres[None] + jitter, 0, 63).reshape(-1, 2).astype(np.float32)
+
+
+async def cycle(
+    port: int, requests: list[bytes], concurrency: int, seconds: float
+) -> loadgen.Result:
+    """loadgen's closed loop over several prepared requests: client i sends requests i,
+    i + concurrency, ... in turn, so the set repeats."""
+    result = loadgen.Result()
+    deadline = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                writer.write(requests[i % len(requests)])
+                i += concurrency
+                status = await loadgen._read_response(reader)
+                result.latencies.append(time.perf_counter() - t0)
+                result.requests += 1
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+                if status != 200:
+                    result.errors += 1
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*[worker(i) for i in range(concurrency)])
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def cache_cases(providers: str, seconds: float, concurrency: int, limit: float) -> list[dict]:
+    """render case (b), one item per request from `concurrency` clients, over the repeating
+    point set: the cache on and off, each on a server of its own, in this run."""
+    points = cache_points()
+    requests = [
+        loadgen.build_request(
+            "POST",
+            "/v1/render",
+            json.dumps({"coords": [p.tolist()], "model": "render"}).encode(),
+            {"Content-Type": "application/json", "Accept": "application/x-npy"},
+        )
+        for p in points
+    ]
+    measured = {}
+    for label, size in (("off", 0), ("on", CACHE_BYTES)):
+        with server(providers=providers, cache_size_bytes=size) as url:
+            port = int(url.rsplit(":", 1)[1])
+            asyncio.run(cycle(port, requests, concurrency, 2.0))  # warm (and fill the cache)
+            before = httpx.get(url + f"/v2/models/render/versions/{LATEST}/stats").json()
+            r = asyncio.run(cycle(port, requests, concurrency, seconds))
+            after = httpx.get(url + f"/v2/models/render/versions/{LATEST}/stats").json()
+
+            def count(stats: dict[str, Any], key: str) -> int:
+                return int(stats["model_stats"][0]["inference_stats"][key]["count"])
+
+            hits = count(after, "cache_hit") - count(before, "cache_hit")
+            misses = count(after, "cache_miss") - count(before, "cache_miss")
+            measured[label] = (r, hits, misses)
+    off, on = measured["off"][0], measured["on"][0]
+    ratio = on.items_per_s / max(off.items_per_s, 1e-9)
+    _, hits, misses = measured["on"]
+    print(
+        f"  cache: (b) over {CACHE_POINTS} repeating points, {concurrency} clients: off "
+        f"{off.items_per_s:.0f} items/s (p99 {off.pct(99):.2f} ms), on {on.items_per_s:.0f} "
+        f"items/s (p99 {on.pct(99):.2f} ms, {hits} hits, {misses} misses): ratio {ratio:.2f}",
+        flush=True,
+    )
+    base = f"(b) v1, 1 item/request, {concurrency} clients, {CACHE_POINTS} repeating points"
+    return [
+        row(f"{base}, cache off", off, limit),
+        row(f"{base}, cache on ({ratio:.2f}x off)", on, limit),
+    ]
+
+
 def row(label: str, r: loadgen.Result, limit: float, batch: float | None = None) -> dict[str, Any]:
     return {
         "case": label,
@@ -339,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-perf-analyzer", action="store_true", help="skip the perf_analyzer (gRPC) cases"
     )
     p.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="only the response cache case (render, cache on and off), printed, not written",
+    )
+    p.add_argument(
         "--workers",
         default="1,2",
         help="worker counts for the scale-out cases (render, (a) and (b)); on the GPU machine "
@@ -346,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     threads = os.cpu_count() or 1
+    if a.cache_only:
+        limit1 = measure_limit(a.providers, min(a.seconds, 3.0))["render"][64]
+        print(f"limit: render at batch 64: {limit1:.0f} items/s", flush=True)
+        for case in cache_cases(a.providers, a.seconds, a.concurrency, limit1):
+            print(f"  {case['case']}: {case['items_per_s']:.0f} items/s, ratio {case['ratio']:.2f}")
+        return 0
     print(f"limit: onnxruntime in-process ({a.providers}) ...", flush=True)
     limit = measure_limit(a.providers, min(a.seconds, 3.0))
     for name in MODELS:
@@ -380,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             if name == "render" and not a.no_perf_analyzer:
                 out.extend(perf_analyzer_cases(url, name, lim, c))
+    if "render" in a.models:
+        rows["render"].extend(cache_cases(a.providers, a.seconds, c, limit["render"][64]))
     with server(providers=a.providers, max_queue_delay_us=0, max_batch_size=1) as url:
         for name in a.models:
             lim = limit[name][64]

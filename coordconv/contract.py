@@ -1,7 +1,7 @@
-"""The one definition of what crosses the training -> models/ -> service boundary (DESIGN.md
-sections 3 and 4): the canvas, the tasks, each task's tensors, the metadata keys an ONNX file
-carries, and the `config.pbtxt` the exporter writes. Standard library only, so `training`,
-`service` and `client` can all import it without pulling each other's dependencies.
+"""The one definition of what crosses the training -> models/ -> service boundary (the README's
+Conventions and Shipped models sections): the canvas, the tasks, each task's tensors, the metadata
+keys an ONNX file carries, and the `config.pbtxt` the exporter writes. Standard library only, so
+`training`, `service` and `client` can all import it without pulling each other's dependencies.
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ def config_pbtxt(
         return ",\n".join(items)
 
     chosen = outputs or sig.outputs
+    # Rendering repeats: batch jobs send the same points again, and version 2 rounds every point
+    # to one of 4,096 centres. The cache only exists where the server is given a size.
+    cache = "response_cache { enable: true }\n" if task == "render" else ""
     threshold = (
         'parameters: { key: "coordconv.ok_threshold" value: { string_value: "0.5" } }\n'
         if any(t.name == "confidence" for t in chosen)
@@ -97,6 +100,7 @@ def config_pbtxt(
         f"input [\n{tensors(sig.inputs)}\n]\n"
         f"output [\n{tensors(chosen)}\n]\n"
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+        f"{cache}"
         "version_policy: { latest: { num_versions: 2 } }\n"
         "instance_group [ { count: 1, kind: KIND_AUTO } ]\n"
         f'parameters: {{ key: "{META_TASK}" value: {{ string_value: "{task}" }} }}\n'

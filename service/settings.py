@@ -93,6 +93,19 @@ class Settings(BaseSettings):
     limit_model_bytes: int = Field(
         1 << 30, ge=1024, description="largest model.onnx file a load reads"
     )
+    limit_warmup_runs: int = Field(
+        1000,
+        ge=1,
+        description="most warm-up runs (model_warmup count, summed over its samples) a config "
+        "may ask of one version",
+    )
+    cache_size_bytes: int = Field(
+        0,
+        ge=0,
+        description="response cache in bytes, shared by the models whose config.pbtxt sets "
+        "response_cache { enable: true } (least recently used out; 0: no cache, as Triton "
+        "without --cache-config)",
+    )
     repository_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -27,8 +27,8 @@ from service.models import config as model_config
 from service.models import repository
 from service.models import statistics as stats
 from service.models.batcher import Disconnected
-from service.models.registry import ModelRegistry
-from service.models.version import ModelVersion, tensor_info
+from service.models.registry import ModelRegistry, Served
+from service.models.version import tensor_info
 from service.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
@@ -90,7 +90,7 @@ class DataPlane:
         return {
             "name": m.name,
             "versions": versions,
-            "platform": PLATFORM,
+            "platform": m.config.platform or PLATFORM,  # "ensemble" for an ensemble
             "inputs": [tensor_info(t) for t in m.inputs],
             "outputs": [tensor_info(t) for t in m.outputs],
         }
@@ -166,9 +166,7 @@ class DataPlane:
 
     # Inference
 
-    def resolve(
-        self, name: str, version: str | None, tasks: tuple[str, ...] | None
-    ) -> ModelVersion:
+    def resolve(self, name: str, version: str | None, tasks: tuple[str, ...] | None) -> Served:
         m = self.registry.get(name, version)
         if tasks and m.task not in tasks:
             raise BadRequest(
@@ -187,9 +185,9 @@ class DataPlane:
         m = self.resolve(req.model, req.version, req.tasks)
         with m.hold():
             try:
-                x = await self.offload.run(Cost.DECODE, _payload_bytes(req), self._input, req, m)
+                xs = await self.offload.run(Cost.DECODE, _payload_bytes(req), self._inputs, req, m)
                 names = self._outputs(req, m)
-                outs = await m.infer(x, disconnected)
+                outs = await m.infer_tensors(xs, disconnected)
             except BaseException:
                 m.stats.request_done(False, time.perf_counter_ns() - start)
                 raise
@@ -203,17 +201,38 @@ class DataPlane:
             m.name, m.version, m.sha256, m.task, tensors, req.id, {"ok_threshold": m.ok_threshold}
         )
 
-    def _input(self, req: InferRequest, m: ModelVersion) -> np.ndarray:
+    def _inputs(self, req: InferRequest, m: Served) -> list[np.ndarray]:
+        """The request's input tensors as float32 arrays, in the model's input order, each
+        checked (names, types, shapes, limits, values)."""
         if not req.inputs:
             raise BadRequest("'inputs' must be a non-empty list")
         if len(req.inputs) != len(m.inputs):
-            raise BadRequest(f"model {m.name!r} takes {len(m.inputs)} input, got {len(req.inputs)}")
-        t = req.inputs[0]
-        spec = m.input
-        if t.name != spec.name:
-            raise BadRequest(f"unknown input {t.name!r}; model {m.name!r} takes {spec.name!r}")
-        if req.max_items is not None:
-            limit, limit_name = req.max_items, "MAX_ITEMS_PER_REQUEST"
+            raise BadRequest(
+                f"model {m.name!r} takes {len(m.inputs)} input{'s' if len(m.inputs) > 1 else ''}"
+                f", got {len(req.inputs)}"
+            )
+        if len(m.inputs) == 1:  # every model; an ensemble may have several
+            t, spec = req.inputs[0], m.inputs[0]
+            if t.name != spec.name:
+                raise BadRequest(f"unknown input {t.name!r}; model {m.name!r} takes {spec.name!r}")
+            return [self._input(t, spec, m, req.max_items)]
+        given = {t.name: t for t in req.inputs}
+        for t in req.inputs:
+            if t.name not in {spec.name for spec in m.inputs}:
+                takes = " and ".join(repr(spec.name) for spec in m.inputs)
+                raise BadRequest(f"unknown input {t.name!r}; model {m.name!r} takes {takes}")
+        if len(given) != len(req.inputs):
+            raise BadRequest(f"model {m.name!r}: an input is given more than once")
+        xs = [self._input(given[spec.name], spec, m, req.max_items) for spec in m.inputs]
+        if len({len(x) for x in xs}) > 1:
+            raise BadRequest(
+                f"model {m.name!r}: the inputs' batch sizes differ ({[len(x) for x in xs]})"
+            )
+        return xs
+
+    def _input(self, t: InputTensor, spec: Tensor, m: Served, max_items: int | None) -> np.ndarray:
+        if max_items is not None:
+            limit, limit_name = max_items, "MAX_ITEMS_PER_REQUEST"
         elif m.scheduling.batching:
             limit, limit_name = m.scheduling.max_batch_size, "max_batch_size"
         else:  # a model that does not batch: one call per request, of bounded size
@@ -225,13 +244,14 @@ class DataPlane:
                 f"{m.scheduling.max_queue_size}); send at most that many per request"
             )
         label = t.label or t.name
-        if spec.name == IMAGE.name:
+        contract = m.input_contract(spec.name)  # an ensemble input: the step input it feeds
+        if contract == IMAGE.name:
             codecs.check_images(x, label)
-        elif spec.name == COORDS.name:
+        elif contract == COORDS.name:
             codecs.check_coords_array(x, label)
         return x.astype(np.float32, copy=False)
 
-    def _outputs(self, req: InferRequest, m: ModelVersion) -> set[str]:
+    def _outputs(self, req: InferRequest, m: Served) -> set[str]:
         have = m.output_names
         if req.outputs is None:
             return set(have)

@@ -2,7 +2,9 @@
 (as MLServer wraps its servicer): the API key of each method's scope (the rule of
 service/dataplane/auth.py, read from `authorization` metadata: RepositoryModelLoad and
 RepositoryModelUnload need an admin key, the probes none, every other method an inference key),
-typed errors as status codes, and metrics with one log line. The servicer
+typed errors as status codes, metrics with one log line and, with tracing on, each unary RPC's
+server span (the caller's W3C `traceparent` metadata honoured; service/metrics/tracing.py;
+ModelStreamInfer's spans are one per message, the servicer's). The servicer
 (service/grpc/servicer.py) only adapts messages to the data plane.
 
 Each method's handler is wrapped once and cached: the per-call cost is a dictionary lookup.
@@ -20,7 +22,7 @@ import grpc
 
 from service.dataplane.auth import KeyRing, Scope
 from service.errors import ServiceError
-from service.metrics import Metrics
+from service.metrics import Metrics, tracing
 
 log = logging.getLogger("coordconv.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -39,6 +41,17 @@ CODES = {
     499: grpc.StatusCode.CANCELLED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+# The codes that mark a server span as failed (OpenTelemetry's gRPC conventions).
+SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Stream = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -99,11 +112,24 @@ class FrontDoor(grpc.aio.ServerInterceptor):
 
     def _unary(self, name: str, behavior: Unary, auth: Scope | None) -> Unary:
         route = f"/{SERVICE}/{name}"
+        traced = name not in OPEN  # probes: no traces
+        span_name = f"{SERVICE}/{name}"
+        span_attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             model = version = ""
+            tracer = tracing.tracer
+            span = token = None
+            if tracer is not None and traced:
+                span, token = tracing.start_request(
+                    tracer,
+                    span_name,
+                    context.invocation_metadata() or (),
+                    tracing.METADATA,
+                    span_attributes,
+                )
             try:
                 self._check(context, auth)
                 response = await behavior(request, context)
@@ -122,6 +148,15 @@ class FrontDoor(grpc.aio.ServerInterceptor):
                 await context.abort(code, "internal server error (logged)")
             finally:
                 self._observe(route, name, code, model, version, time.perf_counter() - start)
+                if span is not None:
+                    span.set_attributes(
+                        {
+                            "rpc.grpc.status_code": code.value[0],
+                            "coordconv.model": model or getattr(request, "model_name", ""),
+                            "coordconv.model_version": version,
+                        }
+                    )
+                    tracing.end_request(span, token, code.name if code in SERVER_ERRORS else None)
 
         return call
 

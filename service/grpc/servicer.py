@@ -1,7 +1,8 @@
 """The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, as NVIDIA Triton
 defines it), as an adapter over the data plane: each RPC decodes its message, calls the plane and
-encodes the answer. Authentication, status codes, metrics and logging are the interceptor's
-(service/grpc/interceptors.py).
+encodes the answer. Authentication, status codes, metrics, logging and unary RPCs' spans are
+the interceptor's (service/grpc/interceptors.py); ModelStreamInfer traces each message as a
+request of its own (service/metrics/tracing.py).
 
 The message and service code is the generated code that `tritonclient` ships
 (`tritonclient.grpc.service_pb2`, `service_pb2_grpc`, `model_config_pb2`), the very modules
@@ -24,8 +25,10 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse, InputTensor
 from service.errors import BadRequest, ServiceError
+from service.metrics import tracing
 
 Context: TypeAlias = grpc.aio.ServicerContext
+STREAM_SPAN = "inference.GRPCInferenceService/ModelStreamInfer"
 FP32_CONTENTS_TAG = 0x32  # InferTensorContents.fp32_contents: field 6, length-delimited (packed)
 
 
@@ -168,16 +171,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream, as it completes; requests of one stream run concurrently, so they batch."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        metadata = context.invocation_metadata() or ()
 
         async def one(request: pb.ModelInferRequest) -> None:
+            span = token = None
+            tracer = tracing.tracer
+            if tracer is not None:  # a span per message, in its own task
+                span, token = tracing.start_request(
+                    tracer,
+                    STREAM_SPAN,
+                    metadata,
+                    tracing.METADATA,
+                    {
+                        "rpc.system": "grpc",
+                        "rpc.service": "inference.GRPCInferenceService",
+                        "rpc.method": "ModelStreamInfer",
+                        "coordconv.model": request.model_name,
+                        "coordconv.model_version": request.model_version,
+                    },
+                )
+            error = None
             try:
                 answer = encode_infer(await self.plane.infer(decode_infer(request)))
                 await answers.put(pb.ModelStreamInferResponse(infer_response=answer))
             except ServiceError as exc:
+                error = exc.message if exc.status_code >= 500 else None
                 failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
                 await answers.put(
                     pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
                 )
+            finally:
+                if span is not None:
+                    tracing.end_request(span, token, error)
 
         async def read() -> None:
             async for request in request_iterator:

@@ -1,10 +1,11 @@
 """One pure ASGI middleware for what every request needs, cheaper than a stack of Starlette
 middlewares: a request id, the body limit (413 before the body is read when Content-Length says
 so, and as soon as a streamed body passes it), the limit of requests in flight (503 +
-Retry-After in the route's error format; health routes exempt), request metrics and one log line
-per request. The model and version that answered come from the request's state, where the routes
-put them (service/http/responses.py `answered`). Connection-level limits live in
-service/http/connections.py."""
+Retry-After in the route's error format; health routes exempt), request metrics, one log line
+per request and, with tracing on, the request's server span (the caller's W3C `traceparent`
+honoured; service/metrics/tracing.py). The model and version that answered come from the
+request's state, where the routes put them (service/http/responses.py `answered`).
+Connection-level limits live in service/http/connections.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge
 from service.http.errors import error_body
-from service.metrics import Metrics
+from service.metrics import Metrics, tracing
 
 log = logging.getLogger("coordconv.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -59,6 +60,21 @@ class ServiceMiddleware:
         facts["request_id"] = rid
         path: str = scope["path"]
         status = 500
+        tracer = tracing.tracer
+        span = token = None
+        if tracer is not None and path not in HEALTH_PATHS:  # probes and scrapes: no traces
+            span, token = tracing.start_request(
+                tracer,
+                scope["method"],
+                headers,
+                tracing.HEADERS,
+                {
+                    "http.request.method": scope["method"],
+                    "url.path": path,
+                    "url.scheme": scope.get("scheme", "http"),
+                    "coordconv.request_id": rid,
+                },
+            )
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -130,6 +146,17 @@ class ServiceMiddleware:
                 )
             children[0].inc()
             children[1].observe(elapsed)
+            if span is not None:
+                span.update_name(f"{scope['method']} {route_path}")
+                span.set_attributes(
+                    {
+                        "http.route": route_path,
+                        "http.response.status_code": status,
+                        "coordconv.model": model,
+                        "coordconv.model_version": version,
+                    }
+                )
+                tracing.end_request(span, token, f"HTTP {status}" if status >= 500 else None)
             if log.isEnabledFor(logging.INFO):  # skip building the record on the hot path
                 log.info(
                     "%s %s %d %.1fms",

@@ -15,6 +15,12 @@ through the event loop. The loop only queues requests and hands answers back, so
 never idle while the loop is busy writing the last batch's answers. A thread exits when the queue
 is empty; the next request starts one again, and a thread that leaves work in the queue starts a
 sibling (up to the count).
+
+What happens is counted where it happens: the version's statistics (and through them Triton's
+Prometheus families, service/metrics), the pending gauge, the failure reasons of what it refuses
+(REJECTED: a full queue or a queue timeout; BACKEND: onnxruntime failed) and, with tracing on,
+each traced request's `queue` and `execute` spans and each batch's spans
+(service/metrics/tracing.py), made with the times measured here.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import Span, Tracer
 
 from service.errors import (
     ClientClosedRequest,
@@ -39,7 +46,7 @@ from service.errors import (
     ServiceError,
     Unavailable,
 )
-from service.metrics import Metrics
+from service.metrics import BACKEND, REJECTED, Metrics, tag, tracing
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
 
@@ -62,6 +69,7 @@ class _Job:
     outputs: dict[int, Outputs] = field(default_factory=dict)  # by first row (event loop only)
     answered: int = 0  # rows whose outputs arrived (event loop only)
     watcher: asyncio.Task[None] | None = None  # notices the client going away
+    trace: tracing.Queued | None = None  # its request's trace context (tracing on only)
 
     @property
     def started(self) -> bool:
@@ -81,6 +89,11 @@ class _Execution:
     input_ns: int = 0
     infer_ns: int = 0
     error: str = ""
+    # Tracing on: the batch's span (open until its answers are handed back) and its start
+    # (epoch nanoseconds).
+    tracer: Tracer | None = None
+    span: Span | None = None
+    started_ns: int = 0
 
 
 class Batcher:
@@ -95,6 +108,7 @@ class Batcher:
         stats: ModelStats,
     ) -> None:
         self.name = name
+        self.version = version
         self.run = run
         self.executor = executor
         self.s = scheduling
@@ -113,13 +127,14 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = asyncio.Event()  # set when the last scheduler thread has exited
         self._stopped.set()
+        self.pending = 0  # requests queued that have not started (Triton's pending count)
         labels = {"model": name, "version": version}
         self._gauge = metrics.queue_items.labels(**labels)
         self._queue_hist = metrics.queue_duration.labels(**labels)
-        self._compute_hist = metrics.compute_duration.labels(**labels)
-        self._executions = metrics.execution_count.labels(**labels)
-        self._inferences = metrics.inference_count.labels(**labels)
-        self._batch_hist = metrics.batch_size.labels(**labels)
+        # Triton's families and the execution counts follow the statistics (one place counts
+        # both: service/models/statistics.py); the pending gauge is set here.
+        metrics.attach(stats)
+        self._span_attributes = {"coordconv.model": name, "coordconv.model_version": version}
 
     @property
     def idle(self) -> bool:
@@ -140,8 +155,11 @@ class Batcher:
             self.queue.clear()
             self.queued_items = 0
             self._gauge.set(0)
+            self.pending = 0
+            self._set_pending()
             self._cond.notify_all()
         await self._stopped.wait()
+        self.metrics.detach(self.stats)
 
     def shed(self, message: str) -> None:
         """Fail every queued request that has not started with 503 + Retry-After."""
@@ -150,25 +168,40 @@ class Batcher:
                 job.future.set_exception(Unavailable(message, retry_after=1))
                 job.cancelled = True
                 self.queued_items -= job.remaining
+                self.pending -= 1
             self._gauge.set(self.queued_items)
+            self._set_pending()
+
+    def _set_pending(self) -> None:
+        """Under the lock. (A version replaced by a reload no longer sets it.)"""
+        series = self.stats.series
+        if series is not None:
+            series.pending.set(self.pending)
 
     async def infer(self, x: np.ndarray, disconnected: Disconnected | None = None) -> Outputs:
         """Queue `x` (rows of this model's input) and wait for its outputs, one array each."""
         n = len(x)
         loop = asyncio.get_running_loop()
         job = _Job(x=x, future=loop.create_future(), enqueued=time.monotonic())
+        if tracing.tracer is not None:
+            job.trace = tracing.queued(time.time_ns())
         with self._cond:
             if self._stopping:
                 raise Unavailable(f"model {self.name!r} is unloading; retry", retry_after=1)
             if self.queued_items + n > self.s.max_queue_size:
-                raise Unavailable(
-                    f"model {self.name!r} is overloaded ({self.queued_items} items queued, "
-                    f"limit {self.s.max_queue_size}); retry later",
-                    retry_after=1,
+                raise tag(
+                    Unavailable(
+                        f"model {self.name!r} is overloaded ({self.queued_items} items queued, "
+                        f"limit {self.s.max_queue_size}); retry later",
+                        retry_after=1,
+                    ),
+                    REJECTED,
                 )
             self.queue.append(job)
             self.queued_items += n
             self._gauge.set(self.queued_items)
+            self.pending += 1
+            self._set_pending()
             if self._filling:
                 self._cond.notify()
             spawn = not self._filling and self._threads < self.s.instances
@@ -203,10 +236,13 @@ class Batcher:
         if queued and not job.future.done():  # still queued: 503; running: finish it
             self._drop(
                 job,
-                Unavailable(
-                    f"request waited more than {self.s.timeout_s:g} s in model "
-                    f"{self.name!r}'s queue; retry later",
-                    retry_after=max(1, round(self.s.timeout_s)),
+                tag(
+                    Unavailable(
+                        f"request waited more than {self.s.timeout_s:g} s in model "
+                        f"{self.name!r}'s queue; retry later",
+                        retry_after=max(1, round(self.s.timeout_s)),
+                    ),
+                    REJECTED,
                 ),
             )
 
@@ -227,10 +263,19 @@ class Batcher:
         if job.future.done():
             return
         with self._cond:
+            started = job.started
             if not job.cancelled:
                 job.cancelled = True
                 self.queued_items -= job.remaining
                 self._gauge.set(self.queued_items)
+                if not started:
+                    self.pending -= 1
+                    self._set_pending()
+        t = tracing.tracer
+        if t is not None and job.trace is not None and not started:
+            reason = "cancelled" if error is None else str(error)
+            attributes = {**self._span_attributes, "coordconv.items": len(job.x)}
+            tracing.queue_span(t, job.trace, time.time_ns(), attributes, reason)
         if error is None:
             job.future.cancel()
         else:
@@ -294,12 +339,15 @@ class Batcher:
                 continue
             k = min(room, job.remaining)
             parts.append((job, job.taken, job.taken + k))
+            if job.taken == 0:
+                self.pending -= 1
             job.taken += k
             room -= k
             self.queued_items -= k
             if job.remaining == 0:
                 self.queue.popleft()
         self._gauge.set(self.queued_items)
+        self._set_pending()
         return parts
 
     def _batch_limit(self) -> int:
@@ -315,18 +363,27 @@ class Batcher:
         """A failed call as its client should see it: running out of memory is the size of the
         request (413, or 503 for a single item: the server is short of memory), anything else
         the model's failure."""
+        failure: ServiceError = InferenceFailed(f"model {self.name!r} failed")
         if OUT_OF_MEMORY.search(error):
             if items > 1:
-                return PayloadTooLarge(
+                failure = PayloadTooLarge(
                     f"model {self.name!r} could not allocate the memory for {items} items at "
                     "once; send fewer per request"
                 )
-            return Unavailable(f"model {self.name!r} is short of memory; retry", retry_after=1)
-        return InferenceFailed(f"model {self.name!r} failed")
+            else:
+                failure = Unavailable(
+                    f"model {self.name!r} is short of memory; retry", retry_after=1
+                )
+        tag(failure, BACKEND)
+        return failure
 
     def _execute(self, parts: list[Part]) -> list[_Execution]:
         """In a scheduler thread: gather the rows and run onnxruntime; if the call fails, find
         the culprit with one call per job."""
+        tracer = tracing.tracer
+        if tracer is not None and all(job.trace is None for job, _, _ in parts):
+            tracer = None  # none of its requests is traced
+        wall = time.time_ns() if tracer is not None else 0
         t0 = t1 = time.perf_counter_ns()
         try:  # nothing may escape: a lost scheduler thread would strand the queue
             if len(parts) == 1:
@@ -337,11 +394,70 @@ class Batcher:
             t1 = time.perf_counter_ns()
             out = self.run(batch)
         except Exception as exc:
-            if len(parts) > 1:
-                return [e for part in parts for e in self._execute([part])]
             error = "MemoryError" if isinstance(exc, MemoryError) else str(exc)
-            return [_Execution(parts, None, error=error)]
-        return [_Execution(parts, out, t1 - t0, time.perf_counter_ns() - t1)]
+            if len(parts) > 1:
+                if tracer is not None:
+                    ended = time.perf_counter_ns()
+                    failed = f"{error[:200]} (retried request by request)"
+                    span = self._batch_span(tracer, parts, wall, t0, t1, ended, failed)
+                    span.end(wall + ended - t0)
+                return [e for part in parts for e in self._execute([part])]
+            e = _Execution(parts, None, error=error)
+            if tracer is not None:
+                ended = time.perf_counter_ns()
+                e.span = self._batch_span(tracer, parts, wall, t0, t1, ended, error[:200])
+                e.tracer, e.started_ns = tracer, wall
+            return [e]
+        t2 = time.perf_counter_ns()
+        e = _Execution(parts, out, t1 - t0, t2 - t1)
+        if tracer is not None:
+            e.span = self._batch_span(tracer, parts, wall, t0, t1, t2, None)
+            e.tracer, e.started_ns = tracer, wall
+        return [e]
+
+    def _batch_span(
+        self,
+        tracer: Tracer,
+        parts: list[Part],
+        wall: int,
+        t0: int,
+        t1: int,
+        t2: int,
+        error: str | None,
+    ) -> Span:
+        attributes = {
+            **self._span_attributes,
+            "coordconv.batch.size": sum(b - a for _, a, b in parts),
+            "coordconv.batch.requests": len(parts),
+            "coordconv.compute_input_us": (t1 - t0) / 1000,
+        }
+        requests = [(job.trace, b - a) for job, a, b in parts if job.trace is not None]
+        return tracing.batch_span(
+            tracer, attributes, requests, wall, wall + t1 - t0, wall + t2 - t0, error
+        )
+
+    def _trace_delivery(self, e: _Execution, output_ns: int, error: str | None) -> None:
+        """On the event loop, tracing on: the batch's end, and each traced request's queue (the
+        first time its rows run) and execute spans."""
+        tracer, batch = e.tracer, e.span
+        if tracer is None or batch is None:
+            return
+        now = time.time_ns()
+        tracing.batch_done(batch, output_ns, now)
+        size = sum(b - a for _, a, b in e.parts)
+        for job, a, b in e.parts:
+            q = job.trace
+            if q is None:
+                continue
+            if a == 0:
+                queued = {**self._span_attributes, "coordconv.items": len(job.x)}
+                tracing.queue_span(tracer, q, e.started_ns, queued)
+            attributes = {
+                **self._span_attributes,
+                "coordconv.rows": b - a,
+                "coordconv.batch.size": size,
+            }
+            tracing.execute_span(tracer, q, batch, e.started_ns, now, attributes, error)
 
     # -- back on the event loop ---------------------------------------------------------------
 
@@ -355,6 +471,8 @@ class Batcher:
                 log.error("model %s failed on %d items: %s", self.name, b - a, e.error)
                 if not job.future.done():
                     job.future.set_exception(self._failure(e.error, b - a))
+                if e.span is not None:
+                    self._trace_delivery(e, 0, e.error[:200])
                 continue
             start = time.perf_counter_ns()
             offset = 0
@@ -375,7 +493,5 @@ class Batcher:
             items = offset
             output_ns = time.perf_counter_ns() - start
             self.stats.execution(len(e.parts), items, e.input_ns, e.infer_ns, output_ns)
-            self._compute_hist.observe(e.infer_ns / 1e9)
-            self._executions.inc()
-            self._inferences.inc(items)
-            self._batch_hist.observe(items)
+            if e.span is not None:
+                self._trace_delivery(e, output_ns, None)

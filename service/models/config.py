@@ -6,12 +6,15 @@ parameters the batcher uses.
 Strict (Triton's default): a missing, unparseable or foreign config, or one that disagrees with
 its graph, refuses the model with one line saying what is wrong. Not strict: a missing config is
 filled from the graph, as `tritonserver --strict-model-config=false` does.
+
+Also here: the checks of `model_warmup` (run by service/models/version.py) and whether a config
+is an ensemble (`platform: "ensemble"`, served by service/models/ensemble.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
@@ -25,6 +28,12 @@ ModelConfig: TypeAlias = mc.ModelConfig  # Triton's generated protobuf message
 ConfigTensor: TypeAlias = mc.ModelInput | mc.ModelOutput
 CONFIG_FILE = "config.pbtxt"
 TYPE_FP32 = mc.DataType.Value("TYPE_FP32")
+ENSEMBLE = "ensemble"  # Triton's platform name for a pipeline of other models
+WARMUP_DIR = "warmup"  # model_warmup input_data_file: <model>/warmup/<file>, as in Triton
+
+
+def is_ensemble(config: ModelConfig | None) -> bool:
+    return config is not None and config.platform == ENSEMBLE
 
 
 @dataclass(frozen=True)
@@ -136,8 +145,10 @@ def verify(
         raise ModelError(f"{where}: config names no platform; use platform: {PLATFORM!r}")
     if config.max_batch_size < 0:
         raise ModelError(f"{where}: max_batch_size must be >= 0, got {config.max_batch_size}")
-    if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
-        raise ModelError(f"{where}: sequence batching and ensembles are not supported")
+    if config.HasField("sequence_batching"):
+        raise ModelError(f"{where}: sequence batching is not supported")
+    if config.HasField("ensemble_scheduling"):
+        raise ModelError(f"{where}: ensemble_scheduling needs platform: {ENSEMBLE!r}")
     sig = SIGNATURES[task]
     allowed_outputs = sig.outputs + sig.optional_outputs
     for kind, entries, graph, want in (
@@ -192,6 +203,14 @@ def complete(config: ModelConfig, name: str, settings: Settings) -> ModelConfig:
     out = ModelConfig()
     out.CopyFrom(config)
     out.name = name
+    if is_ensemble(out):
+        # An ensemble has no backend, batcher or instances of its own (its steps do), and its
+        # ensemble_scheduling shares a oneof with dynamic_batching: nothing of those is added.
+        if out.max_batch_size == 0 and not settings.strict_model_config:
+            out.max_batch_size = settings.max_batch_size
+        if not out.HasField("version_policy"):
+            out.version_policy.latest.num_versions = 1
+        return out
     if not out.platform:
         out.platform = PLATFORM
     if not out.backend:
@@ -255,6 +274,94 @@ def check_limits(config: ModelConfig, where: str, settings: Settings, versions: 
             raise ModelError(f"{where}: {field} {value} exceeds the limit {limit} ({setting})")
     if not config.max_batch_size and config.HasField("dynamic_batching"):
         raise ModelError(f"{where}: dynamic_batching needs max_batch_size > 0 (0: no batching)")
+
+
+def check_warmup(config: ModelConfig, where: str, settings: Settings) -> None:
+    """`model_warmup` as Triton reads it (a sample per entry: `batch_size`, `count` runs, and
+    for every model input its `data_type`, `dims` without the batch axis and one of `zero_data`,
+    `random_data` or `input_data_file`), refused with one line where it cannot run, before
+    anything is allocated. A model that does not batch warms up with batch_size 1 and dims that
+    start with the number of rows, as its requests do."""
+    if not config.model_warmup:
+        return
+    if is_ensemble(config):
+        raise ModelError(
+            f"{where}: model_warmup is not supported for an ensemble; warm up its step models"
+        )
+    batching = config.max_batch_size > 0
+    inputs = {e.name: e for e in config.input}
+    runs = 0
+    for i, sample in enumerate(config.model_warmup):
+        label = f"{where}: model_warmup[{i}]" + (f" {sample.name[:40]!r}" if sample.name else "")
+        if sample.batch_size < 1:
+            raise ModelError(f"{label}: batch_size must be >= 1, got {sample.batch_size}")
+        if batching and sample.batch_size > config.max_batch_size:
+            raise ModelError(
+                f"{label}: batch_size {sample.batch_size} exceeds max_batch_size "
+                f"{config.max_batch_size}"
+            )
+        if not batching and sample.batch_size != 1:
+            raise ModelError(
+                f"{label}: a model that does not batch (max_batch_size 0) warms up with "
+                f"batch_size 1, got {sample.batch_size}"
+            )
+        runs += max(sample.count, 1)  # count 0: once, as in Triton
+        if set(sample.inputs) != set(inputs):
+            raise ModelError(
+                f"{label}: inputs {sorted(sample.inputs)} must be exactly the model's inputs "
+                f"{sorted(inputs)}"
+            )
+        for key in sorted(sample.inputs):
+            spec, entry = sample.inputs[key], inputs[key]
+            if spec.data_type != entry.data_type:
+                raise ModelError(
+                    f"{label}: input {key!r} is {mc.DataType.Name(spec.data_type)}; the model "
+                    f"takes {mc.DataType.Name(entry.data_type)}"
+                )
+            want = _dims(entry, batching)
+            dims = tuple(spec.dims)
+            shown: list[int | str] = list(want)
+            if batching:
+                fits = dims == want
+            else:
+                fits = len(dims) == len(want) + 1 and dims[0] >= 1 and dims[1:] == want
+                shown = ["rows", *want]
+            if not fits:
+                raise ModelError(
+                    f"{label}: input {key!r} has dims {list(dims)}; the model takes {shown} "
+                    "(without the batch axis)"
+                )
+            which = spec.WhichOneof("input_data_type")
+            if which is None:
+                raise ModelError(
+                    f"{label}: input {key!r} sets none of zero_data, random_data, input_data_file"
+                )
+            if which == "input_data_file":
+                warmup_file(spec.input_data_file, f"{label}: input {key!r}")
+    if runs > settings.limit_warmup_runs:
+        raise ModelError(
+            f"{where}: model_warmup asks for {runs} runs in all (count), over the limit "
+            f"{settings.limit_warmup_runs} (LIMIT_WARMUP_RUNS)"
+        )
+
+
+def warmup_file(name: str, label: str) -> PurePosixPath:
+    """A warm-up input_data_file as a path relative to the model's warmup/ folder; anything
+    that could leave it (absolute, '..', a backslash) is refused with one line."""
+    path = PurePosixPath(name)
+    if (
+        not name
+        or len(name) > 255
+        or "\\" in name
+        or "\x00" in name
+        or path.is_absolute()
+        or ".." in path.parts
+    ):
+        raise ModelError(
+            f"{label}: input_data_file {name[:80]!r} must name a file inside the model's "
+            f"{WARMUP_DIR}/ folder (no absolute path, no '..')"
+        )
+    return path
 
 
 def instance_kind(config: ModelConfig) -> str:

@@ -20,6 +20,15 @@ system fails the load that touched it and nothing else; configs are refused when
 more than the LIMIT_* settings before anything is allocated; unloading a version lets go of its
 session and threads, and the memory is handed back (a collection and malloc_trim).
 
+Ensembles (`platform: "ensemble"`, service/models/ensemble.py) are served beside the models
+they run: loading one loads its step models first where they are not loaded (as Triton does),
+then checks its steps against the versions served; at start they load after every other model.
+Unloading a step model is allowed (as in Triton): the ensemble stays, is not ready, shows
+UNAVAILABLE in the index with the reason, and answers 503 until the step is back.
+
+The response cache (CACHE_SIZE_BYTES, service/models/cache.py) is the registry's: one per
+process, shared by every version whose config enables it; a version's entries go with it.
+
 With `--workers N` each worker has its own registry; service/cluster.py feeds every one of them
 the same loads and unloads in the same order (a shared control log), through `load` and `unload`.
 """
@@ -46,12 +55,15 @@ from service.errors import (
 from service.memory import release_memory
 from service.metrics import Metrics
 from service.models import config as model_config
-from service.models import repository
+from service.models import ensemble, repository
+from service.models.cache import ResponseCache
+from service.models.ensemble import EnsembleVersion, open_ensemble
 from service.models.reads import Reads
-from service.models.version import ModelVersion, open_version, usable_providers
+from service.models.version import ModelVersion, State, open_version, usable_providers
 from service.settings import Settings
 
 log = logging.getLogger("coordconv.registry")
+Served = ModelVersion | EnsembleVersion  # what the routing table holds
 
 
 @dataclass
@@ -78,7 +90,7 @@ class ModelRegistry:
         self.mode = settings.model_control_mode
         # The routing table: name -> version -> a READY version. Replaced, never mutated in
         # place, so a reader on the event loop always sees one consistent set.
-        self.versions: dict[str, dict[str, ModelVersion]] = {}
+        self.versions: dict[str, dict[str, Served]] = {}
         self.loading: set[str] = set()
         self.failed: dict[str, str] = {}  # name -> why its last load failed
         # name -> the config override its last successful load was given (kept for reloads
@@ -96,6 +108,7 @@ class ModelRegistry:
         self._applied: dict[str, tuple[object, ...]] = {}  # poll: fingerprint last acted on
         self._missing: set[str] = set()  # poll: gone at the last scan
         self.reads = Reads(settings.repository_timeout_s)
+        self.cache = ResponseCache(settings.cache_size_bytes) if settings.cache_size_bytes else None
 
     # Start and stop
 
@@ -125,7 +138,7 @@ class ModelRegistry:
                 raise RepositoryError(f"REQUIRE_GPU is set but {self.provider_problem}")
             log.warning("%s: serving on CPU", self.provider_problem)
         self.requested = set(wanted)
-        for name in wanted:
+        for name in await self._ensembles_last(wanted):
             try:
                 await self.load(name, at_start=True)
             except (ModelError, NotFound, BadRequest) as exc:
@@ -147,6 +160,20 @@ class ModelRegistry:
             ", ".join(loaded),
         )
 
+    async def _ensembles_last(self, names: list[str]) -> list[str]:
+        """`names` with the ensembles moved to the end, so their steps load first (a config
+        that cannot be read is left where it is: its load says what is wrong)."""
+        plain: list[str] = []
+        ensembles: list[str] = []
+        for name in names:
+            into = plain
+            with contextlib.suppress(ModelError, NotFound, BadRequest):
+                files = await self.reads.run(name, repository.scan, self.repo, name)
+                if repository.is_ensemble_text(files.config_text):
+                    into = ensembles
+            into.append(name)
+        return plain + ensembles
+
     async def _probe(self, names: Iterable[str]) -> bytes | None:
         """One ONNX file's bytes, to find out which execution providers load here."""
         limit = self.settings.limit_model_bytes
@@ -155,9 +182,7 @@ class ModelRegistry:
                 files = await self.reads.run(name, repository.scan, self.repo, name)
                 if files.versions:
                     path = files.versions[max(files.versions)]
-                    return await self.reads.run(
-                        name, repository.read_model, self.repo, path, limit
-                    )
+                    return await self.reads.run(name, repository.read_model, self.repo, path, limit)
         return None
 
     async def stop(self) -> None:
@@ -186,7 +211,7 @@ class ModelRegistry:
     def ready(self) -> bool:
         return self.started and not self.stopping and self.requested <= set(self.versions)
 
-    def get(self, name: str, version: str | None = None) -> ModelVersion:
+    def get(self, name: str, version: str | None = None) -> Served:
         """The version that answers a request: the one asked for, else the highest ready one."""
         versions = self.versions.get(name)
         if not versions:
@@ -207,7 +232,7 @@ class ModelRegistry:
             )
         return m
 
-    def all_versions(self, name: str | None = None) -> list[ModelVersion]:
+    def all_versions(self, name: str | None = None) -> list[Served]:
         if name is None:
             return [m for n in sorted(self.versions) for m in self._sorted(n)]
         self.get(name)  # 404 or 503 with the usual message
@@ -223,7 +248,7 @@ class ModelRegistry:
             chosen = [self.get(name, version)]
         return [m.stats.as_dict() for m in chosen]
 
-    def _sorted(self, name: str) -> list[ModelVersion]:
+    def _sorted(self, name: str) -> list[Served]:
         vs = self.versions.get(name, {})
         return [vs[v] for v in sorted(vs, key=int)]
 
@@ -267,9 +292,7 @@ class ModelRegistry:
             finally:
                 self.loading.discard(name)
 
-    async def plan(
-        self, name: str, config: model_config.ModelConfig | None = None
-    ) -> list[int]:
+    async def plan(self, name: str, config: model_config.ModelConfig | None = None) -> list[int]:
         """The versions a load of `name` with `config` would serve on today's disk."""
         files = await self.reads.run(name, repository.scan, self.repo, name)
         chosen, _, _ = self._choose(name, files, config, None)
@@ -292,7 +315,8 @@ class ModelRegistry:
             )
             config_id = str(files.fingerprint[0])
         policy = config if config is not None else model_config.ModelConfig()
-        on_disk = sorted(files.versions)
+        # An ensemble's version folders hold no model file (as in Triton).
+        on_disk = sorted(files.folders if model_config.is_ensemble(config) else files.versions)
         if versions is not None:
             missing = sorted(set(versions) - set(on_disk))
             if missing:
@@ -308,6 +332,7 @@ class ModelRegistry:
         if config is not None:  # bounds, before anything is allocated
             effective = model_config.complete(config, name, self.settings)
             model_config.check_limits(effective, f"model {name}", self.settings, len(chosen))
+            model_config.check_warmup(effective, f"model {name}", self.settings)
         elif len(chosen) > self.settings.limit_versions:
             raise ModelError(
                 f"model {name}: versions to serve {len(chosen)} exceeds the limit "
@@ -323,8 +348,16 @@ class ModelRegistry:
     ) -> None:
         files = await self.reads.run(name, repository.scan, self.repo, name)
         chosen, config, config_id = self._choose(name, files, override, versions)
+        if config is not None and model_config.is_ensemble(config):
+            await self._load_ensemble(name, chosen, config, config_id)
+            return
+        warmup: dict[str, bytes] = {}
+        if config is not None and config.model_warmup:
+            warmup = await self.reads.run(
+                f"{name}/{model_config.WARMUP_DIR}", repository.read_warmup, self.repo, name, config
+            )
         current = self.versions.get(name, {})
-        new: dict[str, ModelVersion] = {}
+        new: dict[str, Served] = {}
         opened: list[ModelVersion] = []
         try:
             for v in chosen:  # a failure here leaves the routing table as it was
@@ -332,6 +365,8 @@ class ModelRegistry:
                 old = current.get(str(v))
                 if old is not None and old.fingerprint == fp:
                     new[str(v)] = old
+                    if old.cache is not None:  # a reload starts with an empty cache
+                        old.cache.clear(old.cache_owner)
                     continue
                 path = files.versions[v]
                 label = repository.relative(path, self.repo)
@@ -349,6 +384,7 @@ class ModelRegistry:
                     fp,
                     data,
                     label,
+                    warmup,
                 )
                 opened.append(m)
                 new[str(v)] = m
@@ -357,7 +393,13 @@ class ModelRegistry:
                 await m.close("the load failed")
             raise
         for m in opened:
-            m.start(self.metrics)
+            m.start(self.metrics, self.cache)
+            if m.config.response_cache.enable and self.cache is None and m is opened[0]:
+                log.info("%s: response_cache is enabled but CACHE_SIZE_BYTES is 0: no cache", name)
+        self._switch(name, current, new)
+
+    def _switch(self, name: str, current: dict[str, Served], new: dict[str, Served]) -> None:
+        """Route `name` to `new` in one step; the versions of `current` left out drain."""
         self.versions = {**self.versions, name: new}  # the switch
         outgoing = [m for m in current.values() if m not in new.values()]
         for m in outgoing:
@@ -368,6 +410,68 @@ class ModelRegistry:
             name,
             sorted(new, key=int),
             f" (draining {[m.version for m in outgoing]})" if outgoing else "",
+        )
+
+    async def _load_ensemble(
+        self,
+        name: str,
+        chosen: list[int],
+        config: model_config.ModelConfig,
+        config_id: str,
+    ) -> None:
+        """Load the step models that are not loaded, then check the ensemble against the
+        versions that serve its steps and switch to it (a refused ensemble unloads the steps it
+        loaded: the serving set stays as it was). Every load checks anew (the steps may have
+        changed), so an ensemble's versions are always new objects."""
+        effective = model_config.complete(config, name, self.settings)
+        steps, _ = ensemble.parse(effective, f"model {name}")
+        loaded: list[str] = []  # step models this load brought in: unloaded again if it fails
+        try:
+            for step_model in dict.fromkeys(s.model for s in steps):
+                if step_model not in self.versions:
+                    await self._load_step(name, step_model)
+                    loaded.append(step_model)
+            new: dict[str, Served] = {
+                str(v): open_ensemble(
+                    name, v, effective, self.get, self.settings, (config_id, ("ensemble", v))
+                )
+                for v in chosen
+            }
+        except BaseException:
+            for step_model in loaded:
+                with contextlib.suppress(NotFound):
+                    await self.unload(step_model)
+            raise
+        for m in new.values():
+            m.start(self.metrics, self.cache)
+        self._switch(name, self.versions.get(name, {}), new)
+
+    async def _load_step(self, name: str, step_model: str) -> None:
+        """Load a step model of ensemble `name` (not an ensemble: they do not nest, and
+        refusing before loading keeps two ensembles from waiting on each other's loads)."""
+        where = f"model {name}: step model {step_model!r}"
+        try:
+            files = await self.reads.run(step_model, repository.scan, self.repo, step_model)
+            step_config = model_config.from_text(
+                files.config_text, step_model, self.settings.strict_model_config
+            )
+        except (ModelError, NotFound, BadRequest) as exc:
+            raise ModelError(f"{where} cannot be loaded: {exc}") from None
+        if model_config.is_ensemble(step_config):
+            raise ModelError(f"{where} is an ensemble; ensembles do not nest")
+        try:
+            await self.load(step_model, self.overrides.get(step_model))
+        except (ModelError, NotFound, BadRequest) as exc:
+            raise ModelError(f"{where} cannot be loaded: {exc}") from None
+        log.info("loaded %s, a step of ensemble %s", step_model, name)
+
+    def dependents(self, name: str) -> list[str]:
+        """The served ensembles that have `name` as a step."""
+        return sorted(
+            n
+            for n, vs in self.versions.items()
+            for m in list(vs.values())[:1]
+            if isinstance(m, EnsembleVersion) and any(s.model == name for s in m.steps)
         )
 
     async def unload(self, name: str) -> None:
@@ -382,6 +486,8 @@ class ModelRegistry:
             self.requested.discard(name)
             await asyncio.gather(*(m.drain(self._grace()) for m in current.values()))
             log.info("unloaded %s (versions %s)", name, sorted(current, key=int))
+            for user in self.dependents(name):
+                log.warning("ensemble %s is unavailable until %s is loaded again", user, name)
         del current
         await give_back_memory()
 
@@ -389,7 +495,7 @@ class ModelRegistry:
         # A request can wait for its queue timeout and then for one call.
         return self.settings.request_timeout_s + 30
 
-    def _drain_later(self, m: ModelVersion) -> None:
+    def _drain_later(self, m: Served) -> None:
         async def drain() -> None:
             await m.drain(self._grace())
             await give_back_memory()
@@ -409,7 +515,12 @@ class ModelRegistry:
         for name in sorted(set(on_disk) | set(self.versions)):
             served = self._sorted(name)
             if served:
-                entries += [IndexEntry(name, m.version, m.state.value) for m in served]
+                for m in served:
+                    why = None
+                    if isinstance(m, EnsembleVersion) and m.state is State.READY:
+                        why = m.unavailable()  # a step model gone or changed
+                    state = "UNAVAILABLE" if why else m.state.value
+                    entries.append(IndexEntry(name, m.version, state, why or ""))
             elif not ready_only:
                 if name in self.loading:
                     entries.append(IndexEntry(name, "", "LOADING"))
@@ -440,7 +551,7 @@ class ModelRegistry:
                 log.warning("poll: %s", exc)
                 continue
             fp = files.fingerprint
-            if not files.versions:  # every version folder removed
+            if not files.has_versions:  # every version folder removed
                 if name in self.versions:
                     with contextlib.suppress(NotFound):
                         await self.unload(name)

@@ -2,7 +2,9 @@
 
     <repo>/<name>/config.pbtxt
     <repo>/<name>/<version>/model.onnx
+    <repo>/<name>/warmup/<file>        model_warmup input_data_file (read at load)
 
+An ensemble (`platform: "ensemble"`) has version folders without a model file, as in Triton.
 A scan gives each model's version files, its config's text and a fingerprint (size and
 modification time of each ONNX file, the config's bytes), which poll mode compares to notice
 added, removed and changed versions.
@@ -27,16 +29,25 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordconv.contract import MODEL_NAME_RE
 from service.errors import BadRequest, ModelError, NotFound, RepositoryError
-from service.models.config import CONFIG_FILE
+from service.models.config import (
+    CONFIG_FILE,
+    ENSEMBLE,
+    WARMUP_DIR,
+    ModelConfig,
+    is_ensemble,
+    parse_text,
+    warmup_file,
+)
 
 log = logging.getLogger("coordconv.repository")
 ONNX_FILE = "model.onnx"
 CONFIG_BYTES = 1 << 20  # a config.pbtxt is a few hundred bytes
+WARMUP_FILE_BYTES = 64 << 20  # one warm-up sample of one input (64x64 FP32 is 16 KiB)
 _warned: set[str] = set()  # folders already warned about (one warning each)
 
 
@@ -50,9 +61,26 @@ class ModelFiles:
     versions: dict[int, Path]  # version -> model.onnx
     config_text: str | None  # None: no config.pbtxt
     fingerprint: tuple[object, ...]
+    # Every version folder, with or without its model file (an ensemble's have none).
+    folders: dict[int, Path] = field(default_factory=dict)
 
     def version_fingerprint(self, version: int) -> tuple[object, ...]:
         return _file_stamp(self.versions[version])
+
+    @property
+    def has_versions(self) -> bool:
+        """Something to serve: a version's model file, or (an ensemble) a version folder."""
+        return bool(self.versions) or (bool(self.folders) and is_ensemble_text(self.config_text))
+
+
+def is_ensemble_text(text: str | None) -> bool:
+    """Whether a config's text is an ensemble's (unreadable text is not: its load says why)."""
+    if text is None or ENSEMBLE not in text:
+        return False
+    try:
+        return is_ensemble(parse_text(text, "config"))
+    except ModelError:
+        return False
 
 
 def _file_stamp(path: Path) -> tuple[object, ...]:
@@ -174,6 +202,7 @@ def scan(repo: Path, name: str) -> ModelFiles:
             f"model folder {name!r} is a symbolic link that leads out of the model repository"
         )
     versions: dict[int, Path] = {}
+    folders: dict[int, Path] = {}
     try:
         entries = sorted(path.iterdir())
     except OSError as exc:
@@ -190,6 +219,8 @@ def scan(repo: Path, name: str) -> ModelFiles:
         # Only complete versions: the exporter renames a finished folder into place, and a
         # folder still being copied in (poll mode) is picked up once its file is there.
         onnx = entry / ONNX_FILE
+        if _is_dir(entry):
+            folders.setdefault(number, entry)
         if _is_dir(entry) and onnx.exists() and _inside(onnx, repo):
             if number in versions:  # "1" and "01": the first, sorted by name
                 _warn_once(entry, f"{name}/{entry.name}: another folder is version {number}")
@@ -201,8 +232,14 @@ def scan(repo: Path, name: str) -> ModelFiles:
         text = None if data is None else data.decode("utf-8")
     except UnicodeDecodeError:
         raise ModelError(f"model {name}: {CONFIG_FILE} is not UTF-8 text") from None
-    fingerprint = (config_hash, *sorted((v, _file_stamp(p)) for v, p in versions.items()))
-    return ModelFiles(name, path, versions, text, fingerprint)
+    fingerprint: tuple[object, ...] = (
+        config_hash,
+        *sorted((v, _file_stamp(p)) for v, p in versions.items()),
+    )
+    empty = tuple(sorted(set(folders) - set(versions)))
+    if empty:  # an ensemble's version folders (only then: other fingerprints stay as they were)
+        fingerprint = (*fingerprint, ("folders", empty))
+    return ModelFiles(name, path, versions, text, fingerprint, folders)
 
 
 def read_model(repo: Path, path: Path, limit: int) -> bytes:
@@ -212,6 +249,35 @@ def read_model(repo: Path, path: Path, limit: int) -> bytes:
     if data is None:
         raise ModelError(f"{where} has disappeared")
     return data
+
+
+def read_warmup(repo: Path, name: str, config: ModelConfig) -> dict[str, bytes]:
+    """The files a config's model_warmup names (input_data_file), by name, read from the model
+    folder's warmup/ as Triton does. A name that leads out of that folder (checked by name, and
+    again after symbolic links are resolved), a missing file or one that is not a regular file
+    fails the load with one line."""
+    folder = repo / name / WARMUP_DIR
+    out: dict[str, bytes] = {}
+    for i, sample in enumerate(config.model_warmup):
+        for key in sorted(sample.inputs):
+            spec = sample.inputs[key]
+            if spec.WhichOneof("input_data_type") != "input_data_file":
+                continue
+            file = spec.input_data_file
+            if file in out:
+                continue
+            named = f" {sample.name[:40]!r}" if sample.name else ""
+            label = f"model {name}: model_warmup[{i}]{named}: input {key!r}"
+            rel = warmup_file(file, label)
+            path = folder / rel
+            what = f"{name}/{WARMUP_DIR}/{rel}"
+            if not (_inside(path, folder) and _inside(path, repo / name)):
+                raise ModelError(f"{label}: {what} leads out of {name}/{WARMUP_DIR}/")
+            data = read_regular(path, WARMUP_FILE_BYTES, what)
+            if data is None:
+                raise ModelError(f"{label}: input_data_file {what} does not exist")
+            out[file] = data
+    return out
 
 
 def _warn_once(path: Path, message: str) -> None:

@@ -4,25 +4,41 @@
 Like Triton: `success` and `fail` count requests (nanoseconds from arrival to answer), `queue` is
 each request's wait, and the compute phases of a batch are charged to every request in it;
 `inference_count` counts items, `execution_count` onnxruntime calls, and `batch_stats` the
-calls per batch size. Updated on the event loop only, so no lock is needed.
+calls per batch size. `cache_hit` and `cache_miss` count response-cache look-ups per item (our
+cache keys items, not whole requests); their nanoseconds are the look-up plus copying out on a
+hit, the look-up plus insertion on a miss. As in Triton, items answered from the cache count in
+`success` but not in `inference_count`, `execution_count`, `queue` or the compute phases.
+Updated on the event loop only, so no lock is needed.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.metrics import VersionSeries
 
 
 @dataclass
 class Duration:
     count: int = 0
     ns: int = 0
+    # The Prometheus children that follow it, its count and its microseconds (Triton's families:
+    # service/metrics binds them when the version starts), so both count at the same point.
+    count_series: Any = field(default=None, repr=False, compare=False)
+    us_series: Any = field(default=None, repr=False, compare=False)
 
     def add(self, ns: int, count: int = 1) -> None:
         self.count += count
         self.ns += ns
+        if self.count_series is not None:
+            self.count_series.inc(count)
+        if self.us_series is not None:
+            self.us_series.inc(ns / 1000)
 
     def as_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
@@ -45,13 +61,22 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchPhases] = field(default_factory=lambda: defaultdict(BatchPhases))
+    series: VersionSeries | None = field(default=None, repr=False, compare=False)  # /metrics
 
-    def request_done(self, ok: bool, ns: int) -> None:
+    def request_done(self, ok: bool, ns: int, error: BaseException | None = None) -> None:
+        """A request answered or failed; a failure's reason (Triton's `reason` label on
+        /metrics) is read from `error`, else from the exception being handled."""
         (self.success if ok else self.fail).add(ns)
+        if self.series is not None:
+            if not ok and error is None:
+                error = sys.exc_info()[1]
+            self.series.request_done(ok, ns, error)
 
     def execution(
         self, requests: int, items: int, input_ns: int, infer_ns: int, out_ns: int
@@ -67,10 +92,20 @@ class ModelStats:
         b.compute_input.add(input_ns)
         b.compute_infer.add(infer_ns)
         b.compute_output.add(out_ns)
+        if self.series is not None:
+            self.series.execution(items, infer_ns)
+
+    def executed(self, items: int) -> None:
+        """One run of `items` rows without compute phases of its own (an ensemble's pipeline,
+        whose steps count theirs)."""
+        self.inference_count += items
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        if self.series is not None:
+            self.series.execution(items, None)
 
     def as_dict(self) -> dict[str, Any]:
         """One entry of Triton's `model_stats` list."""
-        zero = Duration().as_dict()
         return {
             "name": self.name,
             "version": self.version,
@@ -84,8 +119,8 @@ class ModelStats:
                 "compute_input": self.compute_input.as_dict(),
                 "compute_infer": self.compute_infer.as_dict(),
                 "compute_output": self.compute_output.as_dict(),
-                "cache_hit": zero,
-                "cache_miss": zero,
+                "cache_hit": self.cache_hit.as_dict(),
+                "cache_miss": self.cache_miss.as_dict(),
             },
             "batch_stats": [
                 {

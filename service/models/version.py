@@ -5,15 +5,23 @@ explicit lifecycle
 
 `open_version` does the blocking part in a worker thread: load the ONNX file, verify it against
 its config and the task's contract (a failure raises ModelError and nothing is kept), warm it
-up; `start` puts the batcher on the event loop and the version takes traffic; `drain` waits
+up (the config's `model_warmup` samples, else a default warm-up: a failed warm-up fails the
+load); `start` puts the batcher on the event loop and the version takes traffic; `drain` waits
 until no request holds the version any more (`hold`), then closes it, so a version that is
 unloaded or replaced finishes everything it accepted.
+
+With `response_cache { enable: true }` and a cache (CACHE_SIZE_BYTES), `infer` answers items
+seen before from the cache (service/models/cache.py) and sends only the others to the batcher.
+A graph that reads an input only through `Round` (and `Shape`), as render version 2 does, gives
+the same answer for every point that rounds alike: its items are keyed by the rounded input, so
+points near one centre share one entry and the answers stay exactly the model's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +37,7 @@ import onnxruntime as ort
 
 from coordconv.contract import (
     CANVAS,
+    IMAGE,
     META_ARCH,
     META_METRICS,
     META_SPLIT,
@@ -38,13 +47,15 @@ from coordconv.contract import (
     TASKS,
     Tensor,
 )
-from service.models import config as model_config
-from service.models.batcher import Batcher, Disconnected, Outputs
 from service.errors import ModelError
 from service.metrics import Metrics
+from service.models import config as model_config
+from service.models import repository
+from service.models.batcher import Batcher, Disconnected, Outputs
+from service.models.cache import ResponseCache
 from service.models.config import GraphTensor, ModelConfig, Scheduling
-from service.settings import Settings
 from service.models.statistics import ModelStats
+from service.settings import Settings
 
 log = logging.getLogger("coordconv.model")
 
@@ -104,6 +115,10 @@ class ModelVersion:
     batcher: Batcher | None = None
     holders: int = 0  # requests that hold this version (acquire/release)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
+    # The response cache, where the config enables it and the server has one (`start`).
+    cache: ResponseCache | None = None
+    cache_owner: int = 0
+    rounded_inputs: frozenset[str] = frozenset()  # inputs the graph reads only through Round
 
     @property
     def ready(self) -> bool:
@@ -142,8 +157,12 @@ class ModelVersion:
             raise RuntimeError(f"model {self.name} version {self.version} is closed")
         return tuple(session.run(self.output_names, {self.input.name: batch}))
 
-    def start(self, metrics: Metrics) -> None:
-        """On the event loop: threads and batcher; the version takes traffic from now on."""
+    def start(self, metrics: Metrics, cache: ResponseCache | None = None) -> None:
+        """On the event loop: threads and batcher; the version takes traffic from now on. With
+        `cache` (the server's response cache), and response_cache enabled in the config, its
+        answers are cached."""
+        if cache is not None and self.config.response_cache.enable:
+            self.cache, self.cache_owner = cache, cache.register()
         self.executor = ThreadPoolExecutor(
             max_workers=self.scheduling.instances,
             thread_name_prefix=f"ort-{self.name}-{self.version}",
@@ -155,8 +174,26 @@ class ModelVersion:
         self.state = State.READY
 
     async def infer(self, x: np.ndarray, disconnected: Disconnected | None = None) -> Outputs:
-        assert self.batcher is not None
-        return await self.batcher.infer(x, disconnected)
+        batcher = self.batcher
+        assert batcher is not None
+        if self.cache is None:
+            return await batcher.infer(x, disconnected)
+
+        async def compute(xs: tuple[np.ndarray, ...]) -> Outputs:
+            return await batcher.infer(xs[0], disconnected)
+
+        key = np.rint(x) if self.input.name in self.rounded_inputs else x
+        return await self.cache.infer(self.cache_owner, (x,), compute, self.stats, (key,))
+
+    async def infer_tensors(
+        self, xs: list[np.ndarray], disconnected: Disconnected | None = None
+    ) -> Outputs:
+        """The data plane's call: the inputs in `inputs` order (a model has one)."""
+        return await self.infer(xs[0], disconnected)
+
+    def input_contract(self, name: str) -> str:
+        """The contract tensor whose value rules (range checks) apply to input `name`."""
+        return name
 
     @contextmanager
     def hold(self) -> Iterator[ModelVersion]:
@@ -192,6 +229,9 @@ class ModelVersion:
         """Stop the batcher, end its threads and let go of the session, so that unloading gives
         back the session's memory and its onnxruntime threads (they live as long as the session
         object, which nothing may keep: the batcher holds `run`, a bound method of this)."""
+        if self.cache is not None:
+            self.cache.purge(self.cache_owner)
+            self.cache = None
         if self.batcher is not None:
             await self.batcher.stop(message)
         if self.executor is not None:
@@ -236,11 +276,14 @@ def open_version(
     fingerprint: tuple[object, ...] = (),
     data: bytes | None = None,
     label: str | None = None,
+    warmup_files: dict[str, bytes] | None = None,
 ) -> ModelVersion:
     """Blocking: load, verify and warm one version. `config` is the parsed config.pbtxt (None:
     derive it from the graph); `data` the ONNX file's bytes as the repository read them (None:
-    read `path` here); `label` how messages name the file (relative to the repository). Raises
-    ModelError with one line naming the file and the problem, never a server path."""
+    read `path` here); `label` how messages name the file (relative to the repository);
+    `warmup_files` the model_warmup input_data_file contents by name (None: read them from the
+    model folder's warmup/ here). Raises ModelError with one line naming the file and the
+    problem, never a server path."""
     where = f"model {name} version {version} ({label or path.name})"
     if data is None:
         data = path.read_bytes()
@@ -278,6 +321,7 @@ def open_version(
         )
     effective = model_config.complete(config, name, settings)
     model_config.check_limits(effective, f"model {name}", settings, versions=1)
+    model_config.check_warmup(effective, f"model {name}", settings)
     scheduling = model_config.scheduling(effective, f"model {name}: config.pbtxt", settings)
     provider = session.get_providers()[0]
     if settings.require_gpu and provider != "CUDAExecutionProvider":
@@ -304,7 +348,14 @@ def open_version(
         fingerprint=fingerprint,
         state=State.WARMING,
     )
-    warm_up(m, where)
+    if effective.response_cache.enable:
+        m.rounded_inputs = rounded_inputs(data, [t.name for t in m.inputs])
+    if effective.model_warmup:
+        if warmup_files is None:
+            warmup_files = repository.read_warmup(path.parent.parent.parent, name, effective)
+        warm_up_from_config(m, where, warmup_files)
+    else:
+        warm_up(m, where)
     return m
 
 
@@ -321,17 +372,132 @@ def warm_up(m: ModelVersion, where: str) -> None:
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelError(f"{where}: warm-up at batch {n} failed: {first[:300]}") from None
-        for t, out in zip(m.outputs, outs, strict=True):
-            if out.shape != (n, *t.dims) or not np.isfinite(out).all():
-                raise ModelError(
-                    f"{where}: warm-up gave {t.name} of shape {list(out.shape)} (want "
-                    f"{[n, *t.dims]}) or non-finite values"
-                )
+        check_outputs(m, outs, n, f"{where}: warm-up")
 
 
-def usable_providers(
-    settings: Settings, probe_model: bytes | None
-) -> tuple[list[str], str | None]:
+def check_outputs(m: ModelVersion, outs: Outputs, n: int, label: str) -> None:
+    """A warm-up's outputs: of the declared shapes, and finite."""
+    for t, out in zip(m.outputs, outs, strict=True):
+        if out.shape != (n, *t.dims):
+            raise ModelError(
+                f"{label} gave {t.name} of shape {list(out.shape)}; want {[n, *t.dims]}"
+            )
+        if not np.isfinite(out).all():
+            raise ModelError(f"{label} gave {t.name} with values that are not finite")
+
+
+def warm_up_from_config(m: ModelVersion, where: str, files: dict[str, bytes]) -> None:
+    """The config's model_warmup samples (checked by config.check_warmup), each run `count`
+    times (at least once) on the session, before the version is ready, as Triton does: zeros,
+    random values in the input's valid range (pixels [0, 63] for coordinates, [0, 1] for
+    images), or an input_data_file (little-endian FP32, row-major, one sample: the batch repeats
+    it). A failure, or outputs of the wrong shape or not finite, fails the load."""
+    rng = np.random.default_rng(0)
+    batching = m.scheduling.batching
+    for i, sample in enumerate(m.config.model_warmup):
+        label = f"model_warmup[{i}]" + (f" {sample.name[:40]!r}" if sample.name else "")
+        feeds: dict[str, np.ndarray] = {}
+        for t in m.inputs:
+            spec = sample.inputs[t.name]
+            dims = tuple(spec.dims)
+            which = spec.WhichOneof("input_data_type")
+            if which == "zero_data":
+                one = np.zeros(dims, np.float32)
+            elif which == "random_data":
+                high = 1.0 if t.name == IMAGE.name else float(CANVAS - 1)
+                one = rng.uniform(0.0, high, dims).astype(np.float32)
+            else:
+                file = spec.input_data_file
+                raw = files.get(file)
+                want = 4 * int(np.prod(dims, dtype=np.int64))
+                if raw is None or len(raw) != want:
+                    got = "no file" if raw is None else f"{len(raw)} bytes"
+                    raise ModelError(
+                        f"{where}: {label}: input {t.name!r}: {m.name}/"
+                        f"{model_config.WARMUP_DIR}/{file} holds {got}; FP32 {list(dims)} is "
+                        f"{want} bytes (little-endian, row-major)"
+                    )
+                one = np.frombuffer(raw, "<f4").reshape(dims).astype(np.float32)
+                if not np.isfinite(one).all():
+                    raise ModelError(
+                        f"{where}: {label}: input {t.name!r}: {m.name}/"
+                        f"{model_config.WARMUP_DIR}/{file} holds values that are not finite"
+                    )
+            # A batching model: batch_size copies of the sample; otherwise its rows as given.
+            feeds[t.name] = np.repeat(one[None], sample.batch_size, 0) if batching else one
+        n = len(feeds[m.input.name])
+        for _ in range(max(sample.count, 1)):
+            try:
+                outs = m.run(feeds[m.input.name])
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelError(f"{where}: warm-up {label} failed: {first[:300]}") from None
+            check_outputs(m, outs, n, f"{where}: warm-up {label}")
+
+
+@functools.cache
+def _onnx_subset() -> Any:
+    """Just enough of onnx.proto to read which nodes consume which tensors (ModelProto.graph 7,
+    GraphProto.node 1 and output 12, NodeProto.input 1, op_type 4, domain 7,
+    ValueInfoProto.name 1), parsed by protobuf itself: the serve extra has no onnx package.
+    Every other field is skipped as unknown."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="coordconv_onnx_subset.proto", package="coordconv_onnx_subset", syntax="proto2"
+    )
+    fields: dict[str, list[tuple[str, int, int, int, str]]] = {
+        "Node": [
+            ("input", 1, f.TYPE_STRING, f.LABEL_REPEATED, ""),
+            ("op_type", 4, f.TYPE_STRING, f.LABEL_OPTIONAL, ""),
+            ("domain", 7, f.TYPE_STRING, f.LABEL_OPTIONAL, ""),
+        ],
+        "Value": [("name", 1, f.TYPE_STRING, f.LABEL_OPTIONAL, "")],
+        "Graph": [
+            ("node", 1, f.TYPE_MESSAGE, f.LABEL_REPEATED, ".coordconv_onnx_subset.Node"),
+            ("output", 12, f.TYPE_MESSAGE, f.LABEL_REPEATED, ".coordconv_onnx_subset.Value"),
+        ],
+        "Model": [("graph", 7, f.TYPE_MESSAGE, f.LABEL_OPTIONAL, ".coordconv_onnx_subset.Graph")],
+    }
+    for message, entries in fields.items():
+        m = proto.message_type.add(name=message)
+        for name, number, kind, label, type_name in entries:
+            entry = m.field.add(name=name, number=number, type=kind, label=label)
+            if type_name:
+                entry.type_name = type_name
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("coordconv_onnx_subset.Model")
+    )
+
+
+def rounded_inputs(data: bytes, names: list[str]) -> frozenset[str]:
+    """The inputs among `names` that the graph reads only through standard-domain `Round`
+    (and `Shape`, which sees the batch size alone): its answer then depends on the rounded
+    values only, so a cache may key on them. Conservative: a graph with control flow (its
+    subgraphs may read any tensor), or one that cannot be read, rounds nothing."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = _onnx_subset().FromString(data).graph
+    except DecodeError:
+        return frozenset()
+    if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
+        return frozenset()
+    outputs = {o.name for o in graph.output}
+    out = set()
+    for name in names:
+        consumers = [n for n in graph.node if name in n.input]
+        standard = all(n.domain in ("", "ai.onnx") for n in consumers)
+        kinds = {n.op_type for n in consumers}
+        if name not in outputs and standard and "Round" in kinds and kinds <= {"Round", "Shape"}:
+            out.add(name)
+    return frozenset(out)
+
+
+def usable_providers(settings: Settings, probe_model: bytes | None) -> tuple[list[str], str | None]:
     """The execution providers to use, and a line saying which wanted ones are unavailable.
     GPU providers that cannot load here are dropped with one line instead of onnxruntime's
     library errors for every session."""
