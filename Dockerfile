@@ -1,7 +1,10 @@
-# syntax=docker/dockerfile:1
-# The serving image: onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9, which this base provides.
+# `docker build -t coordconv-serving .` builds the serving image: the last stage, `default`, is the
+# `serve` stage as it is. onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9, which this base provides.
 # On a host without a GPU the same image serves on CPU (onnxruntime falls back; COORDCONV_PROVIDERS=cpu
 # skips the attempt). Only the `serve` and `client` dependencies are installed: no torch.
+# The trainer (CPU torch) is a target of its own, asked for by name: `--target train`.
+# No `# syntax=` line: the builder's own Dockerfile frontend, so nothing is fetched from a registry
+# but the base image.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # The sources and a Python to build virtual environments with; `build` and `train` start here.
@@ -20,7 +23,7 @@ COPY client/ client/
 FROM source AS build
 # pip and setuptools leave too: the serving image installs nothing at run time.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir ".[serve,client]" \
+    && /opt/venv/bin/pip install --no-cache-dir ".[serve,client,tracing]" \
     && /opt/venv/bin/pip uninstall -y -q pip setuptools
 
 FROM ${CUDA_IMAGE} AS serve
@@ -46,11 +49,9 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "service.probe"]
 CMD ["coordconv", "serve"]
 
-# Stages after `serve`: a build with `--target serve` (compose, the Makefile) never builds them,
-# even with the classic builder, which builds every stage up to its target.
-
-# The trainer (`docker compose --profile trainer run --rm trainer`): retrains and re-exports the
-# shipped models into a mounted /models. CPU torch, pinned as in the Makefile: PyTorch's CPU index
+# The trainer, built only when asked for (`docker build --target train -t coordconv-trainer .`, or
+# `docker compose --profile trainer run --rm trainer`): retrains and re-exports the shipped models
+# into a mounted, writable /models. CPU torch, pinned as in the Makefile: PyTorch's CPU index
 # by default; `--build-arg TORCH_INDEX_URL=` leaves pip to PyPI and PIP_FIND_LINKS (a folder or
 # URL of wheels, as `make docker-test` passes where that index cannot be reached).
 FROM source AS train
@@ -69,3 +70,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib
 USER 10001
 CMD ["coordconv", "models", "--repo", "/models", "--runs", "/tmp/runs"]
+
+# The default target, last: the serving image, `serve` unchanged (the same image ID). BuildKit,
+# Docker's default builder, builds only the stages this one needs (source, build, serve). The
+# classic builder (DOCKER_BUILDKIT=0) builds every stage above its target, the trainer's too, so
+# with it `--target serve` (what compose asks for) is the quicker way to the same image.
+FROM serve AS default

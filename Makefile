@@ -10,7 +10,8 @@ PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 .PHONY: run test test-fast lint typecheck pytest docker-test browser perf-analyzer models reproduce bench bench-peers compare profile soak clean help
 
 help:
-	@echo "make run        install the serve extra and serve the shipped models on 127.0.0.1:8000"
+	@echo "make run        install the serve and client extras (and tritonclient, for the README's"
+	@echo "                examples) and serve the shipped models on 127.0.0.1:8000"
 	@echo "make test       install everything and run ruff, mypy and pytest"
 	@echo "make test-fast  the inner loop: ruff, mypy, the architecture checks and the service"
 	@echo "                against real servers (under 2 minutes on 2 cores)"
@@ -27,16 +28,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-$(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[serve]'
+# What the README's examples after `make run` use: the service, `coordconv client`, and Triton's
+# own Python clients (`tritonclient.http` and `.grpc`); no torch.
+RUN_PACKAGES := -e '.[serve,client]' 'tritonclient[http,grpc]>=2.45'
+$(VENV)/.run: pyproject.toml | $(BIN)/python
+	$(PIP) install $(RUN_PACKAGES)
 	touch $@
 
 $(VENV)/.all: pyproject.toml | $(BIN)/python
 	$(PIP) install '$(TORCH)'
 	$(PIP) install -e '.[serve,train,client,dev,ray]' '$(TORCH)'
-	touch $@ $(VENV)/.serve
+	touch $@ $(VENV)/.run
 
-run: $(VENV)/.serve
+run: $(VENV)/.run
 	$(BIN)/coordconv serve
 
 lint: $(VENV)/.all

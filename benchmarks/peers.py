@@ -61,7 +61,8 @@ PEERS = (
         ("nvidia-pytriton==0.7.0", f"onnxruntime=={ORT_VERSION}", "numpy<2"),
         ("nvidia-pytriton", "onnxruntime", "tritonclient"),
     ),
-    # MLServer 1.7.1 dies at start-up with uvloop 0.22 or newer (shared/TOOLS.md).
+    # MLServer 1.7.1 dies at start-up with uvloop 0.22 or newer ("There is no current event
+    # loop in thread 'MainThread'"): its environment pins uvloop < 0.22.
     Peer(
         "mlserver",
         ("mlserver==1.7.1", "uvloop<0.22", f"onnxruntime=={ORT_VERSION}"),

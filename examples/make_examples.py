@@ -4,8 +4,8 @@
     python examples/make_examples.py --write    # (re)write examples/pngs/ from CENTRES
 
 `coords.csv` (columns id,x,y) is for `coordconv client render`; `pngs/` holds 64x64 8-bit
-grayscale PNGs of 9x9 squares (DESIGN.md section 3), named after their centre (`x12-y20.png`),
-for `coordconv client locate`. numpy, Pillow and coordconv.png only.
+grayscale PNGs of 9x9 squares (as the README's Conventions draw them), named after their
+centre (`x12-y20.png`), for `coordconv client locate`. numpy, Pillow and coordconv.png only.
 """
 
 from __future__ import annotations

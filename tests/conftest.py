@@ -23,7 +23,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Settings that only decide where a model's config.pbtxt is silent (DESIGN.md section 6).
+# Settings that only decide where a model's config.pbtxt is silent (README: Model repository).
 SCHEDULING = {"max_batch_size", "max_queue_delay_us", "max_queue_size", "request_timeout_s"}
 
 

@@ -1,4 +1,4 @@
-"""Not-so-Clevr data and splits (DESIGN.md section 3)."""
+"""Not-so-Clevr data and splits (the README's Conventions section)."""
 
 from __future__ import annotations
 

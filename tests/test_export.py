@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from coordconv.contract import config_pbtxt
+from tests.conftest import MODELS
 from training.export import ExportError, export_run, verify_onnx
 from training.train import TrainConfig, train
 
@@ -124,3 +125,142 @@ def test_a_failed_export_leaves_no_version_directory(runs, tmp_path, monkeypatch
     with pytest.raises(ExportError, match="ONNX export failed: exporter crashed"):
         export_run(runs / "pixel", "pixel", repo=tmp_path, version=2)
     assert sorted(p.name for p in (tmp_path / "pixel").iterdir()) == []
+
+
+# The quality gate that sees the whole image: IoU at threshold 0.5 gives 1.000 to a model that
+# paints the true square and a grey wash everywhere else.
+
+
+def grey_wash_onnx(path, background: float = 0.33) -> None:
+    """A render graph that paints the true 9x9 square (1.0) over a `background` grey: IoU 1.000."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    cols = np.tile(np.arange(64, dtype=np.float32), (64, 1))[None]  # [1, 64, 64]: x
+    consts: dict[str, np.ndarray] = {
+        "cols": cols,
+        "rows": cols.transpose(0, 2, 1).copy(),  # y
+        "shape": np.array([-1, 1, 1], np.int64),
+        "half": np.array(4.0, np.float32),
+        "bright": np.array(1.0 - background, np.float32),
+        "grey": np.array(background, np.float32),
+        "zero": np.array([0], np.int64),
+        "one": np.array([1], np.int64),
+        "two": np.array([2], np.int64),
+    }
+    nodes = [
+        helper.make_node("Slice", ["coords", "zero", "one", "one"], ["x"]),
+        helper.make_node("Slice", ["coords", "one", "two", "one"], ["y"]),
+    ]
+    for axis, grid in (("x", "cols"), ("y", "rows")):
+        nodes += [
+            helper.make_node("Round", [axis], [f"{axis}r"]),
+            helper.make_node("Reshape", [f"{axis}r", "shape"], [f"{axis}3"]),
+            helper.make_node("Sub", [grid, f"{axis}3"], [f"{axis}d"]),
+            helper.make_node("Abs", [f"{axis}d"], [f"{axis}a"]),
+            helper.make_node("LessOrEqual", [f"{axis}a", "half"], [f"{axis}in"]),
+        ]
+    nodes += [
+        helper.make_node("And", ["xin", "yin"], ["inside"]),
+        helper.make_node("Cast", ["inside"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["mask", "bright"], ["painted"]),
+        helper.make_node("Add", ["painted", "grey"], ["image"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "grey_wash",
+        [helper.make_tensor_value_info("coords", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 64, 64])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save_model(model, str(path))
+
+
+def test_a_grey_background_render_model_is_refused_though_its_iou_is_1(tmp_path) -> None:
+    path = tmp_path / "model.onnx"
+    grey_wash_onnx(path)
+    with pytest.raises(ExportError) as info:
+        verify_onnx(path, "render", label="render/3")
+    assert str(info.value) == (
+        "render/3 refused: background mean 0.33 > 0.05 (IoU 1.000 at 0.5 hides it)"
+    )
+    # The same square on a dark background passes.
+    grey_wash_onnx(path, background=0.0)
+    summary = verify_onnx(path, "render")
+    assert summary["iou"] == 1.0 and summary["background_mean"] == 0.0
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("render*/*/model.onnx")), ids=str)
+def test_the_shipped_render_models_pass_the_value_checks(path) -> None:
+    from training import metrics
+
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    summary = verify_onnx(path, "render", full=meta["coordconv.split"] == "full")
+    assert summary["background_mean"] <= metrics.BACKGROUND_MEAN_MAX
+    if meta["coordconv.arch"] == "coordconv":  # the goal's bounds too (a baseline misses squares)
+        assert metrics.render_value_problem(summary, summary["iou"]) is None, summary
+        assert summary["iou"] >= 0.99
+
+
+@pytest.fixture(scope="module")
+def grey_run(tmp_path_factory):
+    """A render run folder whose model is the shipped render/1 with its last layer flattened:
+    every square still above 0.5 and every background pixel below (IoU 1.000 on all 3136
+    centres), but a background of about 0.24."""
+    import torch
+
+    from training.onnx_weights import weights_from_onnx
+
+    run = tmp_path_factory.mktemp("grey") / "render-grey"
+    train(TrainConfig(task="render", epochs=0, out=str(run), progress=False))
+    state = weights_from_onnx(MODELS / "render" / "1" / "model.onnx")
+    state["paint.8.weight"] = state["paint.8.weight"] * 0.05
+    state["paint.8.bias"] = state["paint.8.bias"] * 0.05 - 0.2
+    torch.save(state, run / "model.pt")
+    return run
+
+
+def test_a_grey_background_run_misses_the_goal_saying_why(grey_run) -> None:
+    from training.train import evaluate, goal_met, goal_refused, load_run, task_data
+
+    model, _, _ = load_run(grey_run)
+    d = task_data("render", "quadrant")
+    m = evaluate("render", model, d.x_test, d.y_test, d.kinds_test)
+    assert m["iou"] == 1.0 and m["background_mean"] > 0.2
+    assert not goal_met("render", m)
+    reason = goal_refused("render", m)
+    assert reason is not None
+    assert re.fullmatch(
+        r"background mean 0\.2\d > 0\.05; square mean 0\.\d\d < 0\.95 "
+        r"\(IoU 1\.000 at 0\.5 hides it\)",
+        reason,
+    )
+    # A model IoU already fails is not "refused": the IoU says why.
+    assert goal_refused("render", {**m, "iou": 0.5}) is None
+
+
+def test_coordconv_export_refuses_a_grey_background_run_in_one_line(grey_run, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    repo = tmp_path / "models"
+    shutil.copytree(MODELS / "render", repo / "render")
+    before = sorted(p.name for p in (repo / "render").iterdir())
+    args = ["export", str(grey_run), "--name", "render", "--repo", str(repo)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "coordconv", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.fullmatch(
+        r"coordconv: error: render/3 refused: background mean 0\.2\d > 0\.05 "
+        r"\(IoU 1\.000 at 0\.5 hides it\)",
+        lines[0],
+    ), lines[0]
+    assert sorted(p.name for p in (repo / "render").iterdir()) == before  # nothing published

@@ -63,3 +63,38 @@ def test_runs_record_the_time_to_goal_and_to_best() -> None:
     best = min(r["history"], key=lambda h: h["test"])
     assert r["to_best"]["test"] == best["test"]
     assert r["device_name"].startswith(("CPU", "NVIDIA"))
+
+
+def test_render_values_see_what_iou_at_half_cannot() -> None:
+    import numpy as np
+
+    from training import data, metrics
+
+    truth = data.squares(data.centres()[:20])
+    grey = np.where(truth > 0.5, 1.0, 0.33).astype(np.float32)
+    faint = np.where(truth > 0.5, 0.6, 0.0).astype(np.float32)
+    assert metrics.mean_iou(grey, truth) == metrics.mean_iou(faint, truth) == 1.0
+    v = metrics.render_values(grey, truth)
+    assert v["background_mean"] == pytest.approx(0.33) and v["square_mean"] == 1.0
+    assert v["max_pixel_error"] == pytest.approx(0.33)
+    assert metrics.render_value_problem(v, 1.0) == (
+        "background mean 0.33 > 0.05 (IoU 1.000 at 0.5 hides it)"
+    )
+    assert metrics.render_value_problem(metrics.render_values(faint, truth)) == (
+        "square mean 0.60 < 0.95"
+    )
+    assert metrics.render_value_problem(metrics.render_values(truth, truth)) is None
+
+
+@pytest.mark.slow
+def test_a_one_epoch_render_model_paints_grey_and_does_not_meet_the_goal(capfd) -> None:
+    """The case that IoU at 0.5 hid: one epoch of render paints the squares and a grey background
+    (about 0.33) everywhere else, IoU 1.000 on train and test."""
+    r = train(TrainConfig(task="render", split="quadrant", epochs=1, progress=False))
+    assert r["test"]["iou"] == 1.0 and r["test"]["background_mean"] > 0.05
+    assert {"background_mean", "square_mean", "max_pixel_error"} <= r["train"].keys()
+    assert not r["goal_met"] and not r["history"][-1]["goal"] and r["to_goal"] is None
+    assert r["goal_refused"].startswith("background mean 0.")
+    assert r["goal_refused"].endswith("> 0.05 (IoU 1.000 at 0.5 hides it)")
+    err = capfd.readouterr().err
+    assert f"render/coordconv/quadrant seed 0: goal refused: test {r['goal_refused']}" in err

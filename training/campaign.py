@@ -363,6 +363,59 @@ def work(
         time.sleep(poll_s)  # other workers hold the rest: wait for them to finish
 
 
+def rejudge(results: Path, runs: Path) -> list[str]:
+    """Render records written before the value checks (training.metrics.render_values) judged
+    their goal by IoU alone, which a grey background passes. Judge them again from the run's
+    saved final model: the test and train value metrics are added, `goal_met` and
+    `goal_refused` recomputed. The per-epoch history cannot be judged again (no per-epoch
+    weights), so a run refused now has no time to goal, and one that passes keeps its IoU-only
+    time (marked). Returns the names judged again."""
+    from training.train import (
+        carve_validation,
+        evaluate,
+        goal_met,
+        goal_refused,
+        load_run,
+        task_data,
+    )
+
+    done = []
+    for path in sorted((Path(results) / "records").glob("*/*.json")):
+        r = json.loads(path.read_text())
+        if r["task"] != "render" or "background_mean" in r["test"]:
+            continue
+        run = Path(runs) / r["block"] / r["name"]
+        if not (run / "model.pt").is_file():
+            print(f"{r['block']}/{r['name']}: no saved model in {run}; left as it was", flush=True)
+            continue
+        model, cfg, _ = load_run(run)
+        d = task_data(cfg.task, cfg.split, test_fraction=cfg.test_fraction)
+        if cfg.val_fraction:
+            carve_validation(d, cfg.val_fraction, cfg.seed)
+        test = evaluate(cfg.task, model, d.x_test, d.y_test, d.kinds_test)
+        train_m = evaluate(cfg.task, model, d.x_train, d.y_train, d.kinds_train)
+        r["test"].update({k: v for k, v in test.items() if k != "iou"})
+        r["train"].update({k: v for k, v in train_m.items() if k != "iou"})
+        r["goal_met"] = goal_met(r["task"], r["test"], r["arch"])
+        r["goal_refused"] = goal_refused(r["task"], r["test"])
+        if not r["goal_met"]:
+            r["to_goal"] = None
+        r["rejudged"] = (
+            "final model judged again with the value checks; the per-epoch history by IoU only"
+        )
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(r, indent=1) + "\n")
+        tmp.replace(path)
+        done.append(f"{r['block']}/{r['name']}")
+        print(
+            f"{r['block']}/{r['name']}: IoU {test['iou']:.3f} (recorded {r['test']['iou']:.3f}), "
+            f"background {test['background_mean']:.3f}: "
+            + ("goal met" if r["goal_met"] else f"goal missed ({r['goal_refused'] or 'IoU'})"),
+            flush=True,
+        )
+    return done
+
+
 def plan_record() -> dict[str, Any]:
     """What is fixed before the first run: seeds, recipes, budgets, the search."""
     from dataclasses import asdict
@@ -417,11 +470,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--blocks", nargs="+", choices=BLOCKS, default=list(BLOCKS))
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    p.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="judge render records made before the value checks again from their saved models",
+    )
     a = p.parse_args(argv)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
+    if a.rejudge:
+        rejudge(Path(a.results), Path(a.runs))
+        return 0
     ensure_plan(Path(a.results))
     n = work(Path(a.results), Path(a.runs), a.blocks, a.device)
     print(f"worker {os.getpid()}: trained {n} runs; nothing left for it", flush=True)

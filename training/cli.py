@@ -55,6 +55,10 @@ SHIPPED: list[tuple[str, Task, Arch]] = [
 # clean and noisy images) instead of about 2400. render v2 is not trained: it paints pixel v2's
 # choice (training.nets.PaintedPixel).
 FULL_EPOCHS = {"pixel": 3, "locate": 3}
+# The shipped quadrant models' budget where the default's is not enough to ship: 2 epochs of the
+# render recipe reach IoU 1.000 with a 0.20 grey background, which export's value check
+# refuses; 5 epochs bring it to 0.03 (seed 0). The reproduction table reports the recipe as fixed.
+SHIPPED_EPOCHS = {"render": 5}
 
 
 def _positive_int(text: str) -> int:
@@ -367,6 +371,7 @@ def models_main(argv: Sequence[str]) -> int:
                         arch=arch,
                         split="quadrant",
                         seed=0,
+                        epochs=SHIPPED_EPOCHS.get(task) if arch == "coordconv" else None,
                         device=a.device,
                         out=str(run),
                     )

@@ -1,7 +1,7 @@
 """Not-so-Clevr: 9x9 squares and one-hot pixels on a 64x64 canvas, and the paper's splits.
 
-Conventions (DESIGN.md section 3): a point is (x, y) in pixels, x the column and y the row; arrays
-are indexed [n][y][x]; images are float32 in [0, 1].
+Conventions (the README's Conventions section): a point is (x, y) in pixels, x the column and y
+the row; arrays are indexed [n][y][x]; images are float32 in [0, 1].
 """
 
 from __future__ import annotations

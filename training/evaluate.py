@@ -4,7 +4,9 @@ numbers):
 
 - render v2: IoU at every integer centre 0..63 on both axes (4096, squares clipped at the
   border) and at 10,000 seeded real-valued points away from .5 ties (the square at the nearest
-  integer centre); pixel v2: accuracy at the same;
+  integer centre), and the values IoU at 0.5 cannot see (training.metrics.render_values: the
+  mean background and square values, the largest per-pixel error, with the bounds of
+  training.metrics); pixel v2: accuracy at the same;
 - locate v2: error over all 4096 squares and all 4096 one-hot images;
 - the locate confidence: share `ok` (confidence >= the model's threshold) and AUROC against the
   clean images, on clean, slightly noisy and corrupted sets (blank, all-white, two squares,
@@ -130,6 +132,7 @@ def evaluate_render(path: Path) -> dict[str, Any]:
     pts = data.subpixel_points(10_000, seed=7)
     (img2,) = _run(s, pts)
     ious2 = metrics.iou(img2, data.squares(pts))
+    values = metrics.render_values(img, data.squares(c))
     return {
         "centres": len(c),
         "min_iou_centres": float(ious.min()),
@@ -137,6 +140,8 @@ def evaluate_render(path: Path) -> dict[str, Any]:
         "real_points": len(pts),
         "min_iou_real": float(ious2.min()),
         "real_below_0.99": int((ious2 < 0.99).sum()),
+        **{f"{k}_centres": v for k, v in values.items()},
+        "value_problem": metrics.render_value_problem(values, float(ious.mean())),
     }
 
 
@@ -252,6 +257,17 @@ def report(r: dict[str, Any]) -> str:
         f"{rd['min_iou_centres']:.3f} ({rd['centres_below_0.99']} below 0.99) | IoU >= 0.99 |",
         f"| render v2 | {rd['real_points']:,} seeded real-valued points | min IoU "
         f"{rd['min_iou_real']:.3f} ({rd['real_below_0.99']} below 0.99) | IoU >= 0.99 |",
+        *(
+            [
+                f"| render v2 | the values at all {rd['centres']:,} centres | background mean "
+                f"{rd['background_mean_centres']:.2g}, square mean "
+                f"{rd['square_mean_centres']:.4f}, largest per-pixel error "
+                f"{rd['max_pixel_error_centres']:.3f} | background <= "
+                f"{metrics.BACKGROUND_MEAN_MAX}, square >= {metrics.SQUARE_MEAN_MIN} |"
+            ]
+            if "background_mean_centres" in rd
+            else []
+        ),
         f"| pixel v2 | all 4,096 integer centres / 10,000 real points | accuracy "
         f"{px['accuracy_centres']:.2%} / {px['accuracy_real']:.2%} | 100% |",
         f"| locate v2 | all 4,096 squares | mean {e['squares_mean_px']:.3f} px, max "

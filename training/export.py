@@ -7,8 +7,11 @@ Opset 18 with IR version 9: the lowest opset the dynamo exporter emits, loaded b
 onnxruntime since 1.14, which covers the onnxruntime backends of all Triton releases since 23.04.
 
 Every export is verified before it is published (written to a temporary file first): the onnx
-checker passes, the graph's names, types and dims are those of DESIGN.md section 4 with a symbolic
-batch axis, and onnxruntime matches PyTorch on all 3136 samples at batch sizes 1 and 257.
+checker passes, the graph's names, types and dims are the task's signature in coordconv/contract.py
+(the README's "Shipped models and ONNX" table) with a symbolic batch axis, onnxruntime matches
+PyTorch on all 3136 samples at batch sizes 1 and 257, and a render model's images are dark where
+there is no square: a background mean above training.metrics.BACKGROUND_MEAN_MAX is refused,
+whatever its IoU (a grey wash under the threshold scores IoU 1.000).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import nn
 
 from coordconv import contract
 from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
-from training import data
+from training import data, metrics
 from training.nets import CoordNet, LocateWithConfidence, NearestCentre, RefinedLocate, Task
 from training.onnx_weights import weights_from_onnx
 from training.train import load_run
@@ -112,11 +115,13 @@ def verify_onnx(
     reference: Callable[[np.ndarray], Any] | None = None,
     batch_sizes: tuple[int, ...] = (1, 257),
     full: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Check an ONNX file against its task's contract, and against `reference` (PyTorch's
-    outputs: one array, or one per output) on every sample at each batch size. Raises
-    ExportError naming the file and what is wrong; returns a summary (max abs diff, batch
-    sizes)."""
+    outputs: one array, or one per output) on every sample at each batch size; a render model's
+    images also against the true squares (`render_values`). Raises ExportError naming the file
+    (or `label`, e.g. "render/3") and what is wrong; returns a summary (max abs diff, batch
+    sizes, and for render the value checks)."""
     import onnx
     import onnxruntime as ort
 
@@ -142,6 +147,8 @@ def verify_onnx(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = sample_inputs(task, full)
     summary: dict[str, Any] = {"samples": len(x), "batch_sizes": list(batch_sizes)}
+    if task == "render":  # first: one pass, and a refused model need not be compared further
+        summary.update(_check_render_values(session, x, label or str(path)))
     if reference is None:
         return summary
     ref = reference(x)
@@ -184,6 +191,23 @@ def verify_onnx(
             )
     summary["max_abs_diff"] = worst
     return summary
+
+
+def _check_render_values(session: Any, coords: np.ndarray, label: str) -> dict[str, float]:
+    """The rendered images of every sample against the true squares: refuses a background that
+    is not dark (training.metrics.render_value_problem, the background bound only: a baseline
+    that misses squares is still exported, as the poor model it is); returns the values and the
+    IoU."""
+    images = np.concatenate(
+        [session.run(None, {"coords": coords[i : i + 256]})[0] for i in range(0, len(coords), 256)]
+    )
+    truth = data.squares(coords)
+    values = metrics.render_values(images, truth)
+    iou = metrics.mean_iou(images, truth)
+    problem = metrics.render_value_problem(values, iou, square=False)
+    if problem:
+        raise ExportError(f"{label} refused: {problem}")
+    return {"iou": iou, **values}
 
 
 def _check_value(path: Path, kind: str, values: Any, name: str, shape: tuple[int, ...]) -> None:
@@ -282,7 +306,11 @@ def export_run(
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportError(f"{target}: ONNX export failed: {first[:400]}") from exc
         summary = verify_onnx(
-            onnx_path, cfg.task, reference=lambda x: reference_outputs(model, x), full=full
+            onnx_path,
+            cfg.task,
+            reference=lambda x: reference_outputs(model, x),
+            full=full,
+            label=f"{name}/{version}",
         )
         # The service's own check of this config against the graph runs in the test suite
         # (tests/test_export.py, tests/test_shipped_models.py): training never imports service.
@@ -399,7 +427,11 @@ def export_painted_render(
         onnx_path = version_dir / "model.onnx"
         export_onnx(model, "render", onnx_path, metadata)
         summary = verify_onnx(
-            onnx_path, "render", reference=lambda x: reference_outputs(model, x), full=True
+            onnx_path,
+            "render",
+            reference=lambda x: reference_outputs(model, x),
+            full=True,
+            label=f"render/{version}",
         )
         if target.exists():
             shutil.rmtree(target)

@@ -39,3 +39,51 @@ def errors_px(pred: npt.ArrayLike, truth: npt.ArrayLike) -> npt.NDArray:
 
 def mean_error_px(pred: npt.ArrayLike, truth: npt.ArrayLike) -> float:
     return float(np.mean(errors_px(pred, truth)))
+
+
+# What IoU at threshold 0.5 cannot see: the values on either side of it. A render model that
+# paints the true square bright and a grey 0.33 wash everywhere else scores IoU 1.000 (a 1-epoch
+# run of `coordconv train --task render --epochs 1` does exactly that), so render models are also
+# judged on the values they paint (bounds in the same units as the images, [0, 1]):
+BACKGROUND_MEAN_MAX = 0.05  # mean value outside the true square: the shipped models paint ~4e-6
+SQUARE_MEAN_MIN = 0.95  # mean value inside it: the shipped CoordConv models paint >= 0.9999
+# The largest per-pixel error is recorded but has no bound: one pixel at a square's edge can sit
+# near the threshold in an honest model (0.40 in the shipped render version 1, whose background
+# mean is 3e-6) while the grey wash's largest error is only 0.33, so only the means separate them.
+
+
+def render_values(pred: npt.ArrayLike, truth: npt.ArrayLike) -> dict[str, float]:
+    """Value checks of (N, H, W) rendered images against binary `truth` masks: the mean value
+    outside the true squares (`background_mean`), inside them (`square_mean`), and the largest
+    absolute per-pixel error (`max_pixel_error`), over every pixel of every image."""
+    p = np.asarray(pred, np.float32)
+    inside = np.asarray(truth) > 0.5
+    n_in = int(inside.sum())
+    n_out = inside.size - n_in
+    total = float(p.sum(dtype=np.float64))
+    square = float(p.sum(where=inside, dtype=np.float64))
+    return {
+        "background_mean": (total - square) / n_out if n_out else 0.0,
+        "square_mean": square / n_in if n_in else 1.0,
+        "max_pixel_error": float(np.abs(p - inside).max()) if p.size else 0.0,
+    }
+
+
+def render_value_problem(
+    values: dict[str, float], iou: float | None = None, square: bool = True
+) -> str | None:
+    """None when `values` (render_values) are within the bounds; otherwise one line saying
+    which bound fails and by how much, e.g. "background mean 0.33 > 0.05 (IoU 1.000 at 0.5 hides
+    it)". `square=False` checks the background alone (export: a baseline that misses squares is
+    exported as the poor model it is, but nothing paints a wash over the whole canvas)."""
+    problems = []
+    if values["background_mean"] > BACKGROUND_MEAN_MAX:
+        problems.append(f"background mean {values['background_mean']:.2f} > {BACKGROUND_MEAN_MAX}")
+    if square and values["square_mean"] < SQUARE_MEAN_MIN:
+        problems.append(f"square mean {values['square_mean']:.2f} < {SQUARE_MEAN_MIN}")
+    if not problems:
+        return None
+    line = "; ".join(problems)
+    if iou is not None:
+        line += f" (IoU {iou:.3f} at {THRESHOLD}{' hides it' if iou >= 0.99 else ''})"
+    return line

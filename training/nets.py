@@ -290,7 +290,7 @@ class PaintedPixel(CoordNet):
     """Full-canvas rendering (version 2): the CoordConv pixel network picks the centre pixel (the
     part that needs CoordConv, learned), and a fixed 9x9 max-pool of its map, normalised so the
     peak is 1, paints the square around it. The max-pool pads with minus infinity, so a square
-    at the border comes out clipped exactly as DESIGN.md defines it; the learned painter of
+    at the border comes out clipped exactly as the data set's are; the learned painter of
     version 1, trained on the full canvas within the same budget, got 277 of the 4096 centres
     below IoU 0.99, every one of them at the border. 7,553 parameters, those of the pixel net."""
 
@@ -310,7 +310,7 @@ class PaintedPixel(CoordNet):
 class RefinedLocate(CoordNet):
     """Full-canvas locating (version 2): the CoordConv network's estimate, then a round trip
     over the integer centres within `radius` pixels of it: the one whose square or pixel, drawn
-    as DESIGN.md defines it (clipped at the border), differs least (L1) from the image is the
+    as the data set draws it (clipped at the border), differs least (L1) from the image is the
     answer. Squares cut by the border are where the network alone is least sure (a clipped
     square's visible middle is not its centre); the drawing knows the clipping exactly.
 

@@ -6,8 +6,8 @@ collide, in two vocabularies:
   (service/models/statistics.py): `ModelStats` updates them at the very points where it counts,
   so /metrics and `GET /v2/models/stats` agree to the request (`attach` binds them when a version
   starts; `detach` removes them when it is unloaded, as Triton does).
-- This service's own (`coordconv_*`, DESIGN.md section 6): per route and protocol request counts
-  and latency histograms, and the queue, compute and batch size histograms.
+- This service's own (`coordconv_*`, the README's Metrics section): per route and protocol
+  request counts and latency histograms, and the queue, compute and batch size histograms.
 
 Triton's cumulative families are counters without the `_total` suffix that prometheus_client
 gives counters; they are kept as gauges (which have no suffix, and in multiprocess mode `sum`

@@ -130,7 +130,7 @@ def verify(
     where: str,
     batching: bool = True,
 ) -> None:
-    """The config must describe this graph, and the graph must do `task` (DESIGN.md section 4).
+    """The config must describe this graph, and the graph must do `task` (coordconv.contract.SIGNATURES).
     `batching`: the config's dims leave the batch axis out (max_batch_size > 0); otherwise they
     start with it, as -1. Raises ModelError with one line naming the first disagreement."""
     if config.name and config.name != name:
