@@ -399,9 +399,14 @@ def rejudge(results: Path, runs: Path) -> list[str]:
         r["goal_met"] = goal_met(r["task"], r["test"], r["arch"])
         r["goal_refused"] = goal_refused(r["task"], r["test"])
         if not r["goal_met"]:
+            # The epochs' flags were IoU's alone; with no weights to judge them again, a run
+            # whose final model fails the value checks is not counted as having reached the goal.
             r["to_goal"] = None
+            for h in r["history"]:
+                h["goal"] = False
         r["rejudged"] = (
-            "final model judged again with the value checks; the per-epoch history by IoU only"
+            "final model judged again with the value checks; per-epoch flags were IoU's alone "
+            "(cleared where the final model fails them)"
         )
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(r, indent=1) + "\n")

@@ -202,7 +202,13 @@ def coordconv_verdict(
         return f"holds as stated so far ({len(paper)} of {planned} paper-recipe seeds, all met)"
     missed = f"paper recipe missed on {p_miss} of {len(paper)} seeds done"
     if o_miss:
-        return f"**does not reproduce here**: {missed}; ours missed on {o_miss} of {len(ours)}"
+        refused = [r["goal_refused"] for r in ours if not r["goal_met"] and r.get("goal_refused")]
+        why = sorted(set(refused))
+        because = f" ({'; '.join(w.split(' (')[0] for w in why)})" if why else ""
+        return (
+            f"**does not reproduce here**: {missed}; ours missed on {o_miss} of {len(ours)}"
+            f"{because}"
+        )
     if not ours:
         return f"not as stated ({missed}); ours not run yet"
     if len(ours) < planned:
