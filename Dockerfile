@@ -1,7 +1,7 @@
 # `docker build -t coordconv-serving .` builds the serving image: the last stage, `default`, is the
 # `serve` stage as it is. onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9, which this base provides.
 # On a host without a GPU the same image serves on CPU (onnxruntime falls back; COORDCONV_PROVIDERS=cpu
-# skips the attempt). Only the `serve` and `client` dependencies are installed: no torch.
+# skips the attempt). Only the `serve`, `client` and `tracing` dependencies are installed: no torch.
 # The trainer (CPU torch) is a target of its own, asked for by name: `--target train`.
 # No `# syntax=` line: the builder's own Dockerfile frontend, so nothing is fetched from a registry
 # but the base image.

@@ -54,7 +54,7 @@ def test_the_image_runs_as_non_root_and_installs_no_torch() -> None:
     users = [arg for op, arg in serve if op == "USER"]
     assert users and users[-1] not in ("root", "0")
     runs = " ".join(arg for op, arg in stage("build") + serve if op == "RUN")
-    assert "torch" not in runs and ".[serve,client]" in runs
+    assert "torch" not in runs and ".[serve,client,tracing]" in runs
     assert any(op == "HEALTHCHECK" and "service.probe" in arg for op, arg in serve)
 
 

@@ -128,7 +128,8 @@ def test_the_client_writes_the_confidence_and_fails_doubtful_items(server, tmp_p
     assert [r["ok"] for r in rows] == ["true", "true", "false"]
     assert float(rows[0]["confidence"]) > 0.9 and float(rows[2]["confidence"]) < 0.1
     strict = subprocess.run(
-        [*cmd[:-1], "--min-confidence", "0.5", "--quiet"],
+        # another job over the finished output (a different threshold): asked to replace it
+        [*cmd[:-1], "--min-confidence", "0.5", "--overwrite", "--quiet"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -138,3 +139,6 @@ def test_the_client_writes_the_confidence_and_fails_doubtful_items(server, tmp_p
     with open(str(out) + ".failed.csv") as f:
         failed = list(csv.DictReader(f))
     assert [r["name"] for r in failed] == ["2"] and "confidence" in failed[0]["reason"]
+    with open(out) as f:  # every item still written, the doubtful one marked
+        marked = [r["below_min_confidence"] for r in csv.DictReader(f)]
+    assert marked == ["false", "false", "true"]
