@@ -31,8 +31,7 @@ import hashlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +45,7 @@ from service.models.batcher import Disconnected, Outputs
 from service.models.cache import ResponseCache
 from service.models.config import ModelConfig, Scheduling
 from service.models.statistics import ModelStats
-from service.models.version import ModelVersion, State, tensor_info
+from service.models.version import Held, ModelVersion, State, tensor_info
 
 log = logging.getLogger("coordconv.ensemble")
 TASK = "ensemble"
@@ -227,7 +226,7 @@ def check_steps(
 
 
 @dataclass(eq=False)
-class EnsembleVersion:
+class EnsembleVersion(Held):
     """One version of an ensemble, served: it holds no session, only its steps, resolved
     through the registry on every request."""
 
@@ -373,28 +372,6 @@ class EnsembleVersion:
             for t, y in zip(m.outputs, outs, strict=True)
             if t.name in step.outputs
         }
-
-    @contextmanager
-    def hold(self) -> Iterator[EnsembleVersion]:
-        self.holders += 1
-        try:
-            yield self
-        finally:
-            self.holders -= 1
-            if self.holders == 0:
-                self._released.set()
-
-    async def drain(self, grace_s: float | None = None) -> None:
-        if self.state in (State.CLOSED, State.DRAINING):
-            return
-        self.state = State.DRAINING
-        try:
-            while self.holders > 0:
-                self._released.clear()
-                await asyncio.wait_for(self._released.wait(), grace_s)
-        except TimeoutError:
-            log.warning("%s:%s: %d requests still running", self.name, self.version, self.holders)
-        await self.close()
 
     async def close(self, message: str = "the server is shutting down") -> None:
         del message

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import onnxruntime as ort
@@ -94,8 +94,52 @@ def _graph(values: list[ort.NodeArg]) -> list[GraphTensor]:
     return [GraphTensor(v.name, v.type, tuple(v.shape)) for v in values]
 
 
+class Held:
+    """What a served version (a model's, an ensemble's) does with the requests that hold it:
+    `hold` counts them, `drain` waits for them to finish, then closes the version."""
+
+    name: str
+    version: str
+    state: State
+    holders: int
+    _released: asyncio.Event
+
+    @contextmanager
+    def hold(self) -> Iterator[Self]:
+        """A request's claim on this version: draining waits for every holder."""
+        self.holders += 1
+        try:
+            yield self
+        finally:
+            self.holders -= 1
+            if self.holders == 0:
+                self._released.set()
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop taking new requests (the caller has already routed traffic away), let every
+        request that holds this version finish, then close it."""
+        if self.state in (State.CLOSED, State.DRAINING):
+            return
+        self.state = State.DRAINING
+        try:
+            while self.holders > 0:
+                self._released.clear()
+                await asyncio.wait_for(self._released.wait(), grace_s)
+        except TimeoutError:
+            log.warning(
+                "%s:%s: %d requests still running after the grace time",
+                self.name,
+                self.version,
+                self.holders,
+            )
+        await self.close()
+
+    async def close(self, message: str = "the server is shutting down") -> None:
+        raise NotImplementedError
+
+
 @dataclass(eq=False)
-class ModelVersion:
+class ModelVersion(Held):
     name: str
     version: str
     task: str
@@ -194,36 +238,6 @@ class ModelVersion:
     def input_contract(self, name: str) -> str:
         """The contract tensor whose value rules (range checks) apply to input `name`."""
         return name
-
-    @contextmanager
-    def hold(self) -> Iterator[ModelVersion]:
-        """A request's claim on this version: draining waits for every holder."""
-        self.holders += 1
-        try:
-            yield self
-        finally:
-            self.holders -= 1
-            if self.holders == 0:
-                self._released.set()
-
-    async def drain(self, grace_s: float | None = None) -> None:
-        """Stop taking new requests (the caller has already routed traffic away), let every
-        request that holds this version finish, then close it."""
-        if self.state in (State.CLOSED, State.DRAINING):
-            return
-        self.state = State.DRAINING
-        try:
-            while self.holders > 0:
-                self._released.clear()
-                await asyncio.wait_for(self._released.wait(), grace_s)
-        except TimeoutError:
-            log.warning(
-                "%s:%s: %d requests still running after the grace time",
-                self.name,
-                self.version,
-                self.holders,
-            )
-        await self.close()
 
     async def close(self, message: str = "the server is shutting down") -> None:
         """Stop the batcher, end its threads and let go of the session, so that unloading gives
