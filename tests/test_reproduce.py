@@ -176,3 +176,45 @@ def test_the_readme_section_is_replaced_and_nothing_else(tmp_path) -> None:
         and text.endswith("## Demo\nkeep too\n")
     )
     assert "runs complete" in text and text.count(reproduce.README_HEADING) == 1
+
+
+@pytest.mark.slow
+def test_a_tiny_search_chooses_on_validation_then_trains_and_reports_its_baseline(
+    tmp_path, monkeypatch
+):
+    """The search -> choose -> baseline -> report path end to end, cut to two one-epoch
+    configurations of the conv regressor (one-hot pixels), the quadrant split and one seed."""
+    monkeypatch.setattr(campaign, "SPLITS", ("quadrant",))
+    monkeypatch.setitem(
+        campaign.SEARCH_SPACE, "locate", {"lr": (0.001,), "shape": ((3, 1), (5, 1))}
+    )
+    monkeypatch.setitem(campaign.SEARCH_EPOCHS, "locate", 1)
+    monkeypatch.setattr(campaign, "BASELINE_SEEDS", (10,))
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    campaign.ensure_plan(results)
+
+    def plan():
+        search = campaign.static_plan(rows=[], blocks=("search",), tasks=("locate",))
+        return search + campaign.baseline_plan(results, tasks=("locate",))[0]
+
+    assert campaign.work(results, runs, plan=plan) == 2 + 1  # two configurations, one baseline
+    trial = json.loads(
+        (results / "records" / "search" / "locate-baseline-quadrant-lr0.001-k3-w1.json").read_text()
+    )
+    assert trial["config"]["val_fraction"] == 0.1 and "val" in trial["history"][0]
+    assert trial["config"]["onehot_only"] and campaign.record_metric(trial) == "exact"
+    final = json.loads(
+        (results / "records" / "baseline" / "locate-baseline-quadrant-s10.json").read_text()
+    )
+    chosen = final["spec"]["chosen"]
+    assert final["config"]["kernel"] == chosen["kernel"] and final["config"]["val_fraction"] == 0.0
+
+    s = reproduce.write_report(results, plots=True, runs=runs)
+    search = s["search"]["locate/quadrant"]
+    assert search["trials_done"] == 2 and search["chosen"]["trial"] == chosen["trial"]
+    c6 = next(b for b in s["baselines"] if b["id"] == "C6" and b["split"] == "quadrant")
+    assert c6["seeds_done"] == 1 and c6["config"] == chosen
+    md = (results / "reproduction.md").read_text()
+    assert f"| C6 locate | quadrant | 7.1% exact | 1 of 1 | lr {chosen['lr']}, kernel" in md
+    assert "| locate/quadrant | 2 of 2 | 1 |" in md and "% exact at epoch 1" in md
+    assert (results / "train_vs_test.png").stat().st_size > 1000

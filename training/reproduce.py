@@ -247,18 +247,20 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-def fmt_value(task: str, arch: str, v: float) -> str:
-    if task == "locate" and arch == "coordconv":
+def fmt_value(task: str, arch: str, v: float, metric: str | None = None) -> str:
+    """One value as the tables show it; `metric` names it where the row's usual one is not
+    it (the previous table's conv regressor was scored in pixels, on squares)."""
+    if metric == "mean_error_px" or (task == "locate" and arch == "coordconv"):
         return f"{v:.2f} px"
     if task == "locate" and arch == "baseline":  # one-hot pixels, the paper's setup
         return f"{100 * v:.1f}% exact"
     return format_metric(task, arch, v)
 
 
-def fmt_spread(task: str, arch: str, s: dict[str, float] | None) -> str:
+def fmt_spread(task: str, arch: str, s: dict[str, float] | None, metric: str | None = None) -> str:
     if s is None:
         return ""
-    return " / ".join(fmt_value(task, arch, s[k]) for k in ("min", "median", "max"))
+    return " / ".join(fmt_value(task, arch, s[k], metric) for k in ("min", "median", "max"))
 
 
 def fmt_ttg(t: dict[str, Any]) -> str:
@@ -546,6 +548,7 @@ def dev_block(out: Path) -> list[dict[str, Any]]:
                 "epochs": same[0]["epochs"],
                 "goal_met": sum(r["goal_met"] for r in same),
                 "spread": spread(same),
+                "metric": metric_of(same[0]),
                 "parameters": same[0]["parameters"],
             }
         )
@@ -835,7 +838,7 @@ def markdown(s: dict[str, Any]) -> str:
             lines.append(
                 f"| {d['task']} | {d['split']} | {d['arch']} | {d['parameters']:,} "
                 f"| {d['epochs']} | {d['seeds']} | {d['goal_met']}/{d['seeds']} "
-                f"| {fmt_spread(d['task'], d['arch'], d['spread'])} |"
+                f"| {fmt_spread(d['task'], d['arch'], d['spread'], d.get('metric'))} |"
             )
     return "\n".join(lines) + "\n"
 
