@@ -218,3 +218,19 @@ def test_a_tiny_search_chooses_on_validation_then_trains_and_reports_its_baselin
     assert f"| C6 locate | quadrant | 7.1% exact | 1 of 1 | lr {chosen['lr']}, kernel" in md
     assert "| locate/quadrant | 2 of 2 | 1 |" in md and "% exact at epoch 1" in md
     assert (results / "train_vs_test.png").stat().st_size > 1000
+
+
+def test_a_miss_that_fits_its_training_set_is_told_apart_from_one_that_does_not() -> None:
+    def run(train: float, test: float) -> dict:
+        return {
+            "task": "pixel",
+            "arch": "coordconv",
+            "train": {"accuracy": train},
+            "test": {"accuracy": test},
+            "goal_met": test >= 1.0,
+        }
+
+    runs = [run(1.0, 1.0), run(1.0, 0.56), run(1.0, 0.25), run(0.7, 0.6)]
+    assert reproduce.misses(runs) == {"missed": 3, "fit_train": 2}
+    assert reproduce.fmt_misses(reproduce.misses(runs)) == "2 of 3"
+    assert reproduce.fmt_misses(reproduce.misses(runs[:1])) == ""
