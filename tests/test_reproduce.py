@@ -158,6 +158,19 @@ def test_verdicts_say_what_the_seeds_settle() -> None:
     assert "ablation runs" in v([miss] * 10, [met] * 10, [], 10, ablations_pending=4)
     assert v([miss], [met, miss], [], 10).startswith("**does not reproduce here**")
     assert v([miss], [met], [], 10).startswith("not as stated")
+    grey = {
+        "goal_met": False,
+        "goal_refused": "background mean 0.21 > 0.05 (...)",
+        "test": {"iou": 1.0},
+    }
+    assert (
+        reproduce._reasons(["background mean 0.21 > 0.05 (x)", "background mean 0.20 > 0.05 (x)"])
+        == "background mean 0.20-0.21 > 0.05"
+    )
+    assert v([miss], [grey, grey], [], 10).endswith(
+        "ours missed on 2 of 2 (background mean 0.21 > 0.05; by IoU at 0.5 alone, the paper's "
+        "metric, ours met it on all 2)"
+    )
 
 
 def test_the_readme_section_is_replaced_and_nothing_else(tmp_path) -> None:

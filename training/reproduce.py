@@ -11,6 +11,7 @@ run say so ("k of 10 seeds done").
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,6 +199,24 @@ def locate_runs(runs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- verdicts
 
 
+def _reasons(why: list[str]) -> str:
+    """Refusal reasons in a few words: 'background mean 0.20 > 0.05' and '... 0.21 > 0.05' read
+    'background mean 0.20-0.21 > 0.05'."""
+    ranges: dict[tuple[str, str], list[float]] = {}
+    other = []
+    for w in why:
+        m = re.match(r"(.+?) ([0-9.]+) ([<>]=? [0-9.]+)", w.split(" (")[0])
+        if m:
+            ranges.setdefault((m[1], m[3]), []).append(float(m[2]))
+        else:
+            other.append(w.split(" (")[0])
+    for (label, bound), vals in ranges.items():
+        lo, hi = min(vals), max(vals)
+        value = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+        other.append(f"{label} {value} {bound}")
+    return "; ".join(other)
+
+
 def coordconv_verdict(
     paper: list[dict[str, Any]],
     ours: list[dict[str, Any]],
@@ -219,7 +238,10 @@ def coordconv_verdict(
     if o_miss:
         refused = [r["goal_refused"] for r in ours if not r["goal_met"] and r.get("goal_refused")]
         why = sorted(set(refused))
-        because = f" ({'; '.join(w.split(' (')[0] for w in why)})" if why else ""
+        inner = _reasons(why)
+        if why and all(r["test"].get("iou", 0.0) >= 0.99 for r in ours):
+            inner += f"; by IoU at 0.5 alone, the paper's metric, ours met it on all {len(ours)}"
+        because = f" ({inner})" if why else ""
         return (
             f"**does not reproduce here**: {missed}; ours missed on {o_miss} of {len(ours)}"
             f"{because}"
