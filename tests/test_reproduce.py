@@ -247,3 +247,24 @@ def test_a_miss_that_fits_its_training_set_is_told_apart_from_one_that_does_not(
     assert reproduce.misses(runs) == {"missed": 3, "fit_train": 2}
     assert reproduce.fmt_misses(reproduce.misses(runs)) == "2 of 3"
     assert reproduce.fmt_misses(reproduce.misses(runs[:1])) == ""
+
+
+def test_one_run_is_rerun_from_one_command_and_its_record_is_left_alone(
+    tmp_path, one_epoch, capsys
+) -> None:
+    from training import cli
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    key = "paper/locate-coordconv906-quadrant-s10"
+    spec = campaign.planned(results)[key]
+    campaign.ensure_plan(results)
+    campaign.run_one(spec, results, runs)
+    record = results / "records" / "paper" / "locate-coordconv906-quadrant-s10.json"
+    before = record.read_bytes()
+    argv = ["--rerun", key, "--out", str(results), "--runs", str(runs), "--threads", "1"]
+    assert cli.reproduce_main(argv) == 0
+    out = capsys.readouterr().out
+    recorded = json.loads(before)["test"]["exact"]
+    assert f"rerun {key}: test exact {100 * recorded:.1f}% exact" in out
+    assert "(the same)" in out and record.read_bytes() == before
+    assert (runs / "rerun" / "results" / "records" / "paper" / record.name).is_file()

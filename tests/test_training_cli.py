@@ -27,6 +27,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         (["train", "--task", "pixel", "--recipe", "tuned"], "invalid choice: 'tuned'"),
         (["train", "--task", "pixel", "--without", "magic"], "invalid choice: 'magic'"),
         (["frobnicate"], "unknown command 'frobnicate'"),
+        (["reproduce", "--rerun", "paper/pixel-coordconv-diagonal-s3"], "is not a planned run"),
     ],
 )
 def test_bad_cli_input_exits_nonzero_with_a_message(args, message) -> None:

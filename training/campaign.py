@@ -363,6 +363,34 @@ def work(
         time.sleep(poll_s)  # other workers hold the rest: wait for them to finish
 
 
+def planned(results: Path) -> dict[str, Spec]:
+    """Every planned run by `block/name` (the baselines once their split's search is done)."""
+    specs = static_plan() + baseline_plan(results)[0]
+    return {f"{s['block']}/{s['name']}": s for s in specs}
+
+
+def rerun(results: Path, key: str, scratch: Path, device: str = "auto") -> dict[str, Any]:
+    """Train one planned run (`block/name`, as under results/records/) again into `scratch`,
+    never over its record, and compare the final test metric with the recorded one."""
+    specs = planned(Path(results))
+    if key not in specs:
+        near = sorted(k for k in specs if k.split("/")[0] == key.split("/")[0])[:3]
+        hint = f" (e.g. {', '.join(near)})" if near else f" (blocks: {', '.join(BLOCKS)})"
+        raise ValueError(f"{key!r} is not a planned run: name it BLOCK/NAME{hint}")
+    recorded = load_one(Path(results), *key.split("/", 1))
+    r = run_one(specs[key], Path(scratch) / "results", Path(scratch) / "runs", device)
+    m = record_metric(r)
+    return {
+        "key": key,
+        "metric": m,
+        "rerun": r["test"][m],
+        "rerun_goal_met": r["goal_met"],
+        "recorded": None if recorded is None else recorded["test"][m],
+        "recorded_goal_met": None if recorded is None else recorded["goal_met"],
+        "record": str(Path(scratch) / "results" / "records" / specs[key]["block"]),
+    }
+
+
 def rejudge(results: Path, runs: Path) -> list[str]:
     """Render records written before the value checks (training.metrics.render_values) judged
     their goal by IoU alone, which a grey background passes. Judge them again from the run's

@@ -226,6 +226,12 @@ def reproduce_main(argv: Sequence[str]) -> int:
         "--readme",
         help="also rewrite this file's results section from the table (e.g. README.md)",
     )
+    p.add_argument(
+        "--rerun",
+        metavar="BLOCK/NAME",
+        help="train one planned run again (e.g. paper/pixel-coordconv-quadrant-s13, as named "
+        "under OUT/records/) into RUNS/rerun/, never over its record, and compare it with it",
+    )
     a = p.parse_args(argv)
     _writable_dir(a.out, "output folder")
     _writable_dir(a.runs, "runs folder")
@@ -236,6 +242,28 @@ def reproduce_main(argv: Sequence[str]) -> int:
 
         from training.reproduce import write_report
 
+        if a.rerun:
+            from training import campaign
+            from training.reproduce import fmt_value
+
+            if a.threads:
+                import torch
+
+                torch.set_num_threads(a.threads)
+            r = campaign.rerun(Path(a.out), a.rerun, Path(a.runs) / "rerun", a.device)
+            task, arch = a.rerun.split("/", 1)[1].split("-")[:2]
+            was = (
+                "no record yet"
+                if r["recorded"] is None
+                else f"recorded {fmt_value(task, arch, r['recorded'], r['metric'])}"
+                + (" (the same)" if abs(r["recorded"] - r["rerun"]) < 1e-6 else "")
+            )
+            print(
+                f"rerun {r['key']}: test {r['metric']} "
+                f"{fmt_value(task, arch, r['rerun'], r['metric'])}, goal "
+                f"{'met' if r['rerun_goal_met'] else 'missed'}; {was}; record in {r['record']}"
+            )
+            return
         if not a.report_only:
             write_report(a.out, plots=False)  # the header (seeds, recipes) before any run
             cmd = [

@@ -641,6 +641,12 @@ def markdown(s: dict[str, Any]) -> str:
         )
         + f". Measured on: {'; '.join(s['devices']) or '-'}.",
         "",
+        "Any one run again, from one command: `coordconv reproduce --rerun BLOCK/NAME` (as named "
+        "under `results/records/`, e.g. `paper/pixel-coordconv-quadrant-s13`) trains it into "
+        "`runs/campaign/rerun/`, never over its record, and prints its final test metric beside "
+        "the recorded one (the records were made with `--threads 1`; the same thread count "
+        "gives the same figures on a CPU).",
+        "",
         "## Seeds, fixed in advance",
         "",
         f"- Fresh seeds **{seeds[0]}-{seeds[-1]}** for the paper's recipe and ours (every "
