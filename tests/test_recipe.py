@@ -12,7 +12,14 @@ from torch import nn
 
 from training import recipe as recipes
 from training.layers import CoordConv2d
-from training.nets import CoordConvLocate, CoordConvRender, PaperRegressor, build, he_normal_
+from training.nets import (
+    CoordConvLocate,
+    CoordConvPixel,
+    CoordConvRender,
+    PaperRegressor,
+    build,
+    he_normal_,
+)
 from training.train import (
     LOSS_FLAGS,
     TrainConfig,
@@ -36,8 +43,10 @@ def test_the_paper_recipe_is_the_reference_codes() -> None:
             False,
             False,
         )
+        assert not s.unit_inputs  # the reference tiles the raw pixels (4..59)
     s = recipes.resolve("locate", "coordconv906", "paper")
     assert (s.lr, s.l2, s.peak_init, s.pixel_mse) == (0.01, 1e-5, False, False)
+    assert s.batch_size == 256 and not s.unit_output  # train.py's default; output vs loc / 64
     assert s.epochs == recipes.PAPER_EPOCHS[("locate", "coordconv906")]
     for row in ROWS:  # no change of ours is on in the paper's recipe
         s = recipes.resolve(*row, "paper")
@@ -94,6 +103,36 @@ def test_offset_init_ties_the_first_layer_to_the_offset() -> None:
     assert isinstance(render, CoordConvRender)
     w = _first(render.pixel).weight
     assert not torch.allclose(w[:, 2], -w[:, 0])
+
+
+def test_the_paper_nets_see_raw_pixels_and_answer_in_pixels_over_64() -> None:
+    """`paper` feeds the tiled point as raw pixels (the reference: 4..59 beside coordinate
+    channels in [-1, 1]), `ours` in [-1, 1]; the offset init ties the first layer to the offset
+    (x_in - i) in both scales. The 906 regressor's raw output is the location / 64 under
+    `paper`."""
+    points = torch.tensor([[10.0, 20.0], [40.0, 50.0], [4.0, 59.0]])
+    pre = []
+    for unit in (True, False):
+        torch.manual_seed(0)
+        net = build("pixel", "coordconv", offset_init=True, torch_init=False, unit_inputs=unit)
+        assert isinstance(net, CoordConvPixel) and net.unit_inputs is unit
+        first = net.body[0]
+        assert isinstance(first, CoordConv2d)
+        point = points * (2 / 63) - 1 if unit else points
+        with torch.no_grad():
+            tiled = first.add_coords(point[:, :, None, None].expand(-1, -1, 64, 64))
+            pre.append(first.conv(tiled))
+        if not unit:  # the raw net's first layer sees the point's pixels, up to 59
+            assert float(tiled[:, :2].abs().max()) == 59.0
+            assert float(tiled[:, 2:].abs().max()) == 1.0
+    # the same function of the offset, in pixels rather than in half-canvases
+    torch.testing.assert_close(pre[1], pre[0] * 31.5, rtol=1e-4, atol=1e-3)
+    torch.manual_seed(0)
+    r = PaperRegressor(peak_init=False, unit_output=False)
+    image = torch.zeros(1, 64, 64)
+    image[0, 10, 20] = 1.0
+    with torch.no_grad():
+        assert torch.equal(r(image), r.body(image.unsqueeze(1)).amax(dim=(2, 3)) * 64)
 
 
 def test_he_normal_init_is_the_references() -> None:

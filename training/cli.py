@@ -20,6 +20,7 @@ from coordconv.contract import TASKS
 RECIPES = ("paper", "ours")
 CHANGES = (
     "offset_init",
+    "unit_inputs",
     "peak_init",
     "spread_init",
     "taught_painter",
@@ -32,6 +33,8 @@ CHANGES = (
     "no_l2",
     "lr",
     "cosine",
+    "unit_output",
+    "minibatch_16",
     "pixel_mse",
     "short_epochs",
 )

@@ -79,8 +79,12 @@ class CoordConvPixel(CoordNet):
         widths: tuple[int, ...] = (32, 32, 64, 64),
         offset_init: bool = True,
         torch_init: bool = True,
+        unit_inputs: bool = True,
     ) -> None:
         super().__init__()
+        # The tiled point in [-1, 1], the coordinate channels' scale (else raw pixels, as the
+        # reference code feeds them: 4..59 beside channels in [-1, 1]).
+        self.unit_inputs = unit_inputs
         first = CoordConv2d(2, widths[0], 1)
         layers: list[nn.Module] = [first, nn.ReLU()]
         for cin, cout in itertools.pairwise(widths):
@@ -99,11 +103,20 @@ class CoordConvPixel(CoordNet):
             # column and row.
             with torch.no_grad():
                 w = first.conv.weight
-                w[:, 2] = -w[:, 0]
-                w[:, 3] = -w[:, 1]
+                if unit_inputs:
+                    w[:, 2] = -w[:, 0]
+                    w[:, 3] = -w[:, 1]
+                else:  # raw x_in beside i in [-1, 1]: x_in - pixel = x_in - 31.5 (i + 1)
+                    half = (CANVAS - 1) / 2
+                    w[:, 2] = -half * w[:, 0]
+                    w[:, 3] = -half * w[:, 1]
+                    bias = first.conv.bias
+                    assert bias is not None
+                    bias -= half * (w[:, 0] + w[:, 1]).flatten()
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        tiled = to_unit(coords)[:, :, None, None].expand(-1, -1, CANVAS, CANVAS)
+        point = to_unit(coords) if self.unit_inputs else coords
+        tiled = point[:, :, None, None].expand(-1, -1, CANVAS, CANVAS)
         # A 1x1 convolution is a linear layer applied at every pixel: run the layers on a
         # channels-last (B, H, W, C) tensor with the same weights, which trains about twice as
         # fast on a CPU as the NCHW convolutions and computes the same function.
@@ -130,9 +143,12 @@ class CoordConvRender(CoordNet):
         spread_init: bool = True,
         offset_init: bool = True,
         torch_init: bool = True,
+        unit_inputs: bool = True,
     ) -> None:
         super().__init__()
-        self.pixel = CoordConvPixel(offset_init=offset_init, torch_init=torch_init)
+        self.pixel = CoordConvPixel(
+            offset_init=offset_init, torch_init=torch_init, unit_inputs=unit_inputs
+        )
         layers: list[nn.Module] = []
         cin = 1
         for cout in widths:
@@ -446,8 +462,13 @@ class PaperRegressor(CoordNet):
     max of a linear map over a square's interior lands on its edge), so it trains and is judged on
     one-hot pixels only."""
 
-    def __init__(self, peak_init: bool = True, torch_init: bool = True) -> None:
+    def __init__(
+        self, peak_init: bool = True, torch_init: bool = True, unit_output: bool = True
+    ) -> None:
         super().__init__()
+        # The max pool's output read as [-1, 1] over the canvas (else as pixels / 64, the
+        # reference's: its MSE compares the raw output with the location / 64).
+        self.unit_output = unit_output
         self.body = nn.Sequential(
             CoordConv2d(1, 8, 1),
             nn.Conv2d(8, 8, 1),
@@ -479,19 +500,23 @@ class PaperRegressor(CoordNet):
         assert isinstance(first, CoordConv2d)
         first.conv.weight[:, 0] *= gain
         # and answer the canvas centre for a pixel at the centre, not a value `gain` times off.
-        last.bias.sub_(self.body(hot).amax(dim=(2, 3))[0])
+        centre = 0.0 if self.unit_output else (CANVAS - 1) / 2.0 / CANVAS
+        last.bias.sub_(self.body(hot).amax(dim=(2, 3))[0] - centre)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        unit = self.body(image.unsqueeze(1)).amax(dim=(2, 3))  # amax: any canvas size exports
-        return (unit + 1.0) * ((CANVAS - 1) / 2.0)
+        out = self.body(image.unsqueeze(1)).amax(dim=(2, 3))  # amax: any canvas size exports
+        if self.unit_output:
+            return (out + 1.0) * ((CANVAS - 1) / 2.0)
+        return out * CANVAS
 
 
 def build(task: Task, arch: Arch, kernel: int = 3, width: int = 1, **init: bool) -> CoordNet:
     """The network for a task and architecture; `kernel` and `width` (the paper's filter size and
     width multiplier) shape the baselines only. `init` holds the recipe's init flags
     (training.recipe.Settings: torch_init, offset_init, spread_init, zero_coord_init,
-    zero_bias_init, peak_init) and `coords` (locate); a flag a network does not use is ignored,
-    and an absent one takes the network's default (the `ours` recipe)."""
+    zero_bias_init, peak_init), `unit_inputs` (pixel, render), `unit_output` (906) and `coords`
+    (locate); a flag a network does not use is ignored, and an absent one takes the network's
+    default (the `ours` recipe)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if arch not in ARCHS:
@@ -505,12 +530,14 @@ def build(task: Task, arch: Arch, kernel: int = 3, width: int = 1, **init: bool)
     if arch == "coordconv906":
         if task != "locate":
             raise ValueError("the 906-parameter regressor is a locate network (--task locate)")
-        return PaperRegressor(**pick("peak_init", "torch_init"))
+        return PaperRegressor(**pick("peak_init", "torch_init", "unit_output"))
     if arch == "coordconv":
         if task == "pixel":
-            return CoordConvPixel(**pick("offset_init", "torch_init"))
+            return CoordConvPixel(**pick("offset_init", "torch_init", "unit_inputs"))
         if task == "render":
-            return CoordConvRender(**pick("spread_init", "offset_init", "torch_init"))
+            return CoordConvRender(
+                **pick("spread_init", "offset_init", "torch_init", "unit_inputs")
+            )
         return CoordConvLocate(**pick("zero_coord_init", "zero_bias_init", "torch_init", "coords"))
     if task == "locate":
         return ConvRegressor(kernel=kernel, width=width, **pick("torch_init"))

@@ -9,7 +9,11 @@ The paper's recipe, from the reference code (its experiment_logs.sh and model_bu
 
 - every kernel `he_normal` (a truncated normal of standard deviation sqrt(2 / fan_in)), every
   bias zero (the TensorFlow default), no batch norm in the CoordConv nets;
-- Adam, beta1 0.9, beta2 0.99, a constant learning rate, minibatch 16;
+- the point (x, y) tiled over the canvas as raw pixels (4..59) beside AddCoords' [-1, 1]
+  channels (train.py feeds the integer locations; model_builders.py tiles them unscaled);
+- Adam, beta1 0.9, beta2 0.99, a constant learning rate, minibatch 16 (the 906-parameter
+  regressor: 256, train.py's default, as experiment_logs.sh passes none for it);
+- the 906-parameter regressor's max-pooled output compared with location / 64 as it is;
 - L2 `lambda * sum(w ** 2)` over the kernels (not the biases) added to the loss;
 - classification (pixel) and rendering: lr 0.005, L2 0.001, 50 epochs; losses softmax
   cross-entropy over the 4096 pixels and per-pixel sigmoid cross-entropy;
@@ -67,6 +71,8 @@ class Settings:
     zero_bias_init: bool  # locate: every bias starts at 0 (a no-op under he_normal)
     peak_init: bool  # 906: output maps flipped and image weights x100: the max at the pixel
     pixel_mse: bool  # locate, 906: MSE in pixels (else on coordinates / 64, the reference's)
+    unit_inputs: bool  # pixel/render: the tiled point in [-1, 1] (else raw pixels, the reference's)
+    unit_output: bool  # 906: the output read in [-1, 1] (else as pixels / 64, the reference's)
 
 
 # Each change of `ours`: the rows it touches, what it is, and the value `ours` gives the setting
@@ -76,6 +82,11 @@ CHANGES: dict[str, dict[str, Any]] = {
         "rows": [("pixel", "coordconv"), ("render", "coordconv")],
         "what": "first layer initialised as a function of the offset (x_in - i, y_in - j) "
         "between the point and the pixel (weights tied in pairs)",
+    },
+    "unit_inputs": {
+        "rows": [("pixel", "coordconv"), ("render", "coordconv")],
+        "what": "the tiled point scaled to [-1, 1], the scale of the coordinate channels (the "
+        "reference tiles the raw pixels, 4..59)",
     },
     "peak_init": {
         "rows": [("locate", "coordconv906")],
@@ -129,6 +140,15 @@ CHANGES: dict[str, dict[str, Any]] = {
         "rows": [("locate", "coordconv906")],
         "what": "906 regressor: cosine decay of the learning rate to zero (the paper: constant)",
     },
+    "unit_output": {
+        "rows": [("locate", "coordconv906")],
+        "what": "906 regressor: the max pool's output read as [-1, 1] over the canvas, "
+        "(out + 1) x 31.5 pixels (the reference reads it as pixels / 64)",
+    },
+    "minibatch_16": {
+        "rows": [("locate", "coordconv906")],
+        "what": "906 regressor: minibatch 16 instead of the reference's 256",
+    },
     "pixel_mse": {
         "rows": [("locate", "coordconv"), ("locate", "coordconv906")],
         "what": "MSE on pixel coordinates instead of on coordinates / 64 (the reference's)",
@@ -155,12 +175,16 @@ _PAPER_BASE: dict[str, Any] = {
     "zero_bias_init": False,
     "peak_init": False,
     "pixel_mse": False,
+    "unit_inputs": False,
+    "unit_output": False,
 }
 PAPER: dict[tuple[str, str], Settings] = {
     ("pixel", "coordconv"): Settings(epochs=5, lr=0.005, l2=0.001, **_PAPER_BASE),
     ("render", "coordconv"): Settings(epochs=5, lr=0.005, l2=0.001, **_PAPER_BASE),
     ("locate", "coordconv"): Settings(epochs=5, lr=0.01, l2=1e-5, **_PAPER_BASE),
-    ("locate", "coordconv906"): Settings(epochs=25, lr=0.01, l2=1e-5, **_PAPER_BASE),
+    ("locate", "coordconv906"): Settings(
+        epochs=25, lr=0.01, l2=1e-5, **{**_PAPER_BASE, "batch_size": 256}
+    ),
 }
 # What each change sets, per row, when it is on (`ours` = PAPER with every change of the row on).
 _OURS_VALUES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
@@ -172,6 +196,7 @@ _OURS_VALUES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
     },
     "no_l2": {row: {"l2": 0.0} for row in REFERENCE_EPOCHS},
     "lr": {("locate", "coordconv"): {"lr": 0.005}, ("locate", "coordconv906"): {"lr": 0.001}},
+    "minibatch_16": {("locate", "coordconv906"): {"batch_size": 16}},
 }
 
 
@@ -215,6 +240,8 @@ def describe(task: str, arch: str, recipe: str, without: tuple[str, ...] = ()) -
     s = resolve(task, arch, recipe, without)
     init = "PyTorch default init" if s.torch_init else "he_normal kernels, zero biases"
     sched = "cosine to 0" if s.cosine else "constant"
+    if task in ("pixel", "render"):
+        init = ("point in [-1, 1]" if s.unit_inputs else "raw point (pixels)") + f"; {init}"
     return (
         f"{init}; Adam lr {s.lr:g} ({sched}), betas 0.9/0.99, minibatch {s.batch_size}, "
         f"L2 {s.l2:g}, {s.epochs} epochs"

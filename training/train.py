@@ -60,6 +60,8 @@ INIT_FLAGS = (
     "peak_init",
 )
 LOSS_FLAGS = ("pixel_aux", "taught_painter", "iou_loss", "heatmap_ce", "pixel_mse")
+# Flags that change what the network computes (not only how it starts): kept with the weights.
+FORWARD_FLAGS = ("unit_inputs", "unit_output")
 
 # The goals of the paper's CoordConv rows, judged on the test set. Render is also judged on the
 # values it paints (training.metrics.render_values): IoU at threshold 0.5 alone gives 1.000 to a
@@ -154,7 +156,7 @@ class TrainConfig:
     def flags(self) -> dict[str, bool]:
         """The recipe's init and loss flags (training.recipe.Settings) for this row."""
         d = self.recipe_defaults()
-        out = {k: bool(d.get(k, False)) for k in (*INIT_FLAGS, *LOSS_FLAGS)}
+        out = {k: bool(d.get(k, False)) for k in (*INIT_FLAGS, *LOSS_FLAGS, *FORWARD_FLAGS)}
         if self.arch == "baseline":
             # the conv regressor's loss: the reference's (coordinates / 64) under `paper`,
             # MSE in pixels under `ours` (as before)
@@ -489,7 +491,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     val = carve_validation(d, cfg.val_fraction, cfg.seed) if cfg.val_fraction else None
     flags = cfg.flags()
-    init = {k: flags[k] for k in INIT_FLAGS}
+    init = {k: flags[k] for k in (*INIT_FLAGS, *FORWARD_FLAGS)}
     model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width, coords=cfg.coords, **init)
     if cfg.init_onnx:
         model.load_state_dict(weights_from_onnx(cfg.init_onnx))
@@ -649,7 +651,11 @@ def load_run(run_dir: str | Path) -> tuple[CoordNet, TrainConfig, dict[str, Any]
     known = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k in known})
     cfg.without = tuple(cfg.without)
-    model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width, coords=cfg.coords)
+    metrics_json = json.loads((run / "metrics.json").read_text())
+    # A run made before these were switches scaled its inputs and output (every recipe did).
+    settings = metrics_json.get("settings", {})
+    forward = {k: bool(settings.get(k, True)) for k in FORWARD_FLAGS}
+    model = build(cfg.task, cfg.arch, cfg.kernel, cfg.width, coords=cfg.coords, **forward)
     model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
     model.eval()
-    return model, cfg, json.loads((run / "metrics.json").read_text())
+    return model, cfg, metrics_json
