@@ -116,7 +116,10 @@ def one_epoch(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(tmp_path, one_epoch):
+def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(
+    tmp_path, one_epoch, monkeypatch
+):
+    monkeypatch.setattr(campaign, "SPLITS", ("quadrant",))  # the ablations' split
     results, runs = tmp_path / "results", tmp_path / "runs"
 
     def plan():
@@ -129,18 +132,19 @@ def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(tmp_path,
 
     n = campaign.work(results, runs, plan=plan)
     changes = recipes.changes_of("locate", "coordconv906")
-    assert n == 4 + len(changes)
+    assert n == 2 + len(changes)
     names = sorted(p.stem for p in (results / "records" / "ablation").glob("*.json"))
     assert names == sorted(f"locate-coordconv906-quadrant-without-{c}-s10" for c in changes)
     record = json.loads(
-        (results / "records" / "paper" / "locate-coordconv906-uniform-s10.json").read_text()
+        (results / "records" / "paper" / "locate-coordconv906-quadrant-s10.json").read_text()
     )
     assert record["config"]["recipe"] == "paper" and record["settings"]["lr"] == 0.01
+    assert record["settings"]["batch_size"] == 256 and not record["settings"]["unit_output"]
     assert len(record["history"]) == 1 and "cpu_s" in record["history"][0]
     assert campaign.work(results, runs, plan=plan) == 0  # resumes: nothing trained twice
 
     s = reproduce.write_report(results, plots=True, runs=runs)
-    assert s["completed"] == 4 + len(changes)
+    assert s["completed"] == 2 + len(changes)
     md = (results / "reproduction.md").read_text()
     assert "Fresh seeds **10-19**" in md and "1 of 10" in md
     assert "| `peak_init` | locate/coordconv906 | 1 of 5 |" in md
