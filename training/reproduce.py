@@ -242,6 +242,11 @@ def coordconv_verdict(
     o_miss = sum(not r["goal_met"] for r in ours)
     if not paper and not ours:
         return "not run yet"
+    if not paper:
+        return (
+            f"not settled yet: paper recipe not run yet; ours met on {len(ours) - o_miss} of "
+            f"{len(ours)} seeds done"
+        )
     if not p_miss:
         if len(paper) == planned:
             return "**holds as stated** (paper recipe, every seed)"
