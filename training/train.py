@@ -482,6 +482,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
+    # Denormal floats (below 1.2e-38) are 10-100x slower on a CPU and change no metric: a
+    # locate net whose heatmap grows sharp spent 321 s on one epoch with them, 30 s flushed to
+    # zero, to the same figures.
+    flush_denormal = torch.set_flush_denormal(True)
 
     d = task_data(
         cfg.task,
@@ -596,6 +600,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": device_name(device),
+        "flush_denormal": flush_denormal,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")},
         "settings": cfg.recipe_defaults(),
         "n_val": 0 if val is None else len(val[0]),
