@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from training.train import TrainConfig, load_run, train
 
@@ -31,6 +32,8 @@ def test_same_seed_gives_the_same_metrics() -> None:
     a, b = train(cfg), train(cfg)
     assert a["train"] == b["train"] and a["test"] == b["test"]
     assert [h["test"] for h in a["history"]] == [h["test"] for h in b["history"]]
+    assert a["flush_denormal"]  # denormals flushed while training, and put back afterwards:
+    assert float(torch.tensor(1e-40) * 1.0) != 0.0
 
 
 @pytest.mark.parametrize(

@@ -473,6 +473,18 @@ def seed_everything(seed: int) -> None:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train one model; returns (and, with `out`, writes) its metrics."""
+    # Denormal floats (below 1.2e-38) are 10-100x slower on a CPU and change no metric: a
+    # locate net whose heatmap grows sharp spent 321 s on one epoch with them, 30 s flushed to
+    # zero, to the same figures; a whole `ours` render run (seed 18) gave the same figures
+    # both ways too. Flushing is process-wide state: it is put back for whatever runs next.
+    flush_denormal = torch.set_flush_denormal(True)
+    try:
+        return _train(config, flush_denormal)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
     cfg = config.resolved()
     assert cfg.epochs is not None
     assert cfg.lr is not None
@@ -482,11 +494,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    # Denormal floats (below 1.2e-38) are 10-100x slower on a CPU and change no metric: a
-    # locate net whose heatmap grows sharp spent 321 s on one epoch with them, 30 s flushed to
-    # zero, to the same figures; a whole `ours` render run (seed 18) gave the same figures
-    # both ways too.
-    flush_denormal = torch.set_flush_denormal(True)
 
     d = task_data(
         cfg.task,
