@@ -122,6 +122,7 @@ def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "misses": misses(runs),
         "time_to_goal": time_to_goal(runs),
         "per_seed": {r["seed"]: final(r) for r in runs},
+        "per_seed_met": {r["seed"]: r["goal_met"] for r in runs},
     }
 
 
@@ -377,24 +378,8 @@ def build_summary(out: Path) -> dict[str, Any]:
                     "arch": arch,
                     "split": split,
                     "paper_figure": c["paper"][split],
-                    "paper_recipe": {
-                        "seeds_done": len(p),
-                        "spread": spread(p),
-                        "goal_met": sum(r["goal_met"] for r in p),
-                        "time_to_goal": time_to_goal(p),
-                        "misses": misses(p),
-                        "per_seed": {r["seed"]: final(r) for r in p},
-                        "per_seed_met": {r["seed"]: r["goal_met"] for r in p},
-                    },
-                    "ours": {
-                        "seeds_done": len(o),
-                        "spread": spread(o),
-                        "goal_met": sum(r["goal_met"] for r in o),
-                        "time_to_goal": time_to_goal(o),
-                        "misses": misses(o),
-                        "per_seed": {r["seed"]: final(r) for r in o},
-                        "per_seed_met": {r["seed"]: r["goal_met"] for r in o},
-                    },
+                    "paper_recipe": _side(p),
+                    "ours": _side(o),
                     "paper_first": _side(
                         by(runs, "paper-first", task=task, arch=arch, split=split)
                     ),
@@ -410,18 +395,7 @@ def build_summary(out: Path) -> dict[str, Any]:
                 continue
             abl = ablation_runs(runs, task, arch, change)
             ablations.append(
-                {
-                    "change": change,
-                    "task": task,
-                    "arch": arch,
-                    "seeds_done": len(abl),
-                    "planned": n_abl,
-                    "goal_met": sum(r["goal_met"] for r in abl),
-                    "spread": spread(abl),
-                    "misses": misses(abl),
-                    "per_seed": {r["seed"]: final(r) for r in abl},
-                    "time_to_goal": time_to_goal(abl),
-                }
+                {"change": change, "task": task, "arch": arch, "planned": n_abl, **_side(abl)}
             )
 
     search = {}
