@@ -290,8 +290,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
                 raise ValueError(f"a worker failed (exit codes {codes}); completed runs are kept")
         summary = write_report(a.out, plots=not a.no_plots, runs=a.runs, readme=a.readme)
         print(
-            f"reproduce: {summary['completed']} of {summary['planned']} planned runs complete; "
-            f"wrote {a.out}/reproduction.md"
+            f"reproduce: {summary['completed_planned']} of {summary['planned']} planned runs "
+            f"complete; wrote {a.out}/reproduction.md"
         )
 
     return _run(go)

@@ -11,6 +11,7 @@ run say so ("k of 10 seeds done").
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections.abc import Sequence
@@ -113,38 +114,78 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def met_as_stated(r: dict[str, Any]) -> bool:
+    """Did the run meet the claim as the paper states it? Its goal, except that rendering is
+    judged by IoU at 0.5 alone, the paper's metric: this report's render goal also bounds the
+    background and square values (`goal_met`), which the paper does not."""
+    if r.get("task") == "render" and "iou" in r.get("test", {}):
+        return bool(r["test"]["iou"] >= 0.99)
+    return bool(r["goal_met"])
+
+
+def background(r: dict[str, Any]) -> float | None:
+    """A render run's mean test background value (None for other tasks and old records)."""
+    value = r.get("test", {}).get("background_mean") if r.get("task") == "render" else None
+    return None if value is None else float(value)
+
+
 def _side(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One recipe's runs of a claim and split, as the tables show them."""
     return {
         "seeds_done": len(runs),
         "spread": spread(runs),
+        "background_spread": spread_of([b for r in runs if (b := background(r)) is not None]),
         "goal_met": sum(r["goal_met"] for r in runs),
+        "met_as_stated": sum(met_as_stated(r) for r in runs),
         "misses": misses(runs),
         "time_to_goal": time_to_goal(runs),
         "per_seed": {r["seed"]: final(r) for r in runs},
         "per_seed_met": {r["seed"]: r["goal_met"] for r in runs},
+        "per_seed_background": {r["seed"]: b for r in runs if (b := background(r)) is not None},
+        "flat_background": sum(
+            not r["goal_met"]
+            and (b := background(r)) is not None
+            and abs(r["test"].get("max_pixel_error", 1.0) - b) < 0.01
+            for r in runs
+        ),
     }
 
 
+def loss_flat(r: dict[str, Any], drop: float = 0.01) -> bool:
+    """Had the training loss stopped falling? Less than 1% lower at the last epoch than half
+    the run earlier: a miss like that stalled, and more epochs of the same recipe need not
+    mend it; one whose loss was still falling may be the budget."""
+    losses = [h["loss"] for h in r.get("history", []) if "loss" in h]
+    if len(losses) < 2:
+        return False
+    back = max(1, len(losses) // 2)
+    return bool(losses[-1] > (1.0 - drop) * losses[-1 - back])
+
+
 def misses(runs: list[dict[str, Any]]) -> dict[str, int]:
-    """The runs that missed the goal, and how many of those met it on their own training set:
-    those failed to generalise (what the quadrant split tests); the rest failed to fit within
-    the budget."""
+    """The runs that missed the goal; how many of those met it on their own training set (those
+    failed to generalise, what the quadrant split tests; the rest failed to fit within the
+    budget); and how many had a flat training loss at the end (`loss_flat`: stalled)."""
     missed = [r for r in runs if not r["goal_met"]]
     fit = sum(goal_met(r["task"], r["train"], r["arch"]) for r in missed)
-    return {"missed": len(missed), "fit_train": fit}
+    return {"missed": len(missed), "fit_train": fit, "flat": sum(loss_flat(r) for r in missed)}
 
 
 def fmt_misses(m: dict[str, int]) -> str:
+    """'fit train / loss flat of missed', e.g. '0 / 2 of 2'."""
     if not m["missed"]:
         return ""
-    return f"{m['fit_train']} of {m['missed']}"
+    return f"{m['fit_train']} / {m.get('flat', 0)} of {m['missed']}"
 
 
 def spread(runs: list[dict[str, Any]]) -> dict[str, float] | None:
-    if not runs:
+    return spread_of([final(r) for r in runs])
+
+
+def spread_of(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
         return None
-    v = sorted(final(r) for r in runs)
+    v = sorted(values)
     return {"min": v[0], "median": _median(v), "max": v[-1]}
 
 
@@ -172,8 +213,15 @@ def time_to_goal(runs: list[dict[str, Any]]) -> dict[str, Any]:
     missed = [r for r in runs if goal_epoch(r) is None]
     if missed:
         out["missed_within_epochs"] = max(r["epochs"] for r in missed)
-        out["missed_within_wall_s"] = max(r["train_time_s"] for r in missed)
+        # the median: one run slowed down by a busy machine is not the budget
+        out["missed_within_wall_s"] = _median([r["train_time_s"] for r in missed])
     return out
+
+
+def ratio_key(slow: dict[str, Any], fast: dict[str, Any]) -> str:
+    """The seconds a ratio compares: CPU where both sides have it, else wall."""
+    both = slow.get("median_cpu_s") and fast.get("median_cpu_s")
+    return "median_cpu_s" if both else "median_wall_s"
 
 
 def ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float | None:
@@ -182,9 +230,33 @@ def ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float | None:
     only when both sides have such runs."""
     if not slow.get("met") or not fast.get("met"):
         return None
-    key = "median_cpu_s" if slow.get("median_cpu_s") and fast.get("median_cpu_s") else None
-    key = key or "median_wall_s"
+    key = ratio_key(slow, fast)
     return float(slow[key]) / max(float(fast[key]), 1e-9)
+
+
+def fmt_ratio(r: dict[str, Any]) -> str:
+    """A ratio with what it rests on: the medians, their kind and how many runs each side has;
+    or why there is none."""
+    slow, fast = r["slow_ttg"], r["fast_ttg"]
+    if r["ratio"] is None:
+        for side, name in ((slow, r["slow_label"]), (fast, r["fast_label"])):
+            if not side["runs"]:
+                return f"n/a: {name} not run yet"
+        return "n/a: " + " and ".join(
+            f"no {name} run met the goal"
+            for side, name in ((slow, r["slow_label"]), (fast, r["fast_label"]))
+            if not side["met"]
+        )
+    key = ratio_key(slow, fast)
+    kind = "CPU" if key == "median_cpu_s" else "wall"
+    way = "" if r["ratio"] >= 1 else ", less: it was faster"
+    return (
+        f"{r['ratio']:.1f}x ({r['slow_label']} took {r['ratio']:.1f}x the time of "
+        f"{r['fast_label']}{way}; "
+        f"median {kind} seconds to the goal {_seconds(slow[key])} over the {slow['met']} of "
+        f"{slow['runs']} runs that met it, against {_seconds(fast[key])} over "
+        f"{fast['met']} of {fast['runs']})"
+    )
 
 
 # ---------------------------------------------------------------- grouping
@@ -209,6 +281,30 @@ def locate_runs(runs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
     return by(runs, "locate", task="locate", arch="coordconv", split=split)
 
 
+def decisive(ablated: list[dict[str, Any]], ours: list[dict[str, Any]]) -> int:
+    """How many ablation runs missed (by the paper's metric) on a seed that ours, with every
+    change, met: only those show the change is needed; where ours missed too, a miss
+    without the change says nothing about it."""
+    met = {r["seed"] for r in ours if met_as_stated(r)}
+    return sum(r["seed"] in met and not met_as_stated(r) for r in ablated)
+
+
+def _no_coords_note(task: str, arch: str, runs: list[dict[str, Any]]) -> str:
+    """The heatmap locate row: whether it needed its coordinate channels at all."""
+    if (task, arch) != ("locate", "coordconv"):
+        return ""
+    no = [r for split in SPLITS for r in locate_runs(runs, split)]
+    if not no:
+        return ""
+    met = sum(r["goal_met"] for r in no)
+    return (
+        f"; coordinate channels not needed: without them {met} of {len(no)} runs met the goal "
+        "(block `locate`)"
+        if met == len(no)
+        else f"; without coordinate channels {met} of {len(no)} runs met the goal (block `locate`)"
+    )
+
+
 # ---------------------------------------------------------------- verdicts
 
 
@@ -230,17 +326,32 @@ def _reasons(why: list[str]) -> str:
     return "; ".join(other)
 
 
+def _stricter(ours: list[dict[str, Any]]) -> str:
+    """Where this report's goal is stricter than the paper's metric (render: the background and
+    square values too) and ours met the paper's but not ours: how many, and why."""
+    extra = [r for r in ours if met_as_stated(r) and not r["goal_met"]]
+    if not extra:
+        return ""
+    why = _reasons(sorted({r["goal_refused"] for r in extra if r.get("goal_refused")}))
+    return (
+        f"; by this report's stricter goal, which also bounds the background, ours met on "
+        f"{sum(r['goal_met'] for r in ours)} of {len(ours)}" + (f" ({why})" if why else "")
+    )
+
+
 def coordconv_verdict(
     paper: list[dict[str, Any]],
     ours: list[dict[str, Any]],
     necessary: list[str],
     planned: int,
     ablations_pending: int = 0,
+    untested: Sequence[str] = (),
 ) -> str:
-    """holds as stated / holds only with change X / does not reproduce here; a partial row says
-    what its seeds so far already settle (one miss settles "not as stated")."""
-    p_miss = sum(not r["goal_met"] for r in paper)
-    o_miss = sum(not r["goal_met"] for r in ours)
+    """holds as stated / holds only with change X / does not reproduce here, judged by the
+    paper's own metric (`met_as_stated`); a partial row says what its seeds so far already
+    settle (one miss settles "not as stated"), and what is still to run."""
+    p_miss = sum(not met_as_stated(r) for r in paper)
+    o_miss = sum(not met_as_stated(r) for r in ours)
     if not paper and not ours:
         return "not run yet"
     if not paper:
@@ -255,11 +366,8 @@ def coordconv_verdict(
     missed = f"paper recipe missed on {p_miss} of {len(paper)} seeds done"
     if o_miss:
         refused = [r["goal_refused"] for r in ours if not r["goal_met"] and r.get("goal_refused")]
-        why = sorted(set(refused))
-        inner = _reasons(why)
-        if why and all(r["test"].get("iou", 0.0) >= 0.99 for r in ours):
-            inner += f"; by IoU at 0.5 alone, the paper's metric, ours met it on all {len(ours)}"
-        because = f" ({inner})" if why else ""
+        why = _reasons(sorted(set(refused)))
+        because = f" ({why})" if why else ""
         return (
             f"**does not reproduce here**: {missed}; ours missed on {o_miss} of {len(ours)}"
             f"{because}"
@@ -268,13 +376,25 @@ def coordconv_verdict(
         return f"not as stated ({missed}); ours not run yet"
     if len(ours) < planned:
         return f"not as stated ({missed}); ours {len(ours)} of {planned} done, all met"
+    still = []
+    if untested:
+        still.append(
+            f"{len(untested)} other change{'s' if len(untested) > 1 else ''} not ablated yet"
+        )
+    if ablations_pending:
+        still.append(f"{ablations_pending} ablation runs of this row still to run")
+    pending = f"; {', '.join(still)}" if still else ""
     if necessary:
-        what = ", ".join(f"`{c}`" for c in necessary) + " (ablated on the quadrant split)"
+        what = ", ".join(f"`{c}`" for c in necessary)
+        why = "without it a seed that ours met missed, on the quadrant split; "
     elif ablations_pending:
-        what = f"ours ({ablations_pending} ablation runs of this row still to run)"
+        what, why = "ours", "which change it needs is not settled yet; "
     else:
-        what = "ours (no single change alone)"
-    return f"**holds only with {what}** ({missed}; ours met on every seed)"
+        what, why = "ours", "no single change alone; "
+    return (
+        f"**holds only with {what}** ({why}{missed}; ours met on every seed{pending}"
+        f"{_stricter(ours)})"
+    )
 
 
 def baseline_verdict(claim: dict[str, Any], split: str, runs: list[dict[str, Any]]) -> str:
@@ -330,8 +450,8 @@ def fmt_ttg(t: dict[str, Any]) -> str:
         )
     if t["met"] < t["runs"]:
         parts.append(
-            f"{t['runs'] - t['met']} not within {t['missed_within_epochs']} epochs / "
-            f"{_seconds(t['missed_within_wall_s'])}"
+            f"{t['runs'] - t['met']} not within {t['missed_within_epochs']} epochs "
+            f"(median {_seconds(t['missed_within_wall_s'])} of training)"
         )
     return "; ".join(parts)
 
@@ -360,12 +480,15 @@ def build_summary(out: Path) -> dict[str, Any]:
     claims = []
     for c in CLAIMS:
         task, arch = c["task"], c["arch"]
-        necessary = []
+        necessary, untested = [], []
         pending = 0
+        base = by(runs, "ours", task=task, arch=arch, split="quadrant")
         for change in recipes.changes_of(task, arch):
             abl = ablation_runs(runs, task, arch, change)
             pending += n_abl - len(abl)
-            if not all(r["goal_met"] for r in abl):  # one miss settles it
+            if not abl:
+                untested.append(change)
+            if decisive(abl, base):  # one settles it
                 necessary.append(change)
         for split in SPLITS:
             p = by(runs, "paper", task=task, arch=arch, split=split)
@@ -384,7 +507,15 @@ def build_summary(out: Path) -> dict[str, Any]:
                         by(runs, "paper-first", task=task, arch=arch, split=split)
                     ),
                     "necessary_changes": necessary,
-                    "verdict": coordconv_verdict(p, o, necessary, n_seeds, pending),
+                    "verdict": coordconv_verdict(
+                        p,
+                        o,
+                        necessary,
+                        n_seeds,
+                        pending,
+                        [u for u in untested if u not in necessary],
+                    )
+                    + _no_coords_note(task, arch, runs),
                 }
             )
 
@@ -394,8 +525,16 @@ def build_summary(out: Path) -> dict[str, Any]:
             if change not in recipes.changes_of(task, arch):
                 continue
             abl = ablation_runs(runs, task, arch, change)
+            base = by(runs, "ours", task=task, arch=arch, split="quadrant")
             ablations.append(
-                {"change": change, "task": task, "arch": arch, "planned": n_abl, **_side(abl)}
+                {
+                    "change": change,
+                    "task": task,
+                    "arch": arch,
+                    "planned": n_abl,
+                    **_side(abl),
+                    "decisive": decisive(abl, base),
+                }
             )
 
     search = {}
@@ -481,13 +620,17 @@ def build_summary(out: Path) -> dict[str, Any]:
 
     ratios = []
     for c in claims:
-        r = ratio(c["paper_recipe"]["time_to_goal"], c["ours"]["time_to_goal"])
+        slow, fast = c["paper_recipe"]["time_to_goal"], c["ours"]["time_to_goal"]
         ratios.append(
             {
                 "between": f"{c['task']}/{c['arch']}/{c['split']}: paper recipe vs ours",
                 "slow": ["paper", c["task"], c["arch"], c["split"]],
                 "fast": ["ours", c["task"], c["arch"], c["split"]],
-                "ratio": r,
+                "slow_label": "paper recipe",
+                "fast_label": "ours",
+                "slow_ttg": slow,
+                "fast_ttg": fast,
+                "ratio": ratio(slow, fast),
             }
         )
     for bl in baselines:
@@ -498,9 +641,37 @@ def build_summary(out: Path) -> dict[str, Any]:
                     "between": f"{bl['task']}/{bl['split']}: baseline vs CoordConv ({recipe})",
                     "slow": ["baseline", bl["task"], "baseline", bl["split"]],
                     "fast": [recipe, bl["task"], cc_arch, bl["split"]],
+                    "slow_label": "baseline",
+                    "fast_label": f"CoordConv ({recipe})",
+                    "slow_ttg": bl["time_to_goal"],
+                    "fast_ttg": time_to_goal(
+                        by(runs, recipe, task=bl["task"], arch=cc_arch, split=bl["split"])
+                    ),
                     "ratio": bl[key],
                 }
             )
+
+    budget = {}
+    for task, arch in campaign.ROWS:
+        row: dict[str, Any] = {
+            "reference_epochs": recipes.REFERENCE_EPOCHS[(task, arch)],
+            "paper_epochs": recipes.PAPER_EPOCHS[(task, arch)],
+        }
+        for recipe in ("paper", "ours"):
+            rs = by(runs, recipe, task=task, arch=arch, split="quadrant")
+            if rs:
+                r = rs[0]
+                row[f"{recipe}_epochs"] = r["epochs"]
+                row[f"{recipe}_steps"] = r["epochs"] * math.ceil(
+                    r["n_train"] / r["config"]["batch_size"]
+                )
+        # (runs from before denormals were flushed took up to 3x longer: not a fair estimate)
+        paper_runs = [r for r in by(runs, "paper", task=task, arch=arch) if r.get("flush_denormal")]
+        if paper_runs:
+            per_epoch = _median([r["train_cpu_s"] / r["epochs"] for r in paper_runs])
+            row["paper_cpu_per_epoch_s"] = per_epoch
+            row["reference_budget_cpu_s"] = per_epoch * row["reference_epochs"]
+        budget[f"{task}/{arch}"] = row
 
     blocks = {}
     for block in (*campaign.BLOCKS, "paper-first"):
@@ -515,8 +686,12 @@ def build_summary(out: Path) -> dict[str, Any]:
         "plan": plan,
         "planned": planned,
         "completed": len(runs),
+        # the planned runs done; `completed` also counts the set-aside block
+        "completed_planned": sum(r.get("block") in campaign.BLOCKS for r in runs),
+        "set_aside": sum(r.get("block") == "paper-first" for r in runs),
         "baseline_search_waiting": waiting,
         "blocks": blocks,
+        "budget": budget,
         "claims": claims,
         "ablations": ablations,
         "locate": locate,
@@ -603,7 +778,13 @@ def _recipe_lines() -> list[str]:
         lines.append(
             f"| {task}/{arch} | {recipes.describe(task, arch, 'paper')} "
             f"| {recipes.describe(task, arch, 'ours')} "
-            f"| {recipes.REFERENCE_EPOCHS[(task, arch)]} |"
+            f"| {recipes.REFERENCE_EPOCHS[(task, arch)]}"
+            + (
+                " (the regressor's; not in the reference)"
+                if (task, arch) == ("locate", "coordconv")
+                else ""
+            )
+            + " |"
         )
     lines += [
         "",
@@ -647,10 +828,117 @@ DEPARTURES = [
     "the training set (the reference uses moving averages): the stated fix for the evaluation "
     "swings of the previous table.",
     "**The chosen learning rate and L2** of pixel and render (0.005, 0.001) are the paper's "
-    "text; the reference's logs sweep {0.001, 0.005, 0.01} x {0, 0.001} and record no choice.",
+    "text; the reference's logs sweep learning rate {0.001, 0.005, 0.01} x L2 {0, 0.001} for "
+    "classification and {0.001, 0.005} x {0, 0.001} x width {1, 2} for rendering, and record "
+    "no choice.",
     "Adam's epsilon sits before the bias correction in TensorFlow and after it in PyTorch "
     "(negligible at 1e-8).",
 ]
+
+
+def _status(s: dict[str, Any], bold: bool = True) -> str:
+    done, planned = s.get("completed_planned", s["completed"]), s["planned"]
+    text = f"{done} of {planned} planned runs complete"
+    if s.get("set_aside"):
+        text += f", and {s['set_aside']} set aside (block `paper-first`)"
+    if done < planned:
+        note = "incomplete: the rows below say how many seeds each has"
+        text += f"; **{note}**" if bold else f"; {note}"
+    return text
+
+
+def _example(s: dict[str, Any]) -> str:
+    """A record that exists, to name in the rerun example."""
+    names = [n for n in s.get("included", []) if n.startswith("paper/")] or s.get("included", [])
+    return names[0] if names else "paper/pixel-coordconv-quadrant-s10"
+
+
+def _spread_cell(task: str, arch: str, side: dict[str, Any]) -> str:
+    """min / median / max of the metric; for rendering, the background's beside it where it
+    fails the goal (an IoU of 1.000 that misses reads as a contradiction without it)."""
+    text = fmt_spread(task, arch, side["spread"])
+    bg = side.get("background_spread")
+    if bg and bg["max"] > 0.05:
+        text += "; background " + " / ".join(f"{bg[k]:.2f}" for k in ("min", "median", "max"))
+    return text
+
+
+def _fraction(part: int, whole: int) -> str:
+    words = {2: "half", 4: "quarter", 10: "tenth", 20: "twentieth"}
+    if whole % part == 0 and whole // part in words:
+        return f"a {words[whole // part]}"
+    return f"{part}/{whole}"
+
+
+def _budget_lines(s: dict[str, Any]) -> list[str]:
+    """The cut budget row by row: epochs against the reference's, optimiser steps against
+    ours, and what the reference's budget would cost here (from the paper block's CPU)."""
+    lines = [
+        "**Budget.** The paper recipe runs every seed for the same cut budget, fixed before the "
+        "first run and never changed per seed; the reference's epochs would take, at the paper "
+        "block's measured CPU per epoch (one thread), about:",
+        "",
+        "| row | paper recipe: epochs (of the reference's) | optimiser steps, paper / ours "
+        "| the reference's epochs here, a seed |",
+        "|---|---|---|---:|",
+    ]
+    for row, b in s.get("budget", {}).items():
+        ref = b["reference_epochs"]
+        note = (
+            " (the regressor's: this net is not in the reference)"
+            if row == "locate/coordconv"
+            else ""
+        )
+        steps = (
+            f"{b['paper_steps']:,} / {b['ours_steps']:,}"
+            if "paper_steps" in b and "ours_steps" in b
+            else ""
+        )
+        cost = (
+            f"{b['reference_budget_cpu_s'] / 60:.0f} CPU min"
+            if "reference_budget_cpu_s" in b
+            else ""
+        )
+        lines.append(
+            f"| {row} | {b['paper_epochs']} of {ref}{note}: "
+            f"{_fraction(b['paper_epochs'], ref)} | {steps} | {cost} |"
+        )
+    lines += [
+        "",
+        "At 80 runs a recipe that is more than this machine can give. A paper-recipe miss can "
+        "be the budget: the time-to-goal column shows how far each run got, and `loss flat` "
+        "which ones had stopped learning.",
+    ]
+    return lines
+
+
+def _render_floor(s: dict[str, Any]) -> list[str]:
+    """Why `ours` misses this report's render goal though its IoU is 1.000: a flat background
+    of sigmoid(output bias), the bias a budget of Adam steps could move."""
+    c = next((c for c in s["claims"] if (c["task"], c["split"]) == ("render", "quadrant")), None)
+    b = s.get("budget", {}).get("render/coordconv", {})
+    if c is None or not c["ours"]["seeds_done"] or "ours_steps" not in b:
+        return []
+    missed = sum(not m for m in c["ours"]["per_seed_met"].values())
+    if not missed:
+        return []
+    lr = float(recipes.resolve("render", "coordconv", "ours").lr or 0.0)
+    flat = c["ours"].get("flat_background", 0)
+    travel = lr * b["ours_steps"]
+    needed = math.log(1 / 0.05 - 1)
+    return [
+        "",
+        "**Why `ours` misses the render goal with an IoU of 1.000.** On "
+        f"{flat} of its {missed} misses (quadrant) the background is one value over the whole "
+        "canvas (the largest pixel error is within 0.01 of the background mean): no painter "
+        "unit reaches those pixels, so what is left there is the "
+        "output layer's bias through the sigmoid. Adam moves a weight by at most about its "
+        f"learning rate per step (betas 0.9/0.99): {b['ours_steps']} steps x {lr:g} = "
+        f"{travel:.2f} from a zero bias, so a background of at best "
+        f"{1 / (1 + math.exp(travel)):.2f}; one of 0.05 needs a bias of -{needed:.2f}, "
+        f"{math.ceil(needed / lr):,} steps at this rate. The budget of `ours` (2 epochs) is "
+        "too short for the background, not for the square.",
+    ]
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -664,16 +952,12 @@ def markdown(s: dict[str, Any]) -> str:
         "Generated by `coordconv reproduce` (trains what is missing, resuming from "
         "`results/records/`; `--workers 2 --threads 1` on 2 cores) or, from the records alone, "
         "`coordconv reproduce --report-only`. "
-        f"{s['completed']} of {s['planned']} planned runs complete"
-        + (
-            " (**incomplete: the rows below say how many seeds each has**)"
-            if s["completed"] < s["planned"]
-            else ""
-        )
-        + f". Measured on: {'; '.join(s['devices']) or '-'}.",
+        f"{_status(s)}. Measured on: "
+        + ("; ".join(re.sub(r"\b1 threads", "1 thread", d) for d in s["devices"]) or "-")
+        + ".",
         "",
         "Any one run again, from one command: `coordconv reproduce --rerun BLOCK/NAME` (as named "
-        "under `results/records/`, e.g. `paper/pixel-coordconv-quadrant-s13`) trains it into "
+        f"under `results/records/`, e.g. `{_example(s)}`) trains it into "
         "`runs/campaign/rerun/`, never over its record, and prints its final test metric beside "
         "the recorded one (the records were made with `--threads 1`; the same thread count "
         "gives the same figures on a CPU).",
@@ -692,8 +976,9 @@ def markdown(s: dict[str, Any]) -> str:
         "the plan was fixed, one 1-epoch smoke run per row on seed 10 / quadrant was looked at, "
         "to time the budget.)",
         *[
-            f"- **Revised at {r['revised_at']}**: {r['why']} ({len(r['runs_set_aside'])} runs "
-            "set aside.)"
+            f"- **Revised at {r['revised_at']}**: {r['why']} (It was made after those "
+            f"{len(r['runs_set_aside'])} runs had been seen: they are set aside, not deleted, "
+            "and shown below with their time to goal.)"
             for r in plan.get("revisions", [])
         ],
         f"- Seeds {plan['dev_seeds'][0]}-{plan['dev_seeds'][-1]} developed `ours` (its changes "
@@ -704,13 +989,7 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         *_recipe_lines(),
         "",
-        "**Budget.** The reference trains the CoordConv rows 50 epochs (pixel, render) and 100 "
-        "(regressor). On this shared 2-core CPU that is about 15 minutes a seed for the "
-        "renderer alone, 80 runs a recipe: the paper recipe runs every seed for the same cut "
-        f"budget, {', '.join(f'{t}/{a} {e}' for (t, a), e in recipes.PAPER_EPOCHS.items())} "
-        "epochs (a tenth of 50; a quarter of 100 for the cheap 906 regressor), fixed before the "
-        "first run and never changed per seed. A paper-recipe miss can be the budget: the time-"
-        "to-goal column shows how far it got.",
+        *_budget_lines(s),
         "",
         "## The claims, per split: the paper's recipe and ours on the same fresh seeds",
         "",
@@ -719,15 +998,20 @@ def markdown(s: dict[str, Any]) -> str:
         + " (locate: mean error <= 0.5 px on squares and on one-hot pixels; shown: mean error "
         "over both). `goal met` counts final epochs; `time to goal` counts the runs whose test "
         "metric reached the goal at any epoch (a run can reach it and lose it: a constant rate "
-        "of 0.01 does that). A change named in a verdict is necessary: its ablation (ours "
-        "minus that "
-        "change, quadrant) missed the goal on at least one of its seeds. `misses fit train`: "
-        "of the runs that missed, how many met the goal on their own training set; those "
-        "failed to generalise (what the quadrant split tests), the others failed to fit within "
-        "the budget.",
+        "of 0.01 does that). The verdict judges each claim by the paper's own metric: for "
+        "rendering its IoU at 0.5 alone, where this report's goal also bounds the background "
+        "and square "
+        "values (`goal met` counts that stricter goal, and the verdict says where the two "
+        "differ). A change named in a verdict is necessary: without it (ours minus that change, "
+        "quadrant) a seed that ours met missed. `misses: fit train / loss flat`: of the runs "
+        "that missed, how many met the goal on their own training set (those failed to "
+        "generalise, what the quadrant split tests; the others failed to fit within the "
+        "budget), and how many ended with a flat training loss (under 1% lower than half the "
+        "run earlier: stalled, which more epochs of the same recipe need not mend; a miss "
+        "whose loss was still falling may be the budget).",
         "",
         "| claim | split | paper | recipe | seeds done | test min / median / max | goal met "
-        "| misses fit train | time to goal | verdict |",
+        "| misses: fit train / loss flat | time to goal | verdict |",
         "|---|---|---|---|---:|---|---:|---:|---|---|",
     ]
     for c in s["claims"]:
@@ -736,7 +1020,7 @@ def markdown(s: dict[str, Any]) -> str:
             lines.append(
                 f"| {c['id']} {c['task']}/{c['arch']} | {c['split']} | {c['paper_figure']} "
                 f"| {recipe} | {r['seeds_done']} of {len(seeds)} "
-                f"| {fmt_spread(c['task'], c['arch'], r['spread'])} "
+                f"| {_spread_cell(c['task'], c['arch'], r)} "
                 f"| {r['goal_met']}/{r['seeds_done']} | {fmt_misses(r['misses'])} "
                 f"| {fmt_ttg(r['time_to_goal'])} | {c['verdict'] if recipe == 'paper' else ''} |"
             )
@@ -760,10 +1044,16 @@ def markdown(s: dict[str, Any]) -> str:
                     cells.append("")
                     continue
                 text = fmt_value(c["task"], c["arch"], v)
+                bg = c[key].get("per_seed_background", {})
+                b = bg.get(x, bg.get(str(x)))
+                if b is not None and b > 0.05:  # the value that fails the goal, beside the IoU
+                    text += f", background {b:.2f}"
                 cells.append(text if met.get(x, met.get(str(x))) else f"**{text}**")
             lines.append(
                 f"| {c['task']}/{c['arch']} | {c['split']} | {recipe} | " + " | ".join(cells) + " |"
             )
+
+    lines += _render_floor(s)
 
     first = [c for c in s["claims"] if c.get("paper_first", {}).get("seeds_done")]
     if first:
@@ -782,9 +1072,9 @@ def markdown(s: dict[str, Any]) -> str:
             "and lists them) and shown here beside the revised recipe; they count in no "
             "verdict.",
             "",
-            "| claim | split | seeds | test min / median / max | goal met | misses fit train "
-            "| per seed |",
-            "|---|---|---:|---|---:|---:|---|",
+            "| claim | split | seeds | test min / median / max | goal met "
+            "| misses: fit train / loss flat | time to goal | per seed |",
+            "|---|---|---:|---|---:|---:|---|---|",
         ]
         for c in first:
             f = c["paper_first"]
@@ -794,24 +1084,27 @@ def markdown(s: dict[str, Any]) -> str:
             lines.append(
                 f"| {c['id']} {c['task']}/{c['arch']} | {c['split']} | {f['seeds_done']} "
                 f"| {fmt_spread(c['task'], c['arch'], f['spread'])} "
-                f"| {f['goal_met']}/{f['seeds_done']} | {fmt_misses(f['misses'])} | {per} |"
+                f"| {f['goal_met']}/{f['seeds_done']} | {fmt_misses(f['misses'])} "
+                f"| {fmt_ttg(f['time_to_goal'])} | {per} |"
             )
     lines += [
         "",
         "## Ablations: ours minus one change (quadrant split, seeds "
         f"{plan['ablation_seeds'][0]}-{plan['ablation_seeds'][-1]})",
         "",
-        "A change is necessary (on this budget) if without it a seed misses the goal.",
+        "A change is necessary (on this budget) if without it a seed that ours met misses the "
+        "goal (by the paper's metric: rendering by IoU): `decisive` counts those seeds. A miss "
+        "on a seed that ours missed too says nothing about the change.",
         "",
-        "| change | row | seeds done | goal met | misses fit train | test min / median / max "
-        "| time to goal |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| change | row | seeds done | goal met | decisive | misses: fit train / loss flat "
+        "| test min / median / max | time to goal |",
+        "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for a in s["ablations"]:
         lines.append(
             f"| `{a['change']}` | {a['task']}/{a['arch']} | {a['seeds_done']} of {a['planned']} "
-            f"| {a['goal_met']}/{a['seeds_done']} | {fmt_misses(a['misses'])} "
-            f"| {fmt_spread(a['task'], a['arch'], a['spread'])} | {fmt_ttg(a['time_to_goal'])} |"
+            f"| {a['goal_met']}/{a['seeds_done']} | {a['decisive']} | {fmt_misses(a['misses'])} "
+            f"| {_spread_cell(a['task'], a['arch'], a)} | {fmt_ttg(a['time_to_goal'])} |"
         )
 
     lines += [
@@ -823,7 +1116,9 @@ def markdown(s: dict[str, Any]) -> str:
         "coordinate channels (a plain first convolution, `coordconv train --task locate "
         "--no-coords`), ours otherwise:",
         "",
-        "| split | with coordinate channels (ours) | goal met | without | goal met |",
+        f"| split | with coordinate channels (ours, seeds {seeds[0]}-{seeds[-1]}) | goal met "
+        f"| without (seeds {plan['ablation_seeds'][0]}-{plan['ablation_seeds'][-1]}) "
+        "| goal met |",
         "|---|---|---:|---|---:|",
     ]
     for loc in s["locate"]:
@@ -832,7 +1127,13 @@ def markdown(s: dict[str, Any]) -> str:
             f"| {loc['split']} | {fmt_spread('locate', 'coordconv', w['spread'])} "
             f"| {w['goal_met']}/{w['seeds_done']} "
             f"| {fmt_spread('locate', 'coordconv', n['spread'])} "
-            f"| {n['goal_met']}/{n['seeds_done']} of {n['planned']} |"
+            f"| {n['goal_met']}/{n['seeds_done']}"
+            + (
+                f" ({n['seeds_done']} of {n['planned']} done)"
+                if n["seeds_done"] < n["planned"]
+                else ""
+            )
+            + " |"
         )
     chk = s.get("shipped_locate")
     if chk:
@@ -914,7 +1215,7 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         "For every run: the first epoch at which the test metric meets the goal, and the "
         "training seconds (evaluations excluded; CPU seconds of the process, and wall) at that "
-        "epoch; a run that never meets it is 'not within N epochs / T'. A ratio is the ratio of "
+        "epoch; a run that never meets it is 'not within N epochs'. A ratio is the ratio of "
         "the medians over the runs that met the goal, only when both sides have such runs; "
         "never a best-epoch denominator. `tests/test_reproduce.py` recomputes every ratio "
         "below from the per-epoch histories in `results/records/`. The paper reports CoordConv "
@@ -924,8 +1225,7 @@ def markdown(s: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for r in s["time_to_goal_ratios"]:
-        text = f"{r['ratio']:.1f}x" if r["ratio"] is not None else "n/a (one side never met it)"
-        lines.append(f"| {r['between']} | {text} |")
+        lines.append(f"| {r['between']} | {fmt_ratio(r)} |")
     lines += [
         "",
         "## CPU time of each block",
@@ -937,7 +1237,8 @@ def markdown(s: dict[str, Any]) -> str:
         lines.append(
             f"| {block} | {v['runs_done']} | {_seconds(v['cpu_s'])} | {_seconds(v['wall_s'])} |"
         )
-    lines.append(f"| all | {s['completed']} | {_seconds(total_cpu)} | |")
+    total_wall = sum(v["wall_s"] for v in blocks.values())
+    lines.append(f"| all | {s['completed']} | {_seconds(total_cpu)} | {_seconds(total_wall)} |")
     if s["dev_block"]:
         lines += [
             "",
@@ -945,7 +1246,9 @@ def markdown(s: dict[str, Any]) -> str:
             "",
             "`results/dev_seeds_0-9.json`: the recipe `ours` was tuned on these seeds and on the "
             "quadrant test score; the baselines there were chosen by their test metric and "
-            "their batch-norm statistics were not recomputed. Kept for reference, not judged.",
+            "their batch-norm statistics were not recomputed; rendering there was judged by IoU "
+            "alone (those records keep no background or square values; by IoU alone `ours` "
+            "met on every fresh seed too). Kept for reference, not judged.",
             "",
             "| task | split | architecture | parameters | epochs | seeds | goal met "
             "| test min / median / max |",
@@ -1002,17 +1305,20 @@ def _claim_line(c: dict[str, Any]) -> str:
             return f"{label}: not run yet"
         m = r.get("misses") or {"missed": 0}
         fit = (
-            f"; of its {m['missed']} misses, {m['fit_train']} met the goal on the training set"
+            f"; of its {m['missed']} misses, {m['fit_train']} met the goal on the training set "
+            f"and {m.get('flat', 0)} ended with a flat training loss"
             if m["missed"]
             else ""
         )
         return (
             f"{label} {r['goal_met']}/{r['seeds_done']} seeds met "
-            f"({fmt_spread(c['task'], c['arch'], r['spread'])}{fit})"
+            f"({_spread_cell(c['task'], c['arch'], r)}{fit})"
         )
 
+    figure = c["paper_figure"]
+    figure = figure if figure.startswith("(") else f"(paper: {figure})"
     return (
-        f"- **{c['id']} {c['task']}/{c['arch']}, {c['split']}** (paper: {c['paper_figure']}): "
+        f"- **{c['id']} {c['task']}/{c['arch']}, {c['split']}** {figure}: "
         f"{side('paper_recipe', 'paper recipe')}; {side('ours', 'ours')}. Verdict: "
         f"{c['verdict']}."
     )
@@ -1054,8 +1360,20 @@ def readme_section(s: dict[str, Any], results: Path = Path("results")) -> str:
         f"every seed ({', '.join(f'{t}/{a} {e}' for (t, a), e in recipes.PAPER_EPOCHS.items())}"
         ") to fit a 2-core CPU.",
         "",
-        f"**Status: {s['completed']} of {s['planned']} planned runs complete.** CPU time so "
-        f"far: {cpu}.",
+        f"**Status: {_status(s, bold=False)}.** CPU time so far: {cpu}.",
+        *(
+            [
+                "",
+                f"The `paper` recipe was revised once, at {revs[-1]['revised_at']}, after an "
+                "audit of the reference code found three departures from it (raw-pixel inputs "
+                "for pixel and render; minibatch 256 and a raw output for the 906 regressor); "
+                f"the {sum(len(r['runs_set_aside']) for r in revs)} paper-recipe runs made "
+                "before it had been seen, so they are kept as block `paper-first` and reported "
+                "apart, counting in no verdict.",
+            ]
+            if (revs := plan.get("revisions") or [])
+            else []
+        ),
         "",
         "What the table says, claim by claim (min / median / max of the final-epoch test "
         "metric over the seeds done):",
@@ -1067,7 +1385,9 @@ def readme_section(s: dict[str, Any], results: Path = Path("results")) -> str:
         kind = (
             "holds as stated"
             if v.startswith("**holds as stated")
-            else "holds only with a change"
+            else "holds only with a named change of ours"
+            if v.startswith("**holds only with `")
+            else "holds only with ours (which change it needs: not settled yet)"
             if v.startswith("**holds only")
             else "does not reproduce here"
             if "does not reproduce" in v
@@ -1081,12 +1401,18 @@ def readme_section(s: dict[str, Any], results: Path = Path("results")) -> str:
     lines += [f"- {kind}: {', '.join(ids)}" for kind, ids in groups.items()]
     lines += [
         "",
-        "A miss of the paper's recipe is a miss on its cut budget (a tenth of its epochs; the "
-        "time-to-goal column of results/reproduction.md shows how far each run got), so on "
-        "its own it says the claim does not hold *as run here*. A miss that met the goal on "
-        "its own training set failed to generalise, which more epochs of the same recipe need "
-        "not mend; one that did not fit its training set may be the budget. Whether one of "
-        "our changes rescues it is what the `ours` block and the ablations say.",
+        "A miss of the paper's recipe is a miss on its cut budget ("
+        + ", ".join(
+            f"{row} {b['paper_epochs']} of {b['reference_epochs']} epochs"
+            for row, b in s.get("budget", {}).items()
+        )
+        + "; the time-to-goal column of results/reproduction.md shows how far each run got), "
+        "so on its own it says the claim does not hold *as run here*. A miss that met the goal "
+        "on its own training set failed to generalise, and one whose training loss had gone "
+        "flat had stalled: more epochs of the same recipe need not mend either; one still "
+        "learning may be the budget. Whether one of our changes rescues it is what the `ours` "
+        "block and the ablations say. The verdicts judge rendering by the paper's metric, IoU "
+        "at 0.5; this report's goal also bounds the background, and says where that differs.",
     ]
     lines += ["", "In detail:", ""]
     lines += [_claim_line(c) for c in s["claims"]]
@@ -1116,10 +1442,10 @@ def readme_section(s: dict[str, Any], results: Path = Path("results")) -> str:
         lines.append(
             "The served `locate` net is a heatmap read by a fixed soft-argmax; trained without "
             "its coordinate channels: " + "; ".join(parts) + ". Where those meet the goal, "
-            "`locate`'s accuracy is the soft-argmax's, not CoordConv's. The claims that do "
-            "depend on coordinate channels are the paper's own: classification (C1), rendering "
-            "(C2) and the 906-parameter regressor (C3), whose plain-convolution baselines are "
-            "C4-C6."
+            "`locate`'s accuracy is the soft-argmax's, not CoordConv's. The paper's own claims "
+            "for coordinate channels are classification (C1), rendering (C2) and the "
+            "906-parameter regressor (C3); whether plain convolutions fail where they succeed is "
+            "what the baselines (C4-C6) test."
         )
     else:
         lines.append(
@@ -1136,12 +1462,16 @@ def readme_section(s: dict[str, Any], results: Path = Path("results")) -> str:
         "**Time to goal** (first epoch meeting the goal; ratios of medians only "
         "between runs that both met it):",
     ]
+    ran = [b for b in s["baselines"] if b["seeds_done"]]
     if ratios:
-        lines.append(
-            "; ".join(f"{r['between']} {r['ratio']:.1f}x" for r in ratios)
-            + ". The paper's 'about 150x' compares against baselines that never meet the goal "
-            "on the quadrant, which no ratio can express."
-        )
+        lines.append("; ".join(f"{r['between']}: {fmt_ratio(r)}" for r in ratios) + ".")
+        if ran and not any(b["goal_met"] for b in ran):
+            lines.append(
+                "The paper's 'about 150x' compares against baselines that never meet the goal, "
+                "which no ratio can express; none of the baselines run here met it either."
+            )
+        elif not ran:
+            lines.append("No baseline has run yet, so no ratio against one.")
     else:
         lines.append(
             "no ratio yet: no baseline has met the goal in a completed run (a baseline that never "
@@ -1151,7 +1481,8 @@ def readme_section(s: dict[str, Any], results: Path = Path("results")) -> str:
     lines += [
         "",
         "The previous table (recipe `ours` as developed, seeds 0-9: 10/10 on every CoordConv "
-        "row) is kept as a separate block at the end of results/reproduction.md: its changes "
+        "row, rendering judged by IoU alone) is kept as a separate block at the end of "
+        "results/reproduction.md: its changes "
         "were chosen on those seeds and their quadrant test score. The shipped version-1 models "
         "(`models/*/1`) come from an earlier recipe (quadrant split, seed 0) and are unchanged. "
         "A walk-through of the quadrant story in a few minutes on 2 cores: "
