@@ -304,3 +304,35 @@ def test_one_run_is_rerun_from_one_command_and_its_record_is_left_alone(
     assert f"rerun {key}: test exact {100 * recorded:.1f}% exact" in out
     assert "(the same)" in out and record.read_bytes() == before
     assert (runs / "rerun" / "results" / "records" / "paper" / record.name).is_file()
+
+
+def test_the_full_budget_check_runs_the_paper_recipe_at_the_reference_epochs_apart() -> None:
+    specs = campaign.full_budget_plan()
+    assert [(s["config"]["task"], s["config"]["epochs"]) for s in specs] == [
+        ("pixel", 50),
+        ("render", 50),
+        ("locate", 100),
+    ]
+    assert all(s["config"]["recipe"] == "paper" for s in specs)
+    static = {s["block"] for s in campaign.static_plan()}
+    assert campaign.FULL_BUDGET not in static  # not in the plan fixed in advance, no verdict
+    assert "full-budget/pixel-coordconv-quadrant-full-s10" in campaign.planned(RESULTS)
+    row = {
+        "task": "pixel",
+        "arch": "coordconv",
+        "epochs": 50,
+        "cut_epochs": 5,
+        "test": 1.0,
+        "train": 1.0,
+        "goal_met": True,
+        "met_as_stated": True,
+        "background": None,
+        "first_goal_epoch": 12,
+        "loss_flat": False,
+        "loss_first_last": [8.3, 0.01],
+        "cpu_s": 700.0,
+    }
+    lines = reproduce._full_budget_lines({"full_budget": [row]})
+    assert "| pixel/coordconv | 50 (5) | 100.0% | 100.0% | yes (yes) | 12 | 8.3 / 0.01 |" in (
+        lines[-1]
+    )

@@ -235,6 +235,12 @@ def reproduce_main(argv: Sequence[str]) -> int:
         help="train one planned run again (e.g. paper/pixel-coordconv-quadrant-s13, as named "
         "under OUT/records/) into RUNS/rerun/, never over its record, and compare it with it",
     )
+    p.add_argument(
+        "--full-budget",
+        action="store_true",
+        help="train only the after-the-fact check (block full-budget): the paper recipe at the "
+        "reference's epochs on one seed of the quadrant split, in no verdict",
+    )
     a = p.parse_args(argv)
     _writable_dir(a.out, "output folder")
     _writable_dir(a.runs, "runs folder")
@@ -283,6 +289,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
                 str(a.threads),
                 "--blocks",
                 *blocks,
+                *(["--full-budget"] if a.full_budget else []),
             ]
             procs = [subprocess.Popen(cmd) for _ in range(a.workers)]
             codes = [proc.wait() for proc in procs]
