@@ -232,7 +232,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     p.add_argument(
         "--rerun",
         metavar="BLOCK/NAME",
-        help="train one planned run again (e.g. paper/pixel-coordconv-quadrant-s13, as named "
+        help="train one planned run again (e.g. paper/pixel-coordconv-quadrant-s10, as named "
         "under OUT/records/) into RUNS/rerun/, never over its record, and compare it with it",
     )
     p.add_argument(
