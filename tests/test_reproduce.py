@@ -183,6 +183,10 @@ def test_verdicts_say_what_the_seeds_settle() -> None:
         "by this report's stricter goal, which also bounds the background, ours met on 0 of 2 "
         "(background mean 0.21 > 0.05))"
     )
+    # a miss by the paper's metric is told by that metric, not by the stricter goal's reason
+    assert v([dark], [dark, grey], [], 2).endswith("ours missed on 1 of 2 (IoU 0.00 < 0.99)")
+    # where the paper recipe holds by IoU but not by the stricter goal, the verdict says so
+    assert "by this report's stricter goal" in v([grey] * 2, [], [], 2)
     partial = v([miss], [met] * 10, ["offset_init"], 10, 5, ["unit_inputs"])
     assert "1 other change not ablated yet, 5 ablation runs of this row still to run" in partial
 
@@ -261,8 +265,11 @@ def test_a_miss_that_fits_its_training_set_is_told_apart_from_one_that_does_not(
     stalled = (8.3, 8.1, 8.0, 8.0, 7.99)  # under 1% lower than two epochs before
     learning = (8.3, 6.0, 4.0, 2.0, 1.0)
     runs = [run(1.0, 1.0), run(1.0, 0.56, learning), run(1.0, 0.25), run(0.7, 0.6, stalled)]
-    assert reproduce.misses(runs) == {"missed": 3, "fit_train": 2, "flat": 1}
-    assert reproduce.fmt_misses(reproduce.misses(runs)) == "2 / 1 of 3"
+    assert reproduce.misses(runs) == {"missed": 3, "fit_train": 2, "flat": 1, "judged": 2}
+    assert reproduce.fmt_misses(reproduce.misses(runs)) == "2 / 1 of 3 (1 too short to tell)"
+    assert reproduce.loss_flat(run(1.0, 0.5, (8.3, 8.0))) is None  # 2 epochs: cannot tell
+    assert reproduce.loss_flat(run(1.0, 0.5, (-1.0, -1.0, -1.0, -1.0))) is True
+    assert reproduce.loss_flat(run(1.0, 0.5, (1.0, 1.0, 1.0, float("nan")))) is True
     assert reproduce.fmt_misses(reproduce.misses(runs[:1])) == ""
 
 
@@ -281,7 +288,7 @@ def test_ours_render_floor_is_explained_from_its_budget() -> None:
     lines = reproduce._render_floor(summary)
     steps = summary["budget"]["render/coordconv"]["ours_steps"]
     if lines:  # ours missed the render goal on some seed
-        assert f"{steps} steps x 0.005" in lines[1]
+        assert f"{steps} steps (2 epochs) x 0.005" in lines[1]
         assert steps == 2 * 151  # 2 epochs of ceil(2407 / 16) steps on the quadrant split
 
 
@@ -333,6 +340,7 @@ def test_the_full_budget_check_runs_the_paper_recipe_at_the_reference_epochs_apa
         "cpu_s": 700.0,
     }
     lines = reproduce._full_budget_lines({"full_budget": [row]})
-    assert "| pixel/coordconv | 50 (5) | 100.0% | 100.0% | yes (yes) | 12 | 8.3 / 0.01 |" in (
-        lines[-1]
+    assert (
+        "| pixel/coordconv | 50 (5) | 100.0% | 100.0% | yes (yes) | 12 | 8.3 / 0.01 |"
+        in (lines[-1])
     )

@@ -402,7 +402,8 @@ def rerun(results: Path, key: str, scratch: Path, device: str = "auto") -> dict[
     specs = planned(Path(results))
     if key not in specs:
         near = sorted(k for k in specs if k.split("/")[0] == key.split("/")[0])[:3]
-        hint = f" (e.g. {', '.join(near)})" if near else f" (blocks: {', '.join(BLOCKS)})"
+        blocks = ", ".join((*BLOCKS, FULL_BUDGET))
+        hint = f" (e.g. {', '.join(near)})" if near else f" (blocks: {blocks})"
         raise ValueError(f"{key!r} is not a planned run: name it BLOCK/NAME{hint}")
     recorded = load_one(Path(results), *key.split("/", 1))
     r = run_one(specs[key], Path(scratch) / "results", Path(scratch) / "runs", device)

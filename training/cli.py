@@ -242,6 +242,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
         "reference's epochs on one seed of the quadrant split, in no verdict",
     )
     a = p.parse_args(argv)
+    if a.full_budget and (a.report_only or a.rerun):
+        p.error("--full-budget trains; it goes with neither --report-only nor --rerun")
     _writable_dir(a.out, "output folder")
     _writable_dir(a.runs, "runs folder")
     blocks = [a.recipe] if a.recipe else a.blocks
