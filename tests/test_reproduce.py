@@ -344,3 +344,26 @@ def test_the_full_budget_check_runs_the_paper_recipe_at_the_reference_epochs_apa
         "| pixel/coordconv | 50 (5) | 100.0% | 100.0% | yes (yes) | 12 | 8.3 / 0.01 |"
         in (lines[-1])
     )
+
+
+def test_a_baseline_that_never_fit_its_training_set_settles_nothing() -> None:
+    claim = reproduce.BASELINE_CLAIMS[0]  # C4: the deconv classifier, about 86% on uniform
+
+    def run(train: float, test: float) -> dict:
+        return {
+            "task": "pixel",
+            "arch": "baseline",
+            "epochs": 30,
+            "train": {"accuracy": train},
+            "test": {"accuracy": test},
+            "goal_met": test >= 1.0,
+        }
+
+    v = reproduce.baseline_verdict
+    assert v(claim, "uniform", [run(0.31, 0.10)] * 3).startswith(
+        "**not settled here**: 3 of 3 seeds did not fit their own training set in 30 epochs "
+        "(train 31.0%, 31.0%, 31.0%)"
+    )
+    assert v(claim, "uniform", [run(0.99, 0.84)] * 3).startswith("**holds as stated**")
+    assert v(claim, "quadrant", [run(0.99, 0.40)] * 3).startswith("the gap holds")
+    assert v(claim, "quadrant", [run(1.0, 1.0)] * 3).startswith("**does not reproduce here**")

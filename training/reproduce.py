@@ -20,7 +20,7 @@ from typing import Any
 
 from training import campaign, metrics
 from training import recipe as recipes
-from training.train import GOALS, format_metric, goal_met, higher_is_better, to_goal
+from training.train import GOALS, fits, format_metric, goal_met, higher_is_better, to_goal
 
 SPLITS = campaign.SPLITS
 DEV_FILE = "dev_seeds_0-9.json"
@@ -444,6 +444,15 @@ def coordconv_verdict(
     )
 
 
+def _fits(r: dict[str, Any]) -> bool:
+    """Did the run fit its own training set (training.train.FIT)? True where the record
+    cannot tell."""
+    try:
+        return fits(r["task"], r["train"])
+    except KeyError:
+        return True
+
+
 def baseline_verdict(claim: dict[str, Any], split: str, runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "not run yet"
@@ -451,6 +460,15 @@ def baseline_verdict(claim: dict[str, Any], split: str, runs: list[dict[str, Any
         return f"incomplete ({len(runs)} of {len(campaign.BASELINE_SEEDS)} seeds)"
     if any(met_as_stated(r) for r in runs):
         return "**does not reproduce here**: the baseline meets CoordConv's goal"
+    unfit = [r for r in runs if not _fits(r)]
+    if unfit:
+        train = ", ".join(fmt_value(r["task"], "baseline", r["train"][metric_of(r)]) for r in unfit)
+        return (
+            f"**not settled here**: {len(unfit)} of {len(runs)} seeds did not fit their own "
+            f"training set in {max(r['epochs'] for r in unfit)} epochs (train {train}), so "
+            "their test figure says nothing about generalisation (the paper trained its "
+            "baselines up to 1000 epochs)"
+        )
     med = _median([final(r) for r in runs])
     bound = claim["paper"][split]
     if claim["task"] == "pixel" and split == "uniform":
