@@ -758,6 +758,11 @@ def build_summary(out: Path) -> dict[str, Any]:
                     "met_as_stated": met_as_stated(r),
                     "background": background(r),
                     "first_goal_epoch": None if g is None else g["epochs"],
+                    # how much the test metric swings at the end, not a choice of epoch
+                    "last10_range": [
+                        min(h["test"] for h in r["history"][-10:]),
+                        max(h["test"] for h in r["history"][-10:]),
+                    ],
                     "loss_flat": loss_flat(r),
                     "loss_first_last": (
                         [losses[0], losses[-1]]
@@ -1025,17 +1030,19 @@ def _full_budget_lines(s: dict[str, Any]) -> list[str]:
         f"{campaign.FULL_BUDGET_SEED} of the quadrant split, to tell a miss of the recipe from "
         "a miss of the cut budget (`coordconv reproduce --full-budget`).",
         "",
-        "| row | epochs (cut budget) | test | train | goal met (as stated) | first epoch at the "
-        "goal | loss, first / last epoch | CPU |",
-        "|---|---|---|---|---|---|---|---:|",
+        "| row | epochs (cut budget) | test | test over the last 10 epochs | train "
+        "| goal met (as stated) | first epoch at the goal | loss, first / last epoch | CPU |",
+        "|---|---|---|---|---|---|---|---|---:|",
     ]
     for f in rows:
         test = fmt_value(f["task"], f["arch"], f["test"])
         if f["background"] is not None and f["background"] > 0.05:
             test += f", background {f['background']:.2f}"
         loss = "{:.4g} / {:.4g}".format(*f["loss_first_last"]) if f["loss_first_last"] else "-"
+        lo, hi = f.get("last10_range") or (f["test"], f["test"])
+        swing = f"{fmt_value(f['task'], f['arch'], lo)} to {fmt_value(f['task'], f['arch'], hi)}"
         lines.append(
-            f"| {f['task']}/{f['arch']} | {f['epochs']} ({f['cut_epochs']}) | {test} "
+            f"| {f['task']}/{f['arch']} | {f['epochs']} ({f['cut_epochs']}) | {test} | {swing} "
             f"| {fmt_value(f['task'], f['arch'], f['train'])} "
             f"| {'yes' if f['goal_met'] else 'no'} ({'yes' if f['met_as_stated'] else 'no'}) "
             f"| {f['first_goal_epoch'] or 'never'} | {loss}"
