@@ -36,6 +36,10 @@ LB_LAG_S = 1.5  # readiness false -> no new requests (< DRAIN_DELAY_S)
 HTTP_CLIENTS, GRPC_CLIENTS = 24, 8
 SLOW = 4  # requests whose bodies arrive slowly, from before the balancer's cut to after the delay
 READY_WITHIN_S = 0.1
+# When the first "not ready" answer arrives: the flip (READY_WITHIN_S, checked on every probe
+# sent after it) plus that answer's queueing behind the load on a shared 2-core machine (0.35 s
+# seen once in CI); well inside LB_LAG_S, which is what a balancer needs.
+ANSWERED_WITHIN_S = 1.0
 
 
 @dataclass
@@ -250,7 +254,7 @@ def test_sigterm_keeps_answering_for_the_drain_delay_while_not_ready(workers: in
         "exit code, at (s)": (proc.returncode, round(t_exit - t_signal, 3)),
     }
     print(f"\nDRAIN FIGURES {figures}")
-    assert max(not_ready_after.values()) <= READY_WITHIN_S, figures
+    assert max(not_ready_after.values()) <= ANSWERED_WITHIN_S, figures
     assert not failed and not slow_failed, (failed[:5], slow_failed, figures)
     assert len(during) >= 100, figures  # the load was real, on both front ends
     assert grpc_during > 0, figures
