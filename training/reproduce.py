@@ -462,8 +462,11 @@ def _fit_evidence(runs: list[dict[str, Any]]) -> str:
         return (
             f"train mean error {min(tr):.2f}-{max(tr):.2f} px, test {min(te):.2f}-{max(te):.2f} px"
         )
-    values = ", ".join(fmt_value(r["task"], "baseline", r["train"][metric_of(r)]) for r in runs)
-    return f"train {values}"
+    return f"train {_train_values(runs)}"
+
+
+def _train_values(runs: list[dict[str, Any]]) -> str:
+    return ", ".join(fmt_value(r["task"], "baseline", r["train"][metric_of(r)]) for r in runs)
 
 
 def _gap(median: float, coordconv: dict[str, list[dict[str, Any]]]) -> str:
@@ -500,10 +503,10 @@ def baseline_verdict(
         return "**does not reproduce here**: the baseline meets CoordConv's goal"
     unfit = [r for r in runs if not _fits(r)]
     if unfit:
-        train = ", ".join(fmt_value(r["task"], "baseline", r["train"][metric_of(r)]) for r in unfit)
         return (
             f"**not settled here**: {len(unfit)} of {len(runs)} seeds did not fit their own "
-            f"training set in {max(r['epochs'] for r in unfit)} epochs (train {train}), so "
+            f"training set in {max(r['epochs'] for r in unfit)} epochs (train "
+            f"{_train_values(unfit)}), so "
             "their test figure says nothing about generalisation (the paper trained its "
             "baselines up to 1000 epochs)"
         )
