@@ -79,7 +79,26 @@ def test_each_switch_turns_one_thing_back_to_the_paper(row: tuple[str, str], cha
     assert dataclasses.asdict(recipes.resolve(*row, "ours", without=every)) == paper
 
 
+@pytest.mark.parametrize(
+    ("row", "change"), [(row, c) for row, cs in recipes.SUFFICIENCY.items() for c in cs]
+)
+def test_paper_plus_one_change_moves_exactly_what_the_change_moves_in_ours(
+    row: tuple[str, str], change: str
+) -> None:
+    paper = dataclasses.asdict(recipes.resolve(*row, "paper"))
+    plus = dataclasses.asdict(recipes.resolve(*row, "paper", plus=(change,)))
+    ours = dataclasses.asdict(recipes.resolve(*row, "ours"))
+    minus = dataclasses.asdict(recipes.resolve(*row, "ours", without=(change,)))
+    moved = {k for k in paper if paper[k] != plus[k]}
+    assert moved == {k for k in ours if ours[k] != minus[k]}
+    assert all(plus[k] == ours[k] for k in moved)  # to ours' value, nothing else
+
+
 def test_unknown_recipes_and_changes_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a change of pixel/coordconv"):
+        recipes.resolve("pixel", "coordconv", "paper", plus=("peak_init",))
+    with pytest.raises(ValueError, match="adds changes to the `paper` recipe"):
+        recipes.resolve("pixel", "coordconv", "ours", plus=("no_l2",))
     with pytest.raises(ValueError, match="unknown recipe"):
         recipes.resolve("pixel", "coordconv", "tuned")
     with pytest.raises(ValueError, match="unknown change"):

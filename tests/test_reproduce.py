@@ -355,6 +355,62 @@ def test_the_full_budget_check_runs_the_paper_recipe_at_the_reference_epochs_apa
     )
 
 
+def test_the_reference_budget_blocks_are_planned_on_new_seeds_pixel_first() -> None:
+    specs = campaign.budget_plan()
+    ref = [s for s in specs if s["block"] == campaign.REFERENCE]
+    suf = [s for s in specs if s["block"] == campaign.SUFFICIENCY]
+    assert {s["config"]["seed"] for s in specs} == set(range(20, 25))
+    assert {(s["config"]["task"], s["config"]["epochs"]) for s in specs} == {
+        ("pixel", 50),
+        ("render", 50),
+        ("locate", 100),
+    }
+    assert all(
+        s["config"]["recipe"] == "paper" and "stop_after_goal" not in s["config"] for s in ref
+    )
+    assert len(ref) == 3 * 5 * 2  # three rows, five seeds, both splits
+    assert all(s["config"]["stop_after_goal"] == 10 for s in suf)
+    assert all(s["config"]["split"] == "quadrant" and len(s["config"]["plus"]) == 1 for s in suf)
+    assert len(suf) == 4 * 5 + 4 * 5 + 8 * 3  # pixel, the 906 regressor, render (3 seeds)
+    tasks = [s["config"]["task"] for s in specs]
+    assert tasks.index("locate") > max(i for i, t in enumerate(tasks) if t == "pixel")
+    # fixed in the committed plan, with the words the verdicts use, before their first run
+    plan = json.loads((RESULTS / "plan.json").read_text())
+    fixed = plan[campaign.REFERENCE_BUDGET]
+    assert fixed["seeds"] == [20, 21, 22, 23, 24] and "holds" in fixed["words"]
+    assert fixed["verdict"] == json.loads(json.dumps(campaign.VERDICT))
+    first_run = min(
+        (r["trained_at"] for r in campaign.load_all(RESULTS) if r["block"] in campaign.BLOCKS[-2:]),
+        default="9999",
+    )
+    assert fixed["fixed_at"] < first_run
+
+
+def test_a_sufficiency_run_stops_after_its_streak_at_the_goal_and_says_so(monkeypatch) -> None:
+    from training import train as training
+
+    monkeypatch.setattr(training, "goal_met", lambda *a, **k: True)
+    r = training.train(
+        training.TrainConfig(
+            task="locate",
+            arch="coordconv906",
+            recipe="paper",
+            plus=("peak_init",),
+            epochs=5,
+            stop_after_goal=2,
+            progress=False,
+        )
+    )
+    assert (r["epochs"], r["epochs_run"], len(r["history"])) == (5, 2, 2)
+    assert "2 consecutive epochs" in r["stopped_early"]["why"]
+    assert r["settings"]["peak_init"] and r["config"]["plus"] == ("peak_init",)
+    # without the option every epoch runs
+    r = training.train(
+        training.TrainConfig(task="locate", arch="coordconv906", epochs=2, progress=False)
+    )
+    assert r["epochs_run"] == 2 and r["stopped_early"] is None
+
+
 def test_a_baseline_that_never_fit_its_training_set_settles_nothing() -> None:
     claim = reproduce.BASELINE_CLAIMS[0]  # C4: the deconv classifier, about 86% on uniform
 

@@ -15,6 +15,15 @@ Blocks, in the order they run (`coordconv reproduce --blocks ...` picks some):
    minibatch 16, constant rate) with its swept knobs (learning rate, filter size, width).
 6. `baseline`: each split's chosen configuration and epochs, retrained on the whole training
    set on seeds 10-12 (runs once the split's search is complete).
+7. `reference`: the paper's recipe at the reference's own budget (50 epochs for pixel and
+   render, 100 for the 906-parameter regressor), no early stop, on the new seeds 20-24 of both
+   splits: does it reach the goal, how soon, and does it stay there.
+8. `sufficiency`: the paper's recipe plus ONE change of ours (training.recipe.SUFFICIENCY), at
+   the reference's budget, quadrant split, seeds 20-24 (render: 20-22); a run stops after 10
+   consecutive epochs at the goal. What suffices alone, beside the ablations' what is necessary.
+   Blocks 7 and 8 run row by row (pixel, the 906 regressor, render) and were fixed, with the
+   words their verdicts use (VERDICT), in results/plan.json's `reference_budget` before their
+   first run.
 
 Seeds, recipes and budgets are fixed here before any run on seeds 10-19; nothing in this file
 is to change after a result on them is seen (see the results header).
@@ -34,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from training import metrics
 from training import recipe as recipes
 from training.train import TrainConfig, primary_metric, train
 
@@ -43,7 +53,65 @@ BASELINE_SEEDS = (10, 11, 12)
 DEV_SEEDS = tuple(range(10))  # the recipe development seeds of the previous table
 SPLITS = ("uniform", "quadrant")
 ROWS = list(recipes.PAPER)  # (task, arch) of the CoordConv rows
-BLOCKS = ("paper", "ours", "locate", "ablation", "search", "baseline")
+REFERENCE = "reference"
+SUFFICIENCY = "sufficiency"
+BLOCKS = ("paper", "ours", "locate", "ablation", "search", "baseline", REFERENCE, SUFFICIENCY)
+
+# Blocks `reference` and `sufficiency`: the claims judged at the reference's own budget.
+REFERENCE_SEEDS = tuple(range(20, 25))  # new: fixed in the plan before their first run
+BUDGET_ROWS = (("pixel", "coordconv"), ("locate", "coordconv906"), ("render", "coordconv"))
+SUFFICIENCY_SEEDS = {
+    ("pixel", "coordconv"): REFERENCE_SEEDS,
+    ("locate", "coordconv906"): REFERENCE_SEEDS,
+    ("render", "coordconv"): REFERENCE_SEEDS[:3],  # 18 CPU minutes a run: 3 seeds
+}
+# Sections added to a plan after it was first fixed: each carries its own `fixed_at`, written
+# the first time a plan without it is ensured (before any run of the blocks it plans).
+REFERENCE_BUDGET = "reference_budget"
+EXTENSIONS = (REFERENCE_BUDGET,)
+STOP_AFTER_GOAL = 10  # sufficiency runs stop after this many consecutive epochs at the goal
+# What each verdict word means, fixed before the runs (results/plan.json, `reference_budget`).
+# A run's epochs are judged on the test set by `goal` (the paper's metric; render's stricter
+# value goal is reported beside, and it is the one sufficiency runs stop on).
+VERDICT: dict[str, Any] = {
+    "goal": {
+        "pixel/coordconv": {"metric": "accuracy", "at_least": 1.0, "text": "test accuracy 100%"},
+        "render/coordconv": {
+            "metric": "iou",
+            "at_least": 0.99,
+            "text": "test IoU >= 0.99 (the paper's metric; the stricter value goal, background "
+            f"mean <= {metrics.BACKGROUND_MEAN_MAX} and square mean >= "
+            f"{metrics.SQUARE_MEAN_MIN}, is reported beside and is what sufficiency runs stop on)",
+        },
+        "locate/coordconv906": {
+            "metric": "exact",
+            "at_least": 1.0,
+            "text": "every test one-hot pixel located exactly (100% exact)",
+        },
+    },
+    "held_share": 0.9,
+    "held_min_epochs": 10,
+    "reach_seeds": {"5": 3, "3": 2},  # seeds of a row -> how many must reach (or hold)
+    "stop_after_goal": STOP_AFTER_GOAL,
+}
+VERDICT_WORDS: dict[str, str] = {
+    "reached": "a run reached the goal: the goal was met at the end of some epoch within its "
+    "budget; its first epoch (and training CPU seconds) at the goal are recorded",
+    "held": "a run held the goal: it met the goal on at least 90% of its epochs from the first "
+    "at the goal to its last, counted over at least 10 epochs (a run first at the goal in its "
+    "last 9 epochs did not hold: too late to tell)",
+    "reaches": "a row reaches the goal: at least 3 of its 5 seeds reached it (3 seeds: 2)",
+    "holds": "a row holds the goal: at least 3 of its 5 seeds reached and held it (3 seeds: 2)",
+    "suffices": "a change suffices alone: the paper's recipe plus that change, nothing else, "
+    "holds the goal on the quadrant split",
+    "holds as stated at the reference's budget": "the claim's verdict when the paper's recipe "
+    "holds the goal on both splits",
+    "reached at the reference's budget, not held": "when it reaches on both splits and does not "
+    "hold on at least one (the changes that suffice are named beside)",
+    "reaches only with X; X alone suffices": "when it does not reach on some split and at least "
+    "one change suffices (every such change named)",
+    "does not reproduce here": "when it does not reach on some split and no single change suffices",
+}
 
 # The baselines' search (block `search`): the paper's swept knobs, cut to what runs here.
 SEARCH_SPACE: dict[str, dict[str, Sequence[Any]]] = {
@@ -90,6 +158,54 @@ def full_budget_plan() -> list[Spec]:
         }
         for task, arch in FULL_BUDGET_ROWS
     ]
+
+
+def budget_plan(
+    rows: Sequence[tuple[str, str]] = BUDGET_ROWS,
+    blocks: Sequence[str] = (REFERENCE, SUFFICIENCY),
+) -> list[Spec]:
+    """Blocks `reference` and `sufficiency`, row by row (pixel first): the paper's recipe at the
+    reference's budget on both splits, then the paper's recipe plus each single change."""
+    specs: list[Spec] = []
+    for task, arch in rows:
+        epochs = recipes.REFERENCE_EPOCHS[(task, arch)]
+        if REFERENCE in blocks:
+            for seed in REFERENCE_SEEDS:
+                for split in SPLITS:
+                    specs.append(
+                        {
+                            "block": REFERENCE,
+                            "name": _name(task, arch, split, seed),
+                            "config": {
+                                "task": task,
+                                "arch": arch,
+                                "split": split,
+                                "seed": seed,
+                                "recipe": "paper",
+                                "epochs": epochs,
+                            },
+                        }
+                    )
+        if SUFFICIENCY in blocks:
+            for change in recipes.SUFFICIENCY[(task, arch)]:
+                for seed in SUFFICIENCY_SEEDS[(task, arch)]:
+                    specs.append(
+                        {
+                            "block": SUFFICIENCY,
+                            "name": _name(task, arch, "quadrant", seed, f"-plus-{change}"),
+                            "config": {
+                                "task": task,
+                                "arch": arch,
+                                "split": "quadrant",
+                                "seed": seed,
+                                "recipe": "paper",
+                                "plus": [change],
+                                "epochs": epochs,
+                                "stop_after_goal": STOP_AFTER_GOAL,
+                            },
+                        }
+                    )
+    return specs
 
 
 def record_metric(r: dict[str, Any]) -> str:
@@ -205,6 +321,9 @@ def static_plan(
                             },
                         }
                     )
+    if REFERENCE in blocks or SUFFICIENCY in blocks:
+        budget_rows = [r for r in BUDGET_ROWS if r in rows]
+        specs += budget_plan(budget_rows, [b for b in blocks if b in (REFERENCE, SUFFICIENCY)])
     return specs
 
 
@@ -324,6 +443,7 @@ def run_one(spec: Spec, results: Path, runs: Path, device: str = "auto") -> dict
     and config, plus the block, name and (baselines) how the configuration was chosen."""
     config = dict(spec["config"])
     config["without"] = tuple(config.get("without", ()))
+    config["plus"] = tuple(config.get("plus", ()))
     r = train(
         TrainConfig(
             **config,
@@ -501,6 +621,34 @@ def plan_record() -> dict[str, Any]:
             }
             for task, arch in ROWS
         },
+        REFERENCE_BUDGET: {
+            "blocks": {
+                REFERENCE: "the paper's recipe at the reference's own epochs, no early stop, "
+                "seeds 20-24, both splits",
+                SUFFICIENCY: "the paper's recipe plus one change of ours, at the reference's "
+                f"epochs, quadrant split; a run stops after {STOP_AFTER_GOAL} consecutive "
+                "epochs at the goal",
+            },
+            "seeds": list(REFERENCE_SEEDS),
+            "rows": [f"{t}/{a}" for t, a in BUDGET_ROWS],
+            "epochs": {f"{t}/{a}": recipes.REFERENCE_EPOCHS[(t, a)] for t, a in BUDGET_ROWS},
+            "sufficiency": {
+                f"{t}/{a}": {
+                    "changes": recipes.SUFFICIENCY[(t, a)],
+                    "seeds": list(SUFFICIENCY_SEEDS[(t, a)]),
+                    "paper_plus": {
+                        c: {
+                            **asdict(recipes.resolve(t, a, "paper", plus=(c,))),
+                            "epochs": recipes.REFERENCE_EPOCHS[(t, a)],
+                        }
+                        for c in recipes.SUFFICIENCY[(t, a)]
+                    },
+                }
+                for t, a in BUDGET_ROWS
+            },
+            "verdict": VERDICT,
+            "words": VERDICT_WORDS,
+        },
     }
 
 
@@ -508,15 +656,25 @@ def ensure_plan(results: Path) -> dict[str, Any]:
     """results/plan.json: written once, with the time, before the first run; a later plan that
     differs from it is refused (the recipes must not change after results are seen)."""
     path = Path(results) / "plan.json"
-    record = plan_record()
+    record = json.loads(json.dumps(plan_record()))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if path.is_file():
         fixed = json.loads(path.read_text())
+        added = [k for k in EXTENSIONS if k not in fixed]
+        for key in added:
+            fixed[key] = {"fixed_at": now, **record[key]}
         body = {k: v for k, v in fixed.items() if k not in ("fixed_at", "revisions")}
-        if json.loads(json.dumps(record)) != body:
+        for key in EXTENSIONS:
+            body[key] = {k: v for k, v in body[key].items() if k != "fixed_at"}
+        if record != body:
             raise ValueError(f"{path}: the plan in the code differs from the one fixed earlier")
+        if added:
+            path.write_text(json.dumps(fixed, indent=1) + "\n")
         return fixed
     path.parent.mkdir(parents=True, exist_ok=True)
-    fixed = {"fixed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
+    fixed = {"fixed_at": now, **record}
+    for key in EXTENSIONS:
+        fixed[key] = {"fixed_at": now, **record[key]}
     path.write_text(json.dumps(fixed, indent=1) + "\n")
     return fixed
 

@@ -32,6 +32,7 @@ the reference's 50 epochs for pixel, render and locate (5), and a quarter of its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -200,17 +201,42 @@ _OURS_VALUES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
 }
 
 
+# Sufficiency (block `sufficiency`, training/campaign.py): the paper's recipe plus ONE change of
+# ours, per row. The ablations say what is necessary inside ours; these say what suffices on its
+# own. `short_epochs` is left out everywhere: it only cuts the budget.
+SUFFICIENCY: dict[tuple[str, str], list[str]] = {
+    ("pixel", "coordconv"): ["unit_inputs", "no_l2", "offset_init", "torch_init"],
+    ("render", "coordconv"): [
+        "offset_init",
+        "unit_inputs",
+        "spread_init",
+        "taught_painter",
+        "pixel_aux",
+        "iou_loss",
+        "torch_init",
+        "no_l2",
+    ],
+    ("locate", "coordconv906"): ["peak_init", "minibatch_16", "no_l2", "unit_output"],
+}
+
+
 def changes_of(task: str, arch: str) -> list[str]:
     """The changes `ours` makes to the paper's recipe on this row, in ablation order."""
     return [name for name, c in CHANGES.items() if (task, arch) in c["rows"]]
 
 
-def resolve(task: str, arch: str, recipe: str = "ours", without: tuple[str, ...] = ()) -> Settings:
+def resolve(
+    task: str,
+    arch: str,
+    recipe: str = "ours",
+    without: tuple[str, ...] = (),
+    plus: tuple[str, ...] = (),
+) -> Settings:
     """The settings of a row under a recipe, with the changes in `without` turned off (only
-    meaningful for `ours`)."""
+    for `ours`) or those in `plus` turned on (only for `paper`: what one change does alone)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    unknown = [c for c in without if c not in CHANGES]
+    unknown = [c for c in (*without, *plus) if c not in CHANGES]
     if unknown:
         raise ValueError(
             f"unknown change(s) {', '.join(unknown)}; choose from {', '.join(CHANGES)}"
@@ -222,11 +248,22 @@ def resolve(task: str, arch: str, recipe: str = "ours", without: tuple[str, ...]
     if recipe == "paper":
         if without:
             raise ValueError("--without turns off changes of the `ours` recipe, not `paper`")
-        return s
+        foreign = [c for c in plus if c not in changes_of(task, arch)]
+        if foreign:
+            raise ValueError(
+                f"{', '.join(foreign)} is not a change of {task}/{arch}; choose from "
+                f"{', '.join(changes_of(task, arch))}"
+            )
+        return _with(s, row, plus)
+    if plus:
+        raise ValueError("--plus adds changes to the `paper` recipe; `ours` has them all")
+    return _with(s, row, [c for c in changes_of(task, arch) if c not in without])
+
+
+def _with(s: Settings, row: tuple[str, str], changes: Sequence[str]) -> Settings:
+    """`s` with each change's values (training.recipe._OURS_VALUES, else its flag) set."""
     names = {f.name for f in fields(Settings)}
-    for change in changes_of(task, arch):
-        if change in without:
-            continue
+    for change in changes:
         values = _OURS_VALUES.get(change, {}).get(row)
         if values is None:
             assert change in names, change

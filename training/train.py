@@ -89,6 +89,7 @@ class TrainConfig:
     split: data.Split = "quadrant"
     recipe: str = "ours"  # training.recipe: "paper" (the reference code's) or "ours"
     without: tuple[str, ...] = ()  # changes of `ours` turned off (training.recipe.CHANGES)
+    plus: tuple[str, ...] = ()  # changes added alone to the `paper` recipe (sufficiency)
     epochs: int | None = None  # None: the recipe's
     lr: float | None = None
     batch_size: int | None = None
@@ -107,6 +108,8 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     progress: bool = True
+    # Stop once the test goal has been met on this many consecutive epochs (0: never stop early).
+    stop_after_goal: int = 0
 
     def resolved(self) -> TrainConfig:
         """A copy with DEFAULTS filled in, validated."""
@@ -125,6 +128,7 @@ class TrainConfig:
         d = self.recipe_defaults()
         cfg = TrainConfig(**{**asdict(self)})
         cfg.without = tuple(self.without)
+        cfg.plus = tuple(self.plus)
         cfg.epochs = d["epochs"] if self.epochs is None else self.epochs
         cfg.lr = d["lr"] if self.lr is None else self.lr
         cfg.batch_size = d["batch_size"] if self.batch_size is None else self.batch_size
@@ -139,19 +143,25 @@ class TrainConfig:
             raise ValueError(f"batch size must be >= 1, got {cfg.batch_size}")
         if cfg.l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {cfg.l2}")
+        if cfg.stop_after_goal < 0:
+            raise ValueError(f"stop_after_goal must be >= 0, got {cfg.stop_after_goal}")
         return cfg
 
     def recipe_defaults(self) -> dict[str, Any]:
         """The recipe's numbers and flags for this row (before explicit overrides)."""
         if self.arch == "baseline":
-            if self.without:
-                raise ValueError("--without names changes of the CoordConv rows' `ours` recipe")
+            if self.without or self.plus:
+                raise ValueError("--without and --plus name changes of the CoordConv rows' recipes")
             if self.recipe == "paper":
                 return {**PAPER_BASELINE[self.task], "torch_init": False}
             if self.recipe != "ours":
                 recipes.resolve(self.task, "coordconv", self.recipe)  # the error message
             return {**DEFAULTS[(self.task, self.arch)], "torch_init": True}
-        return asdict(recipes.resolve(self.task, self.arch, self.recipe, tuple(self.without)))
+        return asdict(
+            recipes.resolve(
+                self.task, self.arch, self.recipe, tuple(self.without), tuple(self.plus)
+            )
+        )
 
     def flags(self) -> dict[str, bool]:
         """The recipe's init and loss flags (training.recipe.Settings) for this row."""
@@ -544,6 +554,8 @@ def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
         leave=False,
     )
     trained_s = 0.0  # training time alone: the evaluations below do not count
+    streak = 0  # consecutive epochs at the goal (for stop_after_goal)
+    stopped: dict[str, Any] | None = None
     for epoch in bar:
         model.train()
         total, t0, c0 = 0.0, time.perf_counter(), time.process_time()
@@ -589,6 +601,13 @@ def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
             test=f"{te[primary]:.4f}",
             rate=f"{n / seconds:.0f}/s",
         )
+        streak = streak + 1 if entry["goal"] else 0
+        if cfg.stop_after_goal and streak >= cfg.stop_after_goal and epoch + 1 < cfg.epochs:
+            stopped = {
+                "epoch": epoch + 1,
+                "why": f"stopped early: the goal met on {streak} consecutive epochs",
+            }
+            break
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
 
@@ -601,6 +620,8 @@ def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
         "seed": cfg.seed,
         "parameters": count_parameters(model),
         "epochs": cfg.epochs,
+        "epochs_run": len(history),
+        "stopped_early": stopped,  # None: ran its whole budget
         "wall_time_s": round(wall, 2),
         "train_time_s": round(trained_s, 2),
         "cpu_time_s": round(cpu, 2),  # evaluations included
@@ -664,6 +685,7 @@ def load_run(run_dir: str | Path) -> tuple[CoordNet, TrainConfig, dict[str, Any]
     known = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k in known})
     cfg.without = tuple(cfg.without)
+    cfg.plus = tuple(cfg.plus)
     metrics_json = json.loads((run / "metrics.json").read_text())
     # A run made before these were switches scaled its inputs and output (every recipe did).
     settings = metrics_json.get("settings", {})
