@@ -297,3 +297,100 @@ def wait_for(condition, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# An ensemble's cached answers and its steps' versions
+
+
+def roundtrip_repo(root: Path, cached: bool) -> Path:
+    """render, locate and the roundtrip ensemble, roundtrip's answers cached or not."""
+    repo = root / ("cached" if cached else "plain")
+    for name in ("render", "locate", "roundtrip"):
+        shutil.copytree(MODELS / name, repo / name)
+    if cached:
+        config = repo / "roundtrip" / "config.pbtxt"
+        config.write_text(config.read_text() + "response_cache { enable: true }\n")
+    return repo
+
+
+def roundtrip_answer(tc: Any, coords: list[list[float]]) -> tuple[int, bytes]:
+    """(status, the answer's image, located and confidence bytes; b"" when refused)."""
+    x = np.asarray(coords, np.float32)
+    inp = triton.InferInput("coords", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        r = tc.infer("roundtrip", [inp])
+    except triton.InferenceServerException as exc:
+        return int(exc.status() or 0), b""
+    return 200, b"".join(r.as_numpy(n).tobytes() for n in ("image", "located", "confidence"))
+
+
+def test_an_ensembles_cached_answer_never_outlives_a_step_version(tmp_path: Path) -> None:
+    """Every control call that can change a step of a cached ensemble, each followed by the same
+    requests to a cached and an uncached server driven alike: the answers byte for byte the
+    same, refused alike while a step is away (cached points too), and the cache emptied."""
+    points = [[10.3, 20.7], [40.0, 33.0], [59.5, 4.2]]
+    only_v1 = {"version_policy": {"specific": {"versions": [1]}}}
+    with (
+        live_server(
+            model_dir=roundtrip_repo(tmp_path, True),
+            cache_size_bytes=64 << 20,
+            model_control_mode="explicit",
+            load_model=["*"],
+        ) as cached,
+        live_server(
+            model_dir=roundtrip_repo(tmp_path, False),
+            model_control_mode="explicit",
+            load_model=["*"],
+        ) as plain,
+    ):
+        clients = [
+            triton.InferenceServerClient(f"127.0.0.1:{live.port}", network_timeout=120)
+            for live in (cached, plain)
+        ]
+        cache = cached.server.registry.cache
+        assert cache is not None
+
+        def kept() -> int:  # the ensemble's own entries (render caches its answers too)
+            owner = cached.server.registry.get("roundtrip").cache_owner
+            return sum(1 for key in cache._entries if key[0] == owner)
+
+        def control(call: str, model: str, config: dict[str, Any] | None = None) -> None:
+            for tc in clients:
+                if call == "unload":
+                    tc.unload_model(model)
+                    continue
+                # None: config.pbtxt as it is; else the model's config with the change applied
+                changed = None if config is None else {**tc.get_model_config(model), **config}
+                tc.load_model(model, config=None if changed is None else json.dumps(changed))
+
+        def same_answers(expect: int = 200) -> None:
+            for subset in (points[:1], points, points[1:]):  # cached, mixed, then all cached
+                got, want = (roundtrip_answer(tc, subset) for tc in clients)
+                assert got[0] == want[0] == expect, (got[0], want[0], subset)
+                assert got[1] == want[1], f"cached answer differs at {subset}"
+
+        same_answers()
+        assert kept() == 3
+        steps = [
+            ("load", "render", None),  # a reload, files unchanged: a new load of each version
+            ("load", "render", only_v1),  # version -1 now means render version 1
+            ("load", "render", None),  # back to config.pbtxt (versions 1 and 2)
+            ("load", "locate", only_v1),  # the second step changes
+            ("load", "locate", None),
+        ]
+        for call, model, config in steps:
+            before = roundtrip_answer(clients[0], points[:1])[1]
+            control(call, model, config)
+            assert kept() == 0, f"{call} {model}: the ensemble's entries stayed"
+            same_answers()
+            if config == only_v1 and model == "render":
+                assert roundtrip_answer(clients[0], points[:1])[1] != before  # v1 paints anew
+        # A step unloaded: not ready, and no answer at all, cached points included.
+        control("unload", "render")
+        assert not clients[0].is_model_ready("roundtrip")
+        same_answers(expect=503)
+        control("load", "render")
+        same_answers()
+        for tc in clients:
+            tc.close()

@@ -5,11 +5,12 @@ earlier in the same one) is answered without running the model, whichever protoc
 - One cache per process, bounded in bytes (CACHE_SIZE_BYTES; 0: no cache at all, as Triton
   without `--cache-config`), least recently used out. An entry costs its outputs' bytes, its key
   and a fixed overhead; an entry larger than the whole cache is not kept.
-- A key is its owner (one served version object: a model, a version and one load of it; a
-  reload is a new owner), the dtype and per-item shape of each input and the item's bytes (their
-  32-byte BLAKE2b digest when longer), so no answer of another model, version or load is ever
-  served. A version's entries go when it closes (unload, shutdown, a reload that replaces it)
-  or is reloaded as it is, and nothing is stored for an owner that has gone.
+- A key is its owner (one served version object: a model, a version and one load of it; a reload is
+  a new owner), what else the answer depends on (an ensemble's: the load of every step version that
+  computed it), the dtype and per-item shape of each input and the item's bytes (their 32-byte
+  BLAKE2b digest when longer), so no answer of another model, version or load is ever served. A
+  version's entries go when it closes (unload, shutdown, a reload that replaces it) or is reloaded
+  as it is, and nothing is stored for an owner that has gone.
 - Every output of an item is kept, whatever a request asks for (the data plane picks the
   requested ones), so the outputs asked for need not be part of the key.
 - The statistics count items, not requests: `cache_hit` (look-up, and copying the answer out)
@@ -97,16 +98,18 @@ class ResponseCache:
         compute: Callable[[tuple[np.ndarray, ...]], Awaitable[Outputs]],
         stats: ModelStats,
         key_inputs: Sequence[np.ndarray] | None = None,
+        context: tuple[object, ...] = (),
     ) -> Outputs:
         """The outputs for `inputs` (arrays of one request, N rows each): each row looked up,
         the rows not found computed by `compute` in one call (each distinct row once), stored,
         and the answer put together in row order. `key_inputs` (default `inputs`): what the
         keys are made of, for a model whose answer depends on its input only through it (the
-        rounded point of a model that rounds in its graph)."""
+        rounded point of a model that rounds in its graph). `context`: what else the answer
+        depends on, part of every key (an ensemble's step versions)."""
         t0 = time.perf_counter_ns()
         keyed = inputs if key_inputs is None else key_inputs
         n = len(inputs[0])
-        keys = item_keys(owner, keyed, n)
+        keys = item_keys(owner, keyed, n, context)
         found: dict[int, Outputs] = {}
         first: dict[tuple[object, ...], int] = {}  # key -> its first row among the misses
         misses: list[int] = []
@@ -148,10 +151,12 @@ class ResponseCache:
         return result
 
 
-def item_keys(owner: int, inputs: Sequence[np.ndarray], n: int) -> list[tuple[object, ...]]:
-    """One key per row: (owner, the inputs' dtypes and per-item shapes, the row's bytes or
-    their digest)."""
-    signature = tuple((x.dtype.str, x.shape[1:]) for x in inputs)
+def item_keys(
+    owner: int, inputs: Sequence[np.ndarray], n: int, context: tuple[object, ...] = ()
+) -> list[tuple[object, ...]]:
+    """One key per row: (owner, the context and the inputs' dtypes and per-item shapes, the
+    row's bytes or their digest)."""
+    signature = (context, tuple((x.dtype.str, x.shape[1:]) for x in inputs))
     flat = [np.ascontiguousarray(x).reshape(n, -1).view(np.uint8) for x in inputs]
     if len(flat) == 1:
         raw = [row.tobytes() for row in flat[0]]

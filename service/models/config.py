@@ -130,9 +130,10 @@ def verify(
     where: str,
     batching: bool = True,
 ) -> None:
-    """The config must describe this graph, and the graph must do `task` (coordconv.contract.SIGNATURES).
-    `batching`: the config's dims leave the batch axis out (max_batch_size > 0); otherwise they
-    start with it, as -1. Raises ModelError with one line naming the first disagreement."""
+    """The config must describe this graph, and the graph must do `task`
+    (coordconv.contract.SIGNATURES). `batching`: the config's dims leave the batch axis out
+    (max_batch_size > 0); otherwise they start with it, as -1. Raises ModelError with one line
+    naming the first disagreement."""
     if config.name and config.name != name:
         raise ModelError(
             f"{where}: config name {config.name!r} differs from the directory {name!r}"

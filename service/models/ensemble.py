@@ -27,6 +27,7 @@ model reloaded with another signature is refused the same way, per request).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -329,44 +330,65 @@ class EnsembleVersion(Held):
         self, xs: list[np.ndarray], disconnected: Disconnected | None = None
     ) -> Outputs:
         """Run the pipeline on the request's inputs (in `inputs` order): the ensemble's
-        outputs, in `outputs` order."""
+        outputs, in `outputs` order.
 
-        async def run(values: tuple[np.ndarray, ...]) -> Outputs:
-            tensors = {t.name: x for t, x in zip(self.inputs, values, strict=True)}
-            for wave in self.waves:
-                if len(wave) == 1:
-                    results = [await self._run_step(wave[0], tensors, disconnected)]
-                else:
-                    done = await asyncio.gather(
-                        *(self._run_step(s, tensors, disconnected) for s in wave),
-                        return_exceptions=True,
-                    )
-                    for r in done:
-                        if isinstance(r, BaseException):
-                            raise r
-                    results = [r for r in done if not isinstance(r, BaseException)]
-                for r in results:
-                    tensors.update(r)
-            self.stats.executed(len(values[0]))
-            return tuple(tensors[t.name] for t in self.outputs)
+        Every step's version is resolved once, before anything else, and held to the end: a
+        step that is not served now refuses the request (503) even where the cache knows the
+        answer, every step runs on the version resolved here, and a cached answer is keyed by
+        those versions (each load of each), so no answer outlives a version that computed it."""
+        chosen = [self._step_version(step) for step in self.steps]
+        with contextlib.ExitStack() as held:
+            for m in dict.fromkeys(chosen):
+                held.enter_context(m.hold())
+            versions = {step.index: m for step, m in zip(self.steps, chosen, strict=True)}
 
-        if self.cache is None:
-            return await run(tuple(xs))
-        return await self.cache.infer(self.cache_owner, xs, run, self.stats)
+            async def run(values: tuple[np.ndarray, ...]) -> Outputs:
+                tensors = {t.name: x for t, x in zip(self.inputs, values, strict=True)}
+                for wave in self.waves:
+                    steps = [
+                        self._run_step(s, versions[s.index], tensors, disconnected) for s in wave
+                    ]
+                    if len(steps) == 1:
+                        results = [await steps[0]]
+                    else:
+                        done = await asyncio.gather(*steps, return_exceptions=True)
+                        for r in done:
+                            if isinstance(r, BaseException):
+                                raise r
+                        results = [r for r in done if not isinstance(r, BaseException)]
+                    for r in results:
+                        tensors.update(r)
+                self.stats.executed(len(values[0]))
+                return tuple(tensors[t.name] for t in self.outputs)
+
+            if self.cache is None:
+                return await run(tuple(xs))
+            computed_by = tuple(m.serial for m in chosen)
+            return await self.cache.infer(
+                self.cache_owner, xs, run, self.stats, context=computed_by
+            )
+
+    def steps_changed(self) -> None:
+        """A step model was loaded, reloaded or unloaded: its cached answers go at once (the
+        keys would no longer match anyway; this gives their bytes back)."""
+        if self.cache is not None:
+            self.cache.clear(self.cache_owner)
 
     async def _run_step(
-        self, step: Step, tensors: dict[str, np.ndarray], disconnected: Disconnected | None
+        self,
+        step: Step,
+        m: ModelVersion,
+        tensors: dict[str, np.ndarray],
+        disconnected: Disconnected | None,
     ) -> dict[str, np.ndarray]:
-        m = self._step_version(step)
         xs = [tensors[step.inputs[t.name]] for t in m.inputs]
-        with m.hold():
-            start = time.perf_counter_ns()
-            try:
-                outs = await m.infer_tensors(xs, disconnected)
-            except BaseException:
-                m.stats.request_done(False, time.perf_counter_ns() - start)
-                raise
-            m.stats.request_done(True, time.perf_counter_ns() - start)
+        start = time.perf_counter_ns()
+        try:
+            outs = await m.infer_tensors(xs, disconnected)
+        except BaseException:
+            m.stats.request_done(False, time.perf_counter_ns() - start)
+            raise
+        m.stats.request_done(True, time.perf_counter_ns() - start)
         return {
             step.outputs[t.name]: y
             for t, y in zip(m.outputs, outs, strict=True)

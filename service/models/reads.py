@@ -11,6 +11,7 @@ line (the thread is left to finish or not: no one waits for it, and it never hol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -44,10 +45,8 @@ class Reads:
                 error = exc
             finally:
                 self._slots.release()
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
                 loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop has closed: nobody waits any more
-                pass
 
         threading.Thread(target=work, name="repository-read", daemon=True).start()
         try:

@@ -401,6 +401,7 @@ class ModelRegistry:
     def _switch(self, name: str, current: dict[str, Served], new: dict[str, Served]) -> None:
         """Route `name` to `new` in one step; the versions of `current` left out drain."""
         self.versions = {**self.versions, name: new}  # the switch
+        self._steps_changed(name)
         outgoing = [m for m in current.values() if m not in new.values()]
         for m in outgoing:
             self._drain_later(m)
@@ -474,6 +475,14 @@ class ModelRegistry:
             if isinstance(m, EnsembleVersion) and any(s.model == name for s in m.steps)
         )
 
+    def _steps_changed(self, name: str) -> None:
+        """`name` now routes elsewhere (or nowhere): the ensembles that run it forget their
+        cached answers."""
+        for user in self.dependents(name):
+            for m in self.versions.get(user, {}).values():
+                if isinstance(m, EnsembleVersion):
+                    m.steps_changed()
+
     async def unload(self, name: str) -> None:
         """Stop routing to `name` and drain every version of it (waits for the drain)."""
         repository.check_name(name)
@@ -482,6 +491,7 @@ class ModelRegistry:
             if not current:
                 raise NotFound(f"model {name!r} is not loaded")
             self.versions = {n: vs for n, vs in self.versions.items() if n != name}
+            self._steps_changed(name)
             self.overrides.pop(name, None)
             self.requested.discard(name)
             await asyncio.gather(*(m.drain(self._grace()) for m in current.values()))

@@ -23,6 +23,7 @@ import asyncio
 import enum
 import functools
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ from service.settings import Settings
 log = logging.getLogger("coordconv.model")
 
 WARMUP_ITEMS = 64
+_loads = itertools.count(1)
 PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
@@ -163,6 +165,9 @@ class ModelVersion(Held):
     cache: ResponseCache | None = None
     cache_owner: int = 0
     rounded_inputs: frozenset[str] = frozenset()  # inputs the graph reads only through Round
+    # This load of this version, unique in the process: what an ensemble's cached answers are
+    # keyed by (a reload is a new object, so a new serial).
+    serial: int = field(default_factory=lambda: next(_loads))
 
     @property
     def ready(self) -> bool:
