@@ -28,6 +28,8 @@ import numpy as np
 
 NPY = "application/x-npy"
 DEFAULT_URL = "http://127.0.0.1:8000"
+# The first contact (`probe`): a service that has not answered by then is taken as not there.
+DEFAULT_FIRST_CONTACT_S = 10.0
 
 
 class ClientError(Exception):
@@ -110,6 +112,8 @@ def _reason(error: Exception) -> str:
         cause = cause.__cause__ or cause.__context__
     if isinstance(error, httpx.ConnectTimeout):
         return "no answer to connecting"
+    if isinstance(error, httpx.TimeoutException):
+        return "connected, but no answer"
     return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
@@ -184,6 +188,14 @@ class _Base:
         self.on_retry: Callable[[int, str], None] | None = None  # (attempt, reason) hook
         self.answered = False  # has the service ever answered? (then errors are waited out)
 
+    def _probed(self, error: httpx.TransportError | None, within: float) -> None:
+        if error is not None:
+            reason = _reason(error)
+            if isinstance(error, httpx.TimeoutException):
+                reason = f"{reason} within {within:g} s"
+            raise Unreachable(self.url, reason)
+        self.answered = True
+
     def _next(
         self,
         attempt: int,
@@ -255,6 +267,17 @@ class CoordConvClient(_Base):
             time.sleep(wait or 0.0)
             attempt += 1
 
+    def probe(self, within: float = DEFAULT_FIRST_CONTACT_S) -> None:
+        """The first contact: the service answers `GET /healthz` (whatever it says) within
+        `within` seconds, or Unreachable (connection refused, no such host, or connected and
+        never answered)."""
+        error = None
+        try:
+            self._http.get("/healthz", timeout=within)
+        except httpx.TransportError as exc:
+            error = exc
+        self._probed(error, within)
+
     def render(self, coords: Any, model: str = "render", version: str | None = None) -> np.ndarray:
         return _load_npy(self._post("/v1/render", **_render_request(coords, model, version)))
 
@@ -320,6 +343,15 @@ class AsyncCoordConvClient(_Base):
                 return response
             await asyncio.sleep(wait or 0.0)
             attempt += 1
+
+    async def probe(self, within: float = DEFAULT_FIRST_CONTACT_S) -> None:
+        """`CoordConvClient.probe`, awaited."""
+        error = None
+        try:
+            await self._http.get("/healthz", timeout=within)
+        except httpx.TransportError as exc:
+            error = exc
+        self._probed(error, within)
 
     async def render(
         self, coords: Any, model: str = "render", version: str | None = None

@@ -17,13 +17,14 @@ from typing import Any, TextIO
 import numpy as np
 
 from client.api import (
+    DEFAULT_FIRST_CONTACT_S,
     DEFAULT_RETRY_WINDOW,
     FATAL,
     AsyncCoordConvClient,
     ClientError,
     Unreachable,
 )
-from client.files import Batch, Source, read_png_files, tmp_name
+from client.files import Batch, Source, naming, read_png_files, tmp_name
 from client.outputs import Output, open_output
 from coordconv.contract import CANVAS
 
@@ -112,11 +113,12 @@ class FailureLog:
         self._writer: Any = None
 
     def _row(self, name: str, reason: str) -> None:
-        if self._file is None:
-            self._file = open(self.tmp, "w", newline="")  # noqa: SIM115 (closed in commit)
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(["name", "reason"])
-        self._writer.writerow([name, reason])
+        with naming(self.path):
+            if self._file is None:
+                self._file = open(self.tmp, "w", newline="")  # noqa: SIM115 (closed in commit)
+                self._writer = csv.writer(self._file)
+                self._writer.writerow(["name", "reason"])
+            self._writer.writerow([name, reason])
 
     def failed(self, names: list[str], reason: str) -> None:
         s = self.summary
@@ -137,11 +139,12 @@ class FailureLog:
         if self._file is None:
             self.path.unlink(missing_ok=True)
             return
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        os.replace(self.tmp, self.path)
+        with naming(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
         if self._file is not None:
@@ -216,6 +219,7 @@ async def run(
     retries: int = 5,
     timeout: float = 30.0,
     retry_window: float = DEFAULT_RETRY_WINDOW,
+    first_contact: float = DEFAULT_FIRST_CONTACT_S,
     resume: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
@@ -223,8 +227,9 @@ async def run(
 ) -> Summary:
     """Run a whole job; returns its summary. Failed items go to `<output>.failed.csv`.
     Raises JobRefused when the service refuses the job itself, Unreachable when it was never
-    reached, InputError when the output is not this job's to write (client/outputs.py) or the
-    disk has no room for it. `overwrite` wins over `resume`."""
+    reached or did not answer its first contact within `first_contact` seconds (before the
+    output is touched), InputError when the output is not this job's to write
+    (client/outputs.py) or the disk has no room for it. `overwrite` wins over `resume`."""
     model = model or task
     job = {
         "task": task,
@@ -252,6 +257,7 @@ async def run(
             retries=retries,
             timeout=timeout,
             retry_window=retry_window,
+            first_contact=first_contact,
             quiet=quiet,
             min_confidence=min_confidence if task == "locate" else None,
         )
@@ -273,6 +279,7 @@ async def _run(
     retries: int,
     timeout: float,
     retry_window: float,
+    first_contact: float,
     quiet: bool,
     min_confidence: float | None,
 ) -> Summary:
@@ -283,12 +290,14 @@ async def _run(
         summary.below = sink.below
         summary.nothing_to_do = summary.output_written = True
         return summary
-    failures = FailureLog(sink.failed, summary)
-    progress = Progress(len(items), task, quiet)
-    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * concurrency)
     async with AsyncCoordConvClient(
         url, api_key, timeout, retries, max_connections=concurrency, retry_window=retry_window
     ) as client:
+        # Nothing of the output is touched before the service has answered once.
+        await client.probe(first_contact)
+        failures = FailureLog(sink.failed, summary)
+        progress = Progress(len(items), task, quiet)
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * concurrency)
 
         def count_retry(attempt: int, reason: str) -> None:
             summary.retries += 1

@@ -19,7 +19,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from client.api import DEFAULT_RETRY_WINDOW, DEFAULT_URL, Unreachable, check_url
+from client.api import (
+    DEFAULT_FIRST_CONTACT_S,
+    DEFAULT_RETRY_WINDOW,
+    DEFAULT_URL,
+    Unreachable,
+    check_url,
+)
 from client.files import InputError, Source, read_coords, read_images
 
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -73,7 +79,8 @@ def _fraction(text: str) -> float:
 URL_HELP = (
     "service URL with its scheme, http:// or https:// (default {default}, env COORDCONV_URL); "
     "one without a scheme is refused, never guessed. An address that never answers (connection "
-    "refused, no such host) fails at once with exit 2; retries are for a service that answered"
+    "refused, no such host, or no answer within --first-contact-timeout) fails with exit 2 "
+    "before the output is touched; retries are for a service that answered"
 )
 
 
@@ -126,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--retries",
         )
         s.add_argument("--timeout", type=_seconds(True), default=30.0, help="seconds per request")
+        s.add_argument(
+            "--first-contact-timeout",
+            type=_seconds(True),
+            default=DEFAULT_FIRST_CONTACT_S,
+            help="seconds the service has to answer the job's first contact (GET /healthz) "
+            f"before anything is written (default {DEFAULT_FIRST_CONTACT_S:g}); one that never "
+            "answers is exit 2 with the output as it was",
+        )
         if task == "locate":
             s.add_argument(
                 "--min-confidence",
@@ -204,6 +219,7 @@ def main(argv: Sequence[str]) -> int:
                 retries=a.retries,
                 timeout=a.timeout,
                 retry_window=a.retry_window,
+                first_contact=a.first_contact_timeout,
                 resume=a.resume,
                 overwrite=a.overwrite,
                 quiet=a.quiet,

@@ -494,9 +494,21 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError inside names `path` where it names no file: a write that finds the disk full
+    raises ENOSPC with no file name, and the one line a user reads must say where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = tmp_name(path)
-    with open(tmp, "wb") as f:
+    with naming(path), open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from client.files import Batch, InputError, atomic_write, tmp_name
+from client.files import Batch, InputError, atomic_write, naming, tmp_name
 from coordconv.contract import CANVAS
 from coordconv.png import encode_png
 
@@ -501,7 +501,7 @@ class StagedFile(Output):
             self.parts.append(name)
         atomic_write(self.stage / name, buf.getvalue())
         line = json.dumps({"part": name, "items": len(batch)}) + "\n"
-        with self._mutex, open(self.journal, "a") as f:
+        with self._mutex, naming(self.journal), open(self.journal, "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -518,6 +518,10 @@ class StagedFile(Output):
 
     def finish(self, names: Iterator[str], min_confidence: float | None, flag: Flag) -> None:
         self.prepare()
+        with naming(self.real):
+            self._assemble(names, min_confidence, flag)
+
+    def _assemble(self, names: Iterator[str], min_confidence: float | None, flag: Flag) -> None:
         n = self.n
         tmp = tmp_name(self.real)
         below = 0

@@ -6,6 +6,8 @@ writing every output (exit 1)."""
 from __future__ import annotations
 
 import csv
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,6 +43,82 @@ def test_an_address_never_reached_fails_at_once_with_one_line(tmp_path, url, rea
     assert reason in line and "nothing was sent" in line
     assert "is --url (env COORDCONV_URL) right?" in line
     assert tree(tmp_path) == ["coords.csv"]  # nothing created: rerunning needs no flag
+
+
+@pytest.fixture
+def silent_address():
+    """An address that accepts connections and never answers (a hung process, a black hole)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("output", ["out.npy", "pngs", "out.csv"])
+def test_a_service_that_never_answers_fails_fast_and_leaves_the_output_as_it_was(
+    tmp_path, silent_address, output
+):
+    write_coords(tmp_path / "coords.csv", 300)
+    task = "locate" if output.endswith(".csv") else "render"
+    if task == "locate":
+        np.save(tmp_path / "images.npy", np.zeros((5, 64, 64), np.float32))
+        args = locate_args(tmp_path / "images.npy", tmp_path / output, silent_address)
+    else:
+        args = render_args(tmp_path / "coords.csv", tmp_path / output, silent_address)
+    before = tree(tmp_path)
+    started = time.monotonic()
+    code, err = run_cli(*args, "--first-contact-timeout", "1.5")
+    took = time.monotonic() - started
+    assert code == 2 and took < 15, (code, took)  # not the 120 s retry window
+    line = one_line(err)
+    assert line.startswith(f"coordconv client: cannot reach the service at {silent_address} (")
+    assert "connected, but no answer within 1.5 s" in line and "nothing was sent" in line
+    assert tree(tmp_path) == before  # no .failed.csv, no .parts/, no job record
+
+
+def test_the_first_contact_timeout_is_a_documented_flag(tmp_path) -> None:
+    proc = cli("render", "--help")
+    out, _ = proc.communicate(timeout=60)
+    text = " ".join(out.split())
+    assert "--first-contact-timeout" in text and "default 10" in text
+    code, err = run_cli(
+        *render_args(tmp_path / "c.csv", tmp_path / "o.npy", "http://127.0.0.1:1"),
+        "--first-contact-timeout",
+        "0",
+    )
+    assert code == 2 and "must be a number of seconds > 0, got 0" in one_line(err)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB file system: room for the job's record and a few parts, not for the output."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"needs root to mount a small tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("pngs", "No space left on device"),  # the disk fills up as the PNGs are written
+        ("out.npy", "of free disk"),  # known before the first request: the array's size
+    ],
+)
+def test_a_full_disk_is_one_line_naming_the_path(server, tmp_path, tiny_disk, output, says):
+    write_coords(tmp_path / "coords.csv", 400)
+    out = tiny_disk / output
+    code, err = run_cli(*render_args(tmp_path / "coords.csv", out, server.url, "--quiet"))
+    assert code == 2, err
+    line = one_line(err)
+    assert line.startswith(f"coordconv client: {out}") and says in line, line
 
 
 def test_a_url_without_scheme_is_refused_before_anything_is_read(tmp_path) -> None:
