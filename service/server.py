@@ -17,6 +17,7 @@ instead of being cut off. A second signal, or SIGINT, skips what is left of the 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import logging
 import math
@@ -26,6 +27,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -84,11 +86,18 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def tls_problem(settings: Settings) -> str | None:
+def tls_problem(settings: Settings, now: datetime.datetime | None = None) -> str | None:
     """One line if the TLS files cannot be used (a certificate and key that do not belong
-    together, a file that is not PEM), before anything listens."""
+    together, a file that is not PEM, a certificate expired or not yet valid: clients would
+    refuse every connection), before anything listens."""
     if settings.tls_cert_file is None:
         return None
+    for setting, path in (
+        ("TLS_CERT_FILE", settings.tls_cert_file),
+        ("TLS_CLIENT_CA_FILE", settings.tls_client_ca_file),
+    ):
+        if path is not None and (problem := _validity(path, now)):
+            return f"{setting} {problem}"
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
@@ -99,6 +108,24 @@ def tls_problem(settings: Settings) -> str | None:
             context.load_verify_locations(settings.tls_client_ca_file)
         except (ssl.SSLError, OSError) as exc:
             return f"TLS_CLIENT_CA_FILE cannot be used: {exc.strerror or exc}"
+    return None
+
+
+def _validity(path: Path, now: datetime.datetime | None) -> str | None:
+    """Why the first certificate of a PEM file is not valid at `now` (default: now), or None
+    (also for a file that is not PEM: loading it says why)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (ValueError, OSError):
+        return None
+    at = now or datetime.datetime.now(datetime.UTC)
+    stamp = "%Y-%m-%d %H:%M UTC"
+    if at > cert.not_valid_after_utc:
+        return f"expired on {cert.not_valid_after_utc:{stamp}} (notAfter); renew it"
+    if at < cert.not_valid_before_utc:
+        return f"is not valid before {cert.not_valid_before_utc:{stamp}} (notBefore)"
     return None
 
 

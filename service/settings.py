@@ -206,8 +206,18 @@ class Settings(BaseSettings):
 
     @field_validator("api_key", "admin_api_key")
     @classmethod
-    def _empty_key_is_none(cls, value: str | None) -> str | None:
-        return value if value and value.replace(",", "").strip() else None
+    def _keys(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Unset or empty: no keys. A value that lists no usable key (`' , '`) would leave the
+        scope open while whoever set it believes it closed: refused."""
+        if not value:
+            return None
+        if not any(k.strip() for k in value.split(",")):
+            name = (info.field_name or "").upper()
+            raise ValueError(
+                f"{name} is set but holds no key (only commas and blanks); set at least one "
+                f"key, or unset {name} to leave that scope open"
+            )
+        return value
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from service.dataplane.auth import KeyRing, Scope
 from service.errors import Forbidden, Unauthorized
 from service.http import v2
 from service.http.dispatch import FastRoute
+from service.settings import Settings
 from tests.conftest import MODELS, ROOT, LiveServer, live_server
 
 INFERENCE_KEYS = ("inference-old-key", "inference-new-key")
@@ -299,9 +300,12 @@ def _certificate(
     *,
     ca: bool = False,
     server: bool = False,
+    valid: tuple[datetime.timedelta, datetime.timedelta] | None = None,
 ) -> x509.Certificate:
+    """`valid`: (from, until) relative to now (default: from 5 minutes ago for a day)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = datetime.datetime.now(datetime.UTC)
+    since, until = valid or (-datetime.timedelta(minutes=5), datetime.timedelta(days=1))
     issuer_name, signer = (name, key) if issuer is None else (issuer[0].subject, issuer[1])
     builder = (
         x509.CertificateBuilder()
@@ -309,8 +313,8 @@ def _certificate(
         .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now + since)
+        .not_valid_after(now + until)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if ca:
@@ -470,3 +474,47 @@ def test_tls_settings_that_cannot_work_are_one_line_at_start(
     assert cli.main([*args, "--tls-key-file", str(pki.client_key)]) == 1  # not its key
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TLS_CERT_FILE / TLS_KEY_FILE cannot be used" in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "says"),
+    [
+        (-30, -1, "TLS_CERT_FILE expired on "),
+        (1, 30, "TLS_CERT_FILE is not valid before "),
+    ],
+)
+def test_an_expired_or_not_yet_valid_certificate_is_refused_at_start(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str], since: int, until: int, says: str
+) -> None:
+    key = _key()
+    days = datetime.timedelta(days=1)
+    cert = _certificate("localhost", key, None, server=True, valid=(since * days, until * days))
+    args = ["--port", "0", "--grpc-port", "0"]
+    tls = ["--tls-cert-file", str(_write_cert(cert, tmp_path / "c.pem"))]
+    tls += ["--tls-key-file", str(_write_key(key, tmp_path / "k.pem"))]
+    assert cli.main([*args, *tls]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"coordconv serve: {says}"), err
+    # an expired client CA too: no client could ever present a certificate it accepts
+    ca_key = _key()
+    old_ca = _certificate("old CA", ca_key, None, ca=True, valid=(-30 * days, -1 * days))
+    good = ["--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)]
+    ca = ["--tls-client-ca-file", str(_write_cert(old_ca, tmp_path / "ca.pem"))]
+    assert cli.main([*args, *good, *ca]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TLS_CLIENT_CA_FILE expired on " in err[0], err
+
+
+@pytest.mark.parametrize("setting", ["COORDCONV_API_KEY", "COORDCONV_ADMIN_API_KEY"])
+@pytest.mark.parametrize("value", [",", " , ", "  ", ",,, ,"])
+def test_a_key_list_with_no_usable_key_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], setting: str, value: str
+) -> None:
+    monkeypatch.setenv(setting, value)
+    assert cli.main(["--port", "0", "--grpc-port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = setting.removeprefix("COORDCONV_")
+    assert len(err) == 1 and f"{name} is set but holds no key" in err[0], err
+    # unset or empty: that scope is open, as documented (compose passes "" for unset)
+    monkeypatch.setenv(setting, "")
+    assert Settings().api_key is None and Settings().admin_api_key is None
