@@ -79,3 +79,7 @@ class RepositoryError(Exception):
 class ModelError(Exception):
     """One model (or version) cannot be served: missing or bad config, a graph that disagrees
     with it, a corrupt file. One line naming the model, the file and the problem."""
+
+
+class LoadCancelled(ModelError):
+    """A load or warm-up stopped between two runs because the server is shutting down."""

@@ -26,6 +26,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.dataplane.auth import KeyRing
 from service.dataplane.plane import DataPlane
-from service.errors import RepositoryError
+from service.errors import RepositoryError, Unavailable
 from service.grpc.server import GrpcFrontEnd
 from service.http.app import create_app
 from service.http.connections import protocol_class, raise_fd_limit
-from service.metrics import Metrics
+from service.metrics import Metrics, tracing
 from service.models.registry import ModelRegistry
 from service.scaling.cluster import Cluster, WorkerInfo
 from service.settings import Settings
@@ -196,6 +197,32 @@ class Server:
         self._delay: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = threading.Event()
+        # When the first stop request came (monotonic): every way out ends within
+        # DRAIN_DELAY_S + GRACE_S of it (`time_left`).
+        self.stop_requested: float | None = None
+
+    def time_left(self) -> float:
+        """Seconds left of DRAIN_DELAY_S + GRACE_S since the first stop request (all of it
+        before one)."""
+        budget = self.settings.drain_delay_s + self.settings.grace_s
+        if self.stop_requested is None:
+            return budget
+        return max(0.0, self.stop_requested + budget - time.monotonic())
+
+    def _stopping(self) -> None:
+        """The first stop request, from any thread: loads stop between warm-up runs and model
+        control is refused from now on."""
+        if self.stop_requested is None:
+            self.stop_requested = time.monotonic()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.registry.begin_shutdown)
+
+    def interrupt_start(self, sig: int) -> None:
+        """A signal before the server serves (from the main thread, while models load): what
+        is loading stops between two warm-up runs, and serving stops as soon as it begins."""
+        self._stopping()
+        self.plane.draining = True
+        self.http.should_exit = True
 
     @property
     def http_port(self) -> int:
@@ -238,6 +265,7 @@ class Server:
         once. The first SIGTERM with DRAIN_DELAY_S keeps serving that long, then drains (True:
         uvicorn is told to stop later); SIGINT or a second signal drains now (False)."""
         self.plane.draining = True
+        self._stopping()
         loop = self.loop
         if loop is None:
             return False
@@ -273,6 +301,7 @@ class Server:
     def request_exit(self) -> None:
         """From any thread: stop as SIGINT would (at once, no DRAIN_DELAY_S)."""
         self.plane.draining = True
+        self._stopping()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.begin_drain)
         self.http.should_exit = True
@@ -282,6 +311,7 @@ class Server:
         HTTP within GRACE_S, and what is still queued shortly before GRACE_S runs out is
         answered 503 + Retry-After."""
         self.plane.draining = True
+        self.registry.begin_shutdown()
         if self._delay is not None:  # a second signal during DRAIN_DELAY_S: now
             self._delay.cancel()
             self._delay = None
@@ -292,6 +322,10 @@ class Server:
             self._grpc_stop = loop.create_task(self.grpc.stop(self.settings.grace_s))
         grace = self.settings.grace_s
         self._shed = loop.call_later(max(grace - 1.0, grace * 0.8), self.registry.shed_queued)
+
+    async def close(self) -> None:
+        """Stop what `start` started (for a server that never served)."""
+        await self._close()
 
     async def _close(self) -> None:
         if self._shed is not None:
@@ -316,11 +350,36 @@ def serve(
 
     async def main() -> int:
         server = Server(settings, sock, worker)
+        server.loop = asyncio.get_running_loop()
+        signals: list[int] = []
+
+        def on_signal(sig: int, frame: Any) -> None:  # until uvicorn takes the signals over
+            signals.append(sig)
+            server.interrupt_start(sig)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        started = False
         try:
-            await server.start()
+            await server.start()  # on a failure it has closed what it started
+            started = True
         except RepositoryError as exc:
-            print(f"coordconv serve: {exc}", file=sys.stderr)
-            return 1
+            if not signals:
+                print(f"coordconv serve: {exc}", file=sys.stderr)
+                return 1
+        except Unavailable:  # a load cancelled by the signal
+            if not signals:
+                raise
+        if signals:
+            if started:
+                await server.close()
+            name = signal.Signals(signals[0]).name
+            line = f"stopped by {name} while loading models, before serving"
+            if worker is None:
+                print(f"coordconv serve: {line}", file=sys.stderr)
+            else:  # the supervisor says it once for every worker
+                log.info("worker %d: %s", worker.index, line)
+            return 0
         # What start-up allocated (modules, sessions, the app) lives as long as the process:
         # out of the collector's sight, so its full collections stay short under load.
         gc.collect()
@@ -329,7 +388,10 @@ def serve(
         # 5 ms switch interval a busy event loop kept it, and the model, waiting (render (b):
         # onnxruntime idle between calls 1.7 -> 0.14 ms on average, +8% items/s).
         sys.setswitchinterval(GIL_SWITCH_S)
-        return await server.serve()
+        code = await server.serve()
+        # The exporter's last flush gets what is left of the drain's time, not the SDK's 30 s.
+        await asyncio.to_thread(tracing.shutdown, server.time_left())
+        return code
 
     loop_factory = uvicorn_config(None, settings).get_loop_factory()
     try:

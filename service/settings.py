@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         description="most warm-up runs (model_warmup count, summed over its samples) a config "
         "may ask of one version",
     )
+    limit_warmup_s: float = Field(
+        60.0,
+        gt=0,
+        description="longest a version's warm-up (model_warmup, or the default one) may run; "
+        "one that runs longer fails its load with one line",
+    )
     cache_size_bytes: int = Field(
         0,
         ge=0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,23 @@ def test_a_bad_warm_up_is_refused_with_one_line_and_the_serving_set_stays(explic
     assert tc.is_model_ready("render") and render_ok(tc) == "2"
     entries = tc.get_model_repository_index()
     assert {"name": "render", "version": "2", "state": "READY", "reason": ""} in entries
+
+
+def test_a_warm_up_longer_than_its_time_limit_is_refused_with_one_line(tmp_path) -> None:
+    repo = make_repo(tmp_path)
+    with live_server(
+        model_dir=repo, model_control_mode="explicit", load_model=["*"], limit_warmup_s=0.5
+    ) as live:
+        tc = triton.InferenceServerClient(f"127.0.0.1:{live.port}", network_timeout=120)
+        (repo / "render" / "config.pbtxt").write_text(
+            with_warmup(sample("long", "random_data: true", batch=64, count=1000))
+        )
+        started = time.monotonic()
+        with pytest.raises(InferenceServerException) as caught:
+            tc.load_model("render")
+        assert time.monotonic() - started < 30  # 1,000 runs would take minutes
+        error = str(caught.value.message())
+        assert "warm-up ran longer than LIMIT_WARMUP_S=0.5 s" in error, error
+        assert "\n" not in error.strip() and "Traceback" not in error
+        assert tc.is_model_ready("render") and render_ok(tc) == "2"  # the old versions serve on
+        tc.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +113,9 @@ def configure(environ: Mapping[str, str] | None = None, set_global: bool = True)
         "OTEL_RESOURCE_ATTRIBUTES", ""
     ):
         attributes["service.name"] = "coordconv"
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # No exit hook of the SDK's own: its final flush waits up to 30 s on a collector that does
+    # not answer; the server flushes within what is left of its drain (`shutdown`).
+    provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
     for e in exporters:
         provider.add_span_processor(BatchSpanProcessor(e))
     if set_global:
@@ -154,10 +157,24 @@ def exporter(name: str, env: Mapping[str, str]) -> Any:
     return OTLPSpanExporter()
 
 
-def shutdown() -> None:
-    """Export what is buffered and stop (the SDK also does this at exit)."""
-    if _provider is not None and hasattr(_provider, "shutdown"):
-        _provider.shutdown()
+def shutdown(timeout_s: float = 30.0) -> bool:
+    """Export what is buffered and stop, within `timeout_s` (a collector that refuses or never
+    answers would hold the SDK's exporters for 30 s and more): False, with one line, when what
+    was buffered could not be sent in time and is dropped."""
+    provider = _provider
+    if provider is None or not hasattr(provider, "shutdown"):
+        return True
+    done = threading.Thread(target=provider.shutdown, name="tracing-shutdown", daemon=True)
+    done.start()
+    done.join(max(timeout_s, 0.0))
+    if done.is_alive():
+        log.warning(
+            "tracing: the exporter did not finish within %.1f s of the drain; spans not yet "
+            "exported are dropped",
+            timeout_s,
+        )
+        return False
+    return True
 
 
 # -- the front doors ----------------------------------------------------------------------------

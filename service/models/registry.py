@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from typing import Any
 
 from service.errors import (
     BadRequest,
+    LoadCancelled,
     ModelError,
     NotFound,
     RepositoryError,
@@ -101,6 +103,10 @@ class ModelRegistry:
         self.provider_problem: str | None = None
         self.started = False
         self.stopping = False
+        # Set once the server is going away: loads stop between warm-up runs (their control
+        # calls answer 503) and new control calls are refused, so no way out waits on a load.
+        self.closing = False
+        self.stop_loads = threading.Event()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._drains: set[asyncio.Task[None]] = set()
         self._poll_task: asyncio.Task[None] | None = None
@@ -185,7 +191,20 @@ class ModelRegistry:
                     return await self.reads.run(name, repository.read_model, self.repo, path, limit)
         return None
 
+    def begin_shutdown(self) -> None:
+        """The server is going away: cancel every load in progress (between two warm-up runs)
+        and refuse new model control; serving goes on as long as the server serves."""
+        self.closing = True
+        self.stop_loads.set()
+
+    def _check_open(self, what: str) -> None:
+        if self.closing:
+            raise Unavailable(
+                f"the server is shutting down: {what} refused; retry on a running server"
+            )
+
     async def stop(self) -> None:
+        self.begin_shutdown()
         self.stopping = True
         if self._poll_task is not None:
             self._poll_task.cancel()
@@ -273,9 +292,12 @@ class ModelRegistry:
         anew): new versions and changed files are loaded and warmed while the current ones
         serve, then the routing switches. `versions`: exactly these (a sibling worker's choice,
         service/scaling/cluster.py), whatever the policy would pick on today's disk. Raises
-        ModelError (the serving set unchanged), NotFound, BadRequest."""
+        ModelError (the serving set unchanged), NotFound, BadRequest, and Unavailable when the
+        server shuts down before or while it loads."""
         repository.check_name(name)
+        self._check_open(f"the load of {name!r}")
         async with self._locks[name]:
+            self._check_open(f"the load of {name!r}")
             self.loading.add(name)
             try:
                 await self._load(name, config, versions)
@@ -284,6 +306,12 @@ class ModelRegistry:
                 else:
                     self.overrides[name] = config
                 self.failed.pop(name, None)
+            except LoadCancelled:
+                log.info("load of %s cancelled: the server is shutting down", name)
+                raise Unavailable(
+                    f"the server is shutting down: the load of {name!r} was cancelled; load it "
+                    "on a running server"
+                ) from None
             except (ModelError, NotFound) as exc:
                 self.failed[name] = str(exc)
                 if not at_start:
@@ -297,6 +325,19 @@ class ModelRegistry:
         files = await self.reads.run(name, repository.scan, self.repo, name)
         chosen, _, _ = self._choose(name, files, config, None)
         return chosen
+
+    async def touches(self, name: str, config: model_config.ModelConfig | None = None) -> list[str]:
+        """The models a load of `name` with `config` may change: itself, and an ensemble's
+        step models (it loads those that are not loaded)."""
+        if config is None:
+            with contextlib.suppress(ModelError, NotFound, BadRequest):
+                files = await self.reads.run(name, repository.scan, self.repo, name)
+                config = model_config.from_text(
+                    files.config_text, name, self.settings.strict_model_config
+                )
+        if config is None or not model_config.is_ensemble(config):
+            return [name]
+        return [name, *sorted({s.model_name for s in config.ensemble_scheduling.step})]
 
     def _choose(
         self,
@@ -385,6 +426,7 @@ class ModelRegistry:
                     data,
                     label,
                     warmup,
+                    self.stop_loads,
                 )
                 opened.append(m)
                 new[str(v)] = m
@@ -486,6 +528,7 @@ class ModelRegistry:
     async def unload(self, name: str) -> None:
         """Stop routing to `name` and drain every version of it (waits for the drain)."""
         repository.check_name(name)
+        self._check_open(f"the unload of {name!r}")
         async with self._locks[name]:
             current = self.versions.get(name)
             if not current:

@@ -26,6 +26,8 @@ import hashlib
 import itertools
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -48,7 +50,7 @@ from coordconv.contract import (
     TASKS,
     Tensor,
 )
-from service.errors import ModelError
+from service.errors import LoadCancelled, ModelError
 from service.metrics import Metrics
 from service.models import config as model_config
 from service.models import repository
@@ -90,6 +92,26 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     return so
+
+
+@dataclass
+class WarmupGuard:
+    """Checked before every warm-up run (and before a session is built): a load stops there
+    when the server is shutting down (`stop`, set from the event loop), and a warm-up that has
+    run longer than LIMIT_WARMUP_S fails its load. One run is the longest either waits."""
+
+    stop: threading.Event
+    limit_s: float
+    started: float = field(default_factory=time.monotonic)
+
+    def check(self, where: str) -> None:
+        if self.stop.is_set():
+            raise LoadCancelled(f"{where}: load cancelled: the server is shutting down")
+        if time.monotonic() - self.started > self.limit_s:
+            raise ModelError(
+                f"{where}: warm-up ran longer than LIMIT_WARMUP_S={self.limit_s:g} s; ask "
+                "model_warmup for fewer or smaller runs, or raise the limit"
+            )
 
 
 def _graph(values: list[ort.NodeArg]) -> list[GraphTensor]:
@@ -296,14 +318,17 @@ def open_version(
     data: bytes | None = None,
     label: str | None = None,
     warmup_files: dict[str, bytes] | None = None,
+    stop: threading.Event | None = None,
 ) -> ModelVersion:
     """Blocking: load, verify and warm one version. `config` is the parsed config.pbtxt (None:
     derive it from the graph); `data` the ONNX file's bytes as the repository read them (None:
     read `path` here); `label` how messages name the file (relative to the repository);
     `warmup_files` the model_warmup input_data_file contents by name (None: read them from the
-    model folder's warmup/ here). Raises ModelError with one line naming the file and the
-    problem, never a server path."""
+    model folder's warmup/ here); `stop` cancels it between two warm-up runs (LoadCancelled).
+    Raises ModelError with one line naming the file and the problem, never a server path."""
     where = f"model {name} version {version} ({label or path.name})"
+    guard = WarmupGuard(stop or threading.Event(), settings.limit_warmup_s)
+    guard.check(where)
     if data is None:
         data = path.read_bytes()
     if config is not None:
@@ -369,16 +394,17 @@ def open_version(
     )
     if effective.response_cache.enable:
         m.rounded_inputs = rounded_inputs(data, [t.name for t in m.inputs])
+    guard.started = time.monotonic()  # the limit is the warm-up's, not the session's build
     if effective.model_warmup:
         if warmup_files is None:
             warmup_files = repository.read_warmup(path.parent.parent.parent, name, effective)
-        warm_up_from_config(m, where, warmup_files)
+        warm_up_from_config(m, where, warmup_files, guard)
     else:
-        warm_up(m, where)
+        warm_up(m, where, guard)
     return m
 
 
-def warm_up(m: ModelVersion, where: str) -> None:
+def warm_up(m: ModelVersion, where: str, guard: WarmupGuard) -> None:
     """Run at batch 1 and at the largest batch up to WARMUP_ITEMS, so first requests do not pay
     for allocation (a bounded warm-up: a large max_batch_size does not allocate its whole batch
     at load), and check the outputs' shapes and values."""
@@ -386,6 +412,7 @@ def warm_up(m: ModelVersion, where: str) -> None:
         x = np.zeros((n, *m.input.dims), dtype=np.float32)
         if m.task != "locate":
             x += CANVAS / 2
+        guard.check(where)
         try:
             outs = m.run(x)
         except Exception as exc:
@@ -405,7 +432,9 @@ def check_outputs(m: ModelVersion, outs: Outputs, n: int, label: str) -> None:
             raise ModelError(f"{label} gave {t.name} with values that are not finite")
 
 
-def warm_up_from_config(m: ModelVersion, where: str, files: dict[str, bytes]) -> None:
+def warm_up_from_config(
+    m: ModelVersion, where: str, files: dict[str, bytes], guard: WarmupGuard
+) -> None:
     """The config's model_warmup samples (checked by config.check_warmup), each run `count`
     times (at least once) on the session, before the version is ready, as Triton does: zeros,
     random values in the input's valid range (pixels [0, 63] for coordinates, [0, 1] for
@@ -446,6 +475,7 @@ def warm_up_from_config(m: ModelVersion, where: str, files: dict[str, bytes]) ->
             feeds[t.name] = np.repeat(one[None], sample.batch_size, 0) if batching else one
         n = len(feeds[m.input.name])
         for _ in range(max(sample.count, 1)):
+            guard.check(where)
             try:
                 outs = m.run(feeds[m.input.name])
             except Exception as exc:

@@ -5,8 +5,10 @@ worker a client reaches goes through a run directory that the supervisor (servic
 creates for them:
 
 - Model control: a load or unload is appended to `control.jsonl` (under a file lock, which gives
-  every operation a sequence number), applied by every worker in that order, and answered once
-  every live worker has applied it; a worker that starts later (or is restarted) replays the log
+  every operation a sequence number), applied by every worker in that order for the models it
+  touches (`touches`: the model, and an ensemble's step models), and answered once every live
+  worker has applied it; operations on other models run beside it, so no control call waits
+  behind another model's warm-up; a worker that starts later (or is restarted) replays the log
   before it serves, so it serves the same set as its siblings.
 - The log holds what was served, never what the disk said: the worker that is asked to load
   picks the versions on the disk of that moment (`ModelRegistry.plan`) and the entry carries
@@ -107,6 +109,11 @@ class Cluster:
         self.results: dict[int, dict[str, Any] | None] = {}  # seq -> error (status, message)
         self._offset = 0
         self._lock = asyncio.Lock()
+        # Entries being applied: seq -> its task; model -> the last entry that touches it; the
+        # last entry that everything after it waits for (a start entry).
+        self._pending: dict[int, asyncio.Task[None]] = {}
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._barrier: asyncio.Task[None] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._follow: asyncio.Task[None] | None = None
         self._parent = os.getppid()
@@ -118,7 +125,7 @@ class Cluster:
     async def start(self) -> None:
         """Replay the control log (what the siblings were told before this worker started),
         then listen for them. Worker 0's first start writes the start entry (what it serves)."""
-        await self.catch_up()
+        await self.settle()
         if self.index == 0 and self.registry.mode != "poll":
             await asyncio.to_thread(
                 append_control,
@@ -126,7 +133,7 @@ class Cluster:
                 {"op": "start", "served": self._served()},
                 first=True,  # a restarted worker 0 replays the one its first start wrote
             )
-            await self.catch_up()
+            await self.settle()
         path = self.info.socket_path(self.info.index)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a crashed predecessor's
@@ -134,6 +141,8 @@ class Cluster:
         self._follow = asyncio.get_running_loop().create_task(self._follow_log())
 
     async def stop(self) -> None:
+        for task in list(self._pending.values()):
+            task.cancel()
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,9 +159,11 @@ class Cluster:
         a sibling's failure. A load is given the versions to load here, from today's disk."""
         if entry["op"] == "load":
             entry = await self._plan(entry)
+        else:
+            entry = {**entry, "touches": [entry["name"]]}
         seq = await asyncio.to_thread(append_control, self.info.run_dir, entry)
         assert seq is not None
-        await self.catch_up()
+        await self.applied(seq)
         own = self.results.get(seq)
         replies = await asyncio.gather(
             *(self._ask(i, {"op": "sync", "seq": seq}) for i in self.info.siblings)
@@ -165,12 +176,63 @@ class Cluster:
                 raise _error({**err, "message": f"worker {i}: {err['message']}"})
 
     async def catch_up(self) -> None:
+        """Start applying the entries appended since the last look (`_schedule`)."""
         async with self._lock:
             entries, self._offset = await asyncio.to_thread(
                 read_control, self.info.run_dir, self._offset
             )
             for entry in entries:
-                self.results[entry["seq"]] = await self._apply(entry)
+                self._schedule(entry)
+
+    async def applied(self, seq: int) -> None:
+        """Return once entry `seq` (appended already) has been applied here."""
+        await self.catch_up()
+        task = self._pending.get(seq)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Return once every entry appended so far has been applied here."""
+        await self.catch_up()
+        if self._pending:
+            await asyncio.wait([asyncio.shield(t) for t in self._pending.values()])
+
+    def _schedule(self, entry: dict[str, Any]) -> None:
+        """Apply `entry` after the entries before it that touch the same models; a start entry
+        (or one from before `touches` existed) after all of them, and everything after it
+        waits for it."""
+        seq = entry["seq"]
+        touches: list[str] = list(entry.get("touches") or [])
+        barrier = entry["op"] == "start" or not touches
+        if barrier:
+            before = list(self._pending.values())
+        else:
+            before = [self._tails[n] for n in touches if n in self._tails]
+            if self._barrier is not None:
+                before.append(self._barrier)
+
+        async def apply() -> None:
+            if before:
+                await asyncio.wait(before)
+            self.results[seq] = await self._apply(entry)
+
+        task = asyncio.get_running_loop().create_task(apply())
+        self._pending[seq] = task
+        if barrier:
+            self._barrier = task
+            self._tails.clear()
+        else:
+            for name in touches:
+                self._tails[name] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._pending.pop(seq, None)
+            if self._barrier is t:
+                self._barrier = None
+            for name in [n for n, tail in self._tails.items() if tail is t]:
+                del self._tails[name]
+
+        task.add_done_callback(done)
 
     async def _plan(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A load entry with the versions a load would serve now; one that cannot be served
@@ -182,8 +244,15 @@ class Cluster:
             failed = str(exc) if isinstance(exc, ModelError | NotFound) else None
             if failed is not None:
                 log.error("load of %s refused, serving set unchanged: %s", name, exc)
-            return {**entry, "versions": None, "refused": _outcome(entry, exc), "failed": failed}
-        return {**entry, "versions": versions}
+            return {
+                **entry,
+                "versions": None,
+                "refused": _outcome(entry, exc),
+                "failed": failed,
+                "touches": [name],
+            }
+        touches = await self.registry.touches(name, _config(entry))
+        return {**entry, "versions": versions, "touches": touches}
 
     async def _apply(self, entry: dict[str, Any]) -> dict[str, Any] | None:
         try:
@@ -292,7 +361,7 @@ class Cluster:
             message = json.loads(await reader.readline())
             reply: dict[str, Any]
             if message["op"] == "sync":
-                await self.catch_up()
+                await self.applied(message["seq"])
                 reply = {"error": self.results.get(message["seq"])}
             elif message["op"] == "stats":
                 try:

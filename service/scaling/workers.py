@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
@@ -86,6 +87,8 @@ class Supervisor:
         # then drains within GRACE_S.
         self.stop_s = settings.drain_delay_s + settings.grace_s + 10
         self.stopped_at = 0.0
+        self.signal_name = ""
+        self.loading: list[int] = []  # workers not yet serving when the stop came
 
     def spawn(self, index: int) -> BaseProcess:
         info = WorkerInfo(index, self.count, self.run_dir)
@@ -100,17 +103,36 @@ class Supervisor:
         first, self.stopping = not self.stopping, True
         if first:
             self.stopped_at = time.monotonic()
-            log.info("%s: stopping %d workers", signal.Signals(sig).name, self.count)
+            self.signal_name = signal.Signals(sig).name
+            self.loading = [i for i in range(self.count) if not self._serving(i)]
+            log.info("%s: stopping %d workers", self.signal_name, self.count)
         for proc in self.procs.values():
             if proc.pid is not None and proc.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
 
+    def _serving(self, index: int) -> bool:
+        """Worker `index` has started serving (its socket to its siblings exists)."""
+        return WorkerInfo(index, self.count, self.run_dir).socket_path(index).exists()
+
+    def _exit_code(self, codes: list[int | None]) -> int:
+        """0 when every worker stopped cleanly: exit 0, or killed by the SIGTERM this
+        supervisor passed on before its signal handlers were up (a worker still starting).
+        Stopped while some were still loading: one line says so."""
+        clean = all(c == 0 or (self.stopping and c == -signal.SIGTERM) for c in codes)
+        if clean and self.stopping and self.loading:
+            print(
+                f"coordconv serve: stopped by {self.signal_name} while workers "
+                f"{', '.join(map(str, self.loading))} of {self.count} were still loading "
+                "models",
+                file=sys.stderr,
+            )
+        return 0 if clean else 1
+
     def _first_worker_up(self, proc: BaseProcess) -> bool:
         """Wait until worker 0 serves (its socket to its siblings exists) or exits."""
-        ready = WorkerInfo(0, self.count, self.run_dir).socket_path(0)
         while proc.is_alive() and not self.stopping:
-            if ready.exists():
+            if self._serving(0):
                 return True
             time.sleep(0.05)
         return False
@@ -121,7 +143,9 @@ class Supervisor:
         try:
             first = self.spawn(0)
             if not self._first_worker_up(first):
-                first.join()
+                first.join(self.stop_s)
+                if self.stopping:
+                    return self._exit_code([first.exitcode])
                 return first.exitcode or 0
             for index in range(1, self.count):
                 self.spawn(index)
@@ -175,7 +199,7 @@ class Supervisor:
         for proc in self.procs.values():
             proc.join(self.stop_s)
             codes.append(proc.exitcode)
-        return 0 if all(c == 0 for c in codes) else 1
+        return self._exit_code(codes)
 
 
 def run(settings: Settings) -> int:
