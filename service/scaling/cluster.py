@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import BadRequest, ModelError, NotFound, ServiceError
+from service.errors import BadRequest, ModelError, NotFound, ServiceError, Unavailable
 from service.models import config as model_config
 from service.models import repository
 from service.models.registry import ModelRegistry
@@ -397,7 +397,7 @@ def _outcome(entry: dict[str, Any], exc: Exception) -> dict[str, Any]:
 
 
 def _error(err: dict[str, Any]) -> ServiceError:
-    cls = {400: BadRequest, 404: NotFound}.get(err["status"], ServiceError)
-    exc = cls(err["message"])
+    cls = {400: BadRequest, 404: NotFound, 503: Unavailable}.get(err["status"], ServiceError)
+    exc = cls(err["message"])  # 503: with Retry-After, as one process answers
     exc.status_code = err["status"]
     return exc
