@@ -7,17 +7,20 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test test-fast lint typecheck pytest docker-test browser perf-analyzer models reproduce bench bench-peers compare profile soak clean help
+.PHONY: run test test-fast docs docs-check lint typecheck pytest docker-test browser perf-analyzer models reproduce bench gpu-check bench-peers compare profile soak clean help
 
 help:
 	@echo "make run        install the serve and client extras (and tritonclient, for the README's"
 	@echo "                examples) and serve the shipped models on 127.0.0.1:8000"
-	@echo "make test       install everything and run ruff, mypy and pytest"
+	@echo "make test       install everything and run ruff, mypy, the docs build and pytest"
+	@echo "make docs       regenerate docs/settings.md and build the documentation site into site/"
 	@echo "make test-fast  the inner loop: ruff, mypy, the architecture checks and the service"
 	@echo "                against real servers (under 2 minutes on 2 cores)"
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
+	@echo "make gpu-check  onnxruntime and the service on the provider found here, parity with"
+	@echo "                the CPU (benchmarks/gpu-<provider>.md; docs/gpu.md: the GPU machine's run)"
 	@echo "make bench-peers  the same model on PyTriton and MLServer beside this service"
 	@echo "make compare BEFORE=ref  this checkout against another commit, in turns"
 	@echo "make profile    a flame graph of the service under load (py-spy)"
@@ -83,7 +86,16 @@ pytest: $(VENV)/.all browser perf-analyzer
 docker-test: $(VENV)/.all
 	$(BIN)/python -m pytest -q -s -m docker tests/test_docker.py
 
-test: lint typecheck pytest
+test: docs-check lint typecheck pytest
+
+# The documentation site (mkdocs.yml, docs/): `make docs` regenerates the settings page from the
+# Settings model and builds site/ (served at /guide/); `make test` builds it --strict, offline.
+docs: $(VENV)/.all
+	$(BIN)/python docs/gen_settings.py
+	$(BIN)/mkdocs build --strict
+
+docs-check: $(VENV)/.all
+	$(BIN)/mkdocs build --strict --quiet
 
 # The inner loop: lint, types, the shape checks, codecs and the protocols against real servers
 # (HTTP, gRPC, both dispatches, every decoding placement). `make test` before you push.
@@ -107,6 +119,12 @@ reproduce: $(VENV)/.all
 PROVIDERS ?= cpu
 bench: $(VENV)/.all perf-analyzer
 	$(BIN)/python -m benchmarks.bench --providers $(PROVIDERS) --sweep --ray
+
+# One run, one results file: benchmarks/gpu-<provider>.json and .md (docs/gpu.md). Longer points
+# on a GPU machine: make gpu-check GPU_CHECK_ARGS="--seconds 4 --ort-seconds 1".
+GPU_CHECK_ARGS ?=
+gpu-check: $(VENV)/.all
+	$(BIN)/python -m benchmarks.gpu $(GPU_CHECK_ARGS)
 
 # This service beside NVIDIA PyTriton and MLServer on the same model, one run (benchmarks/peers.md);
 # each peer in its own virtual environment under .venv-peers/.

@@ -131,8 +131,13 @@ class Settings(BaseSettings):
         None,
         description="bearer token(s) for inference routes, comma-separated (several: rotation)",
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info",
+        description="the least severe log records written: critical, error, warning, info, debug",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per record; json: one JSON object per line"
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry spans and metrics (with a provider set up, "

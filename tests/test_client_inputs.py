@@ -1,5 +1,6 @@
 """The batch client's input files: strict numbers (ASCII decimals only), input streamed so memory
-stays bounded whatever the CSV size, and the README's sample inputs in examples/."""
+stays bounded whatever the CSV size, and the sample inputs in examples/ that the documentation
+uses (docs/client.md)."""
 
 from __future__ import annotations
 
@@ -177,15 +178,16 @@ def test_the_readme_examples_run(server, tmp_path) -> None:
 
 
 def test_the_readme_client_block_runs_as_written(server, tmp_path) -> None:
-    """The README's batch-client block, line by line as a user types it (from a copy of the
-    repository's examples/, COORDCONV_URL pointing at a live server): every command exits 0 and
-    leaves the outputs it names, the renders located back at the points of examples/coords.csv."""
+    """The batch-client block of the documentation (docs/client.md, where the README's section
+    moved), line by line as a user types it (from a copy of the repository's examples/,
+    COORDCONV_URL pointing at a live server): every command exits 0 and leaves the outputs it
+    names, the renders located back at the points of examples/coords.csv."""
     import os
     import re
     import shutil
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Batch client") :]
+    page = (ROOT / "docs" / "client.md").read_text()
+    section = page[page.index("## `coordconv client`") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block is not None
     commands = [ln for ln in block.group(1).splitlines() if ln.startswith("coordconv client")]

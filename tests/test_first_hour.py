@@ -1,7 +1,8 @@
-"""A newcomer's first hour works as the README says: what `make run` installs covers the examples
-after it, the roll-out example runs as written against a copy of the shipped repository (a real
-server on free ports, `coordconv export` writing a new version beside the shipped ones), and the
-README and docs/ point to nothing outside the repository."""
+"""A newcomer's first hour works as the README and the documentation say: what `make run` installs
+covers the examples after it, the roll-out example (docs/model-repository.md) runs as written
+against a copy of the shipped repository (a real server on free ports, `coordconv export` writing
+a new version beside the shipped ones), and the README and docs/ point to nothing outside the
+repository."""
 
 from __future__ import annotations
 
@@ -22,23 +23,30 @@ from tests.conftest import MODELS, ROOT, free_port
 
 BIN = Path(sys.executable).parent
 README = (ROOT / "README.md").read_text()
+# The README's sections moved into the documentation: the examples are the README's and the pages'.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = "\n".join(page.read_text() for page in PAGES)
+GETTING_STARTED = (ROOT / "docs" / "getting-started.md").read_text()
+MODEL_REPOSITORY = (ROOT / "docs" / "model-repository.md").read_text()
 BLOCKS = re.compile(r"```(bash|python)\n(.*?)```", re.S)
 
 
 def blocks(lang: str) -> list[str]:
-    return [body for kind, body in BLOCKS.findall(README) if kind == lang]
+    return [body for kind, body in BLOCKS.findall(DOCS) if kind == lang]
 
 
 def rollout_blocks() -> tuple[str, str]:
     """The roll-out example: its shell block (explicit mode, `coordconv export`, the load) and
-    the Python block right after it."""
-    found = list(BLOCKS.finditer(README))
+    the Python block right after it (docs/model-repository.md)."""
+    found = list(BLOCKS.finditer(MODEL_REPOSITORY))
     for i, m in enumerate(found):
         explicit = "--model-control-mode explicit" in m[2]
         if m[1] == "bash" and explicit and "coordconv export" in m[2]:
             assert found[i + 1][1] == "python", "the roll-out's Python block follows its shell one"
             return m[2], found[i + 1][2]
-    raise AssertionError("no roll-out example (explicit mode + coordconv export) in README.md")
+    raise AssertionError(
+        "no roll-out example (explicit mode + coordconv export) in docs/model-repository.md"
+    )
 
 
 def test_make_run_installs_what_the_readme_examples_after_it_import() -> None:
@@ -48,8 +56,8 @@ def test_make_run_installs_what_the_readme_examples_after_it_import() -> None:
     assert re.search(r"^run: \$\(VENV\)/\.run$", makefile, re.M)
     python = "\n".join(blocks("python"))
     assert "tritonclient.http" in python and "tritonclient.grpc" in python
-    assert re.search(r"coordconv client\s+--help", README)
-    # and nothing the README runs after `make run` needs torch, except where it says so
+    assert re.search(r"coordconv client\s+--help", GETTING_STARTED)
+    # and nothing the README or the docs run after `make run` needs torch, except where they say so
     for body in blocks("bash"):
         if re.search(r"^coordconv (train|export|models|reproduce)\b", body, re.M):
             assert "make models" in body or "torch" in body, body

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
@@ -43,6 +44,9 @@ The Open Inference Protocol (`/v2`, as NVIDIA Triton speaks it) serves the same 
 `tritonclient` and other KServe V2 clients.
 """
 
+
+# The documentation site as `make docs` builds it (mkdocs.yml), served at /guide/ where it exists.
+SITE = Path(__file__).resolve().parents[2] / "site"
 
 ROUTERS = (health.router, v1.router, v2.health, v2.guarded)  # included as they are declared
 # The routes that carry the traffic: dispatched without FastAPI's layers unless FAST_DISPATCH=false.
@@ -95,6 +99,13 @@ def create_app(settings: Settings | None = None, plane: DataPlane | None = None)
     static = resources.files("fastapi_offline") / "static"
     app.mount("/docs-static", StaticFiles(directory=str(static)), name="docs-static")
     app.mount("/static", StaticFiles(directory=str(health.STATIC)), name="static")
+    if (SITE / "index.html").is_file():
+        app.mount("/guide", StaticFiles(directory=str(SITE), html=True), name="guide")
+    else:  # say why, rather than a bare Not Found
+
+        @app.get("/guide/{path:path}", include_in_schema=False)
+        async def no_guide(path: str) -> JSONResponse:
+            return JSONResponse({"detail": "the documentation site is not built: make docs"}, 404)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
