@@ -584,3 +584,40 @@ def test_the_grafana_dashboard_queries_only_what_metrics_exposes(
         used |= set(re.findall(r"(\w+)=~?\"", t["expr"]))
         used |= set(re.findall(r"\{\{(\w+)\}\}", t.get("legendFormat", "")))
         assert used <= labels, (t["expr"], used - labels)
+
+
+def test_with_workers_an_unloaded_models_series_go_as_with_one_process() -> None:
+    from tests.test_workers import Workers
+
+    w = Workers(
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "render",
+        "--load-model",
+        "locate",
+        count=2,
+    )
+    try:
+        clients = w.by_worker()
+        for i in (0, 1):
+            r = clients[i].post("/v1/render", json={"coords": [[9, 9]]})
+            assert r.status_code == 200, r.text
+        assert clients[0].post("/v2/repository/models/render/unload").status_code == 200
+        for i in (0, 1):
+            gone = Scrape(clients[i].get("/metrics").text)
+            for name in TRITON:
+                if not name.startswith("nv_cpu"):
+                    left = [ls for ls in gone.series(name) if ls.get("model") == "render"]
+                    assert not left, (i, name, left)
+            # what is still served keeps its series; this service's own counters stay
+            assert gone.value("nv_inference_request_success", model="locate", version="2") == 0
+            assert gone.value("coordconv_inference_count_total", model="render", version="2") == 2
+        for c in clients.values():
+            c.close()
+        code, out = w.stop()
+        assert code == 0, out
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.communicate()

@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.errors import ClientClosedRequest, InferenceFailed
@@ -238,6 +240,14 @@ class Metrics:
         r.register(self.system)
         self._series: dict[tuple[str, str], VersionSeries] = {}
         self._bound: dict[tuple[str, str], Statistics] = {}
+        # Triton's per-version families, by name: with `--workers N` their samples are shown
+        # only for versions served now (`exposition`).
+        self._per_version = {
+            *self.triton,
+            self.request_failure._name,
+            self.pending._name,
+            self.first_response._name,
+        }
         tracing.ensure()  # once per process, from the OTEL_* variables
 
     def attach(self, stats: Statistics) -> VersionSeries:
@@ -298,7 +308,7 @@ class Metrics:
             text = generate_latest(self.registry)
         else:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, shared)
+            registry.register(_ServedOnly(MultiProcessCollector(None, shared), self))
             registry.register(self.system)
             text = generate_latest(registry)
         for name in TRITON_COUNTERS:
@@ -306,6 +316,27 @@ class Metrics:
                 b"# TYPE %s gauge\n" % name.encode(), b"# TYPE %s counter\n" % name.encode()
             )
         return text
+
+
+class _ServedOnly:
+    """Every worker's values (prometheus_client's multiprocess files), with Triton's per-version
+    samples left out for versions no longer served: a value cannot be taken out of a worker's
+    file, so an unloaded version's series would stay (at 0) where one process removes them."""
+
+    def __init__(self, inner: MultiProcessCollector, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        served = set(self.metrics._bound)
+        for family in self.inner.collect():
+            if family.name in self.metrics._per_version:
+                family.samples = [
+                    s
+                    for s in family.samples
+                    if (s.labels.get("model"), s.labels.get("version")) in served
+                ]
+            yield family
 
 
 def _unmirror(stats: Any) -> None:
