@@ -40,6 +40,7 @@ from service.errors import RepositoryError, Unavailable
 from service.grpc.server import GrpcFrontEnd
 from service.http.app import create_app
 from service.http.connections import protocol_class, raise_fd_limit
+from service.http.listeners import close_gently
 from service.metrics import Metrics, tracing
 from service.models.registry import ModelRegistry
 from service.scaling.cluster import Cluster, WorkerInfo
@@ -168,6 +169,12 @@ class _Http(uvicorn.Server):
             return
         super().handle_exit(sig, frame)
         self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # What the kernel accepted is answered, not reset by the listener's close.
+        grace = self.config.timeout_graceful_shutdown or 0
+        await close_gently(self.servers, min(1.0, grace / 4))
+        await super().shutdown(sockets)
 
 
 class Server:

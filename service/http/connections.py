@@ -15,6 +15,11 @@ cannot see: what an idle, slow or hostile client does before its request reaches
   room (idle: between requests, with nothing received of the next one, nor waiting unread in
   the kernel); only when none is idle is the new connection answered 503 + Retry-After. Idle
   keep-alive connections are closed after KEEPALIVE_TIMEOUT_S (uvicorn's own timer).
+- Shutdown: a connection with a request in progress finishes it and closes; an idle one lingers
+  (up to a quarter of GRACE_S, at most 1 s) for a request its client may have sent already,
+  answers it and closes, instead of being closed under it (a close that crosses a request in
+  flight is a reset the client cannot tell from a failure; service/http/listeners.py does the
+  same for the connections still in the listener's queue).
 - Hang-ups: a client that goes away with answers pending (pipelined requests, or one still
   being computed) costs one DEBUG line. Every unfinished request on the connection is told it
   is disconnected (uvicorn tells only the last one parsed, so a pipelined request still running
@@ -74,6 +79,7 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
     send_timeout = settings.send_timeout_s
     max_header = settings.max_header_bytes
     max_connections = settings.max_connections
+    linger = min(1.0, settings.grace_s / 4)
 
     class GuardedHttpProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -88,6 +94,7 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
             # one running and those pipelined behind it.
             self._unanswered: deque[RequestResponseCycle] = deque()
             self._peer_closed = False  # the client sent EOF: it went away
+            self._closing = False  # the server is stopping: answer what comes, then close
 
         # Timers
 
@@ -148,6 +155,22 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
                 self.connections.discard(c)
                 return True
             return False
+
+        def shutdown(self) -> None:
+            """The server stops (uvicorn's call): see the module's docstring, "Shutdown"."""
+            self._closing = True
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False  # finishes, then closes
+                return
+            if self._header_bytes or _unread_bytes(self.transport):
+                return  # a request under way: it is answered (keep-alive off), then closed
+            self._disarm()
+            self._timer = self.loop.call_later(linger, self._linger_over)
+
+        def _linger_over(self) -> None:
+            self._timer = None
+            if not self._header_bytes and not _unread_bytes(self.transport):
+                self.transport.close()
 
         def eof_received(self) -> None:
             self._peer_closed = True
@@ -214,6 +237,8 @@ def protocol_class(settings: Settings) -> type[HttpToolsProtocol]:
             super().on_headers_complete()
             if self.cycle is not None and self.cycle is not before:  # not a WebSocket upgrade
                 self._unanswered.append(self.cycle)
+                if self._closing:
+                    self.cycle.keep_alive = False
 
         def on_message_complete(self) -> None:
             self._in_body = False
