@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,16 +65,22 @@ def measure_limit(providers: str, seconds: float, repeats: int = 3) -> dict[str,
         out[name] = {}
         for bs in BATCHES:
             x = inputs(name, bs)
-            model.run(x)
-            best = 0.0
-            for _ in range(repeats):
-                n, start = 0, time.perf_counter()
-                while time.perf_counter() - start < seconds / repeats and n < 100_000:
-                    model.run(x)
-                    n += bs
-                best = max(best, n / (time.perf_counter() - start))
-            out[name][bs] = best
+            out[name][bs] = best_rate(functools.partial(model.run, x), bs, seconds, repeats)
     return out
+
+
+def best_rate(call: Callable[[], object], items: int, seconds: float, repeats: int = 3) -> float:
+    """Items per second of `call` (which does `items` items): one untimed call, then the best
+    of `repeats` timed runs of `seconds / repeats` each (or 100,000 items)."""
+    call()
+    best = 0.0
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / repeats and n < 100_000:
+            call()
+            n += items
+        best = max(best, n / (time.perf_counter() - start))
+    return best
 
 
 def open_model(name: str, providers: str, repo: Path = ROOT / "models") -> Any:
@@ -155,6 +162,8 @@ def server(
                 if httpx.get(url + "/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
+                if proc.poll() is not None:  # it died starting: say so now, not in 90 s
+                    raise RuntimeError(f"server exited with status {proc.returncode}") from None
                 time.sleep(0.05)
         else:
             raise RuntimeError("server did not become ready")
@@ -185,13 +194,18 @@ def load(
     seconds: float,
     items: int = 1,
     requests: int = 200_000,
+    warmup_s: float = 5.0,
+    timeout_s: float | None = None,
 ) -> loadgen.Result:
+    """The load generator against `url`; `timeout_s` bounds each of its runs (TimeoutError),
+    so a server that stops answering cannot hold a benchmark forever."""
     port = int(url.rsplit(":", 1)[1])
-    # A short warm-up, then the measured run.
-    asyncio.run(loadgen.run("127.0.0.1", port, request, concurrency, 2 * concurrency, 5.0))
-    return asyncio.run(
-        loadgen.run("127.0.0.1", port, request, concurrency, requests, seconds, items)
-    )
+    # A short warm-up (2 requests per client, at most `warmup_s`), then the measured run.
+    if warmup_s > 0:
+        warm = loadgen.run("127.0.0.1", port, request, concurrency, 2 * concurrency, warmup_s)
+        asyncio.run(asyncio.wait_for(warm, timeout_s))
+    measured = loadgen.run("127.0.0.1", port, request, concurrency, requests, seconds, items)
+    return asyncio.run(asyncio.wait_for(measured, timeout_s))
 
 
 def v1_request(name: str, n: int) -> bytes:
