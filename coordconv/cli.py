@@ -9,16 +9,20 @@ from collections.abc import Callable, Sequence
 
 # name -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("training.cli", "train_main", "train one model (task x architecture x split)"),
-    "reproduce": ("training.cli", "reproduce_main", "train the paper's table, write results/"),
-    "export": ("training.cli", "export_main", "export a trained run to the ONNX model repository"),
-    "models": ("training.cli", "models_main", "retrain and export the shipped models/"),
-    "evaluate": ("training.cli", "evaluate_main", "judge the full-canvas models and confidence"),
+    "train": ("experiments.cli", "train_main", "train one model (task x architecture x split)"),
+    "reproduce": ("experiments.cli", "reproduce_main", "train the paper's table, write results/"),
+    "export": (
+        "experiments.cli",
+        "export_main",
+        "export a trained run to the model repository",
+    ),
+    "models": ("experiments.cli", "models_main", "retrain and export the shipped models/"),
+    "evaluate": ("experiments.cli", "evaluate_main", "judge the full-canvas models and confidence"),
     "serve": ("service.cli", "main", "serve the model repository over HTTP"),
     "client": ("client.cli", "main", "send files of work to a running service"),
 }
 
-EXTRAS = {"training": "train", "service": "serve", "client": "client"}
+EXTRAS = {"experiments": "train", "service": "serve", "client": "client"}
 
 
 def _usage() -> str:

@@ -3,7 +3,7 @@ order, one JSON per completed run under results/records/<block>/<name>.json, res
 
 Blocks, in the order they run (`coordconv reproduce --blocks ...` picks some):
 
-1. `paper`: the reference code's recipe (training/recipe.py) on the fresh seeds 10-19, every
+1. `paper`: the reference code's recipe (experiments/recipe.py) on the fresh seeds 10-19, every
    CoordConv row (pixel, render, locate heatmap, the 906-parameter regressor) on both splits.
 2. `ours`: the `ours` recipe on the same seeds and rows.
 3. `locate`: what locate owes to CoordConv: the heatmap net without its coordinate channels
@@ -18,7 +18,7 @@ Blocks, in the order they run (`coordconv reproduce --blocks ...` picks some):
 7. `reference`: the paper's recipe at the reference's own budget (50 epochs for pixel and
    render, 100 for the 906-parameter regressor), no early stop, on the new seeds 20-24 of both
    splits: does it reach the goal, how soon, and does it stay there.
-8. `sufficiency`: the paper's recipe plus ONE change of ours (training.recipe.SUFFICIENCY), at
+8. `sufficiency`: the paper's recipe plus ONE change of ours (experiments.recipe.SUFFICIENCY), at
    the reference's budget, quadrant split, seeds 20-24 (render: 20-22); a run stops after 10
    consecutive epochs at the goal. What suffices alone, beside the ablations' what is necessary.
    Blocks 7 and 8 run row by row (pixel, the 906 regressor, render) and were fixed, with the
@@ -43,9 +43,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments import recipe as recipes
 from training import metrics
-from training import recipe as recipes
-from training.train import TrainConfig, primary_metric, train
+from training.metrics import primary_metric
+from training.train import train
 
 SEEDS = tuple(range(10, 20))  # fresh: fixed before the first run, never used to develop
 ABLATION_SEEDS = tuple(range(10, 15))
@@ -279,7 +280,7 @@ def static_plan(
                     }
                 )
     if "ablation" in blocks:
-        # Change-major, most suspect first (training.recipe.CHANGES): a partial block has
+        # Change-major, most suspect first (experiments.recipe.CHANGES): a partial block has
         # whole changes.
         for change in recipes.CHANGES:
             for task, arch in rows:
@@ -445,7 +446,7 @@ def run_one(spec: Spec, results: Path, runs: Path, device: str = "auto") -> dict
     config["without"] = tuple(config.get("without", ()))
     config["plus"] = tuple(config.get("plus", ()))
     r = train(
-        TrainConfig(
+        recipes.train_config(
             **config,
             device=device,
             out=str(Path(runs) / spec["block"] / spec["name"]),
@@ -539,64 +540,6 @@ def rerun(results: Path, key: str, scratch: Path, device: str = "auto") -> dict[
     }
 
 
-def rejudge(results: Path, runs: Path) -> list[str]:
-    """Render records written before the value checks (training.metrics.render_values) judged
-    their goal by IoU alone, which a grey background passes. Judge them again from the run's
-    saved final model: the test and train value metrics are added, `goal_met` and
-    `goal_refused` recomputed. The per-epoch history cannot be judged again (no per-epoch
-    weights), so a run refused now has no time to goal, and one that passes keeps its IoU-only
-    time (marked). Returns the names judged again."""
-    from training.train import (
-        carve_validation,
-        evaluate,
-        goal_met,
-        goal_refused,
-        load_run,
-        task_data,
-    )
-
-    done = []
-    for path in sorted((Path(results) / "records").glob("*/*.json")):
-        r = json.loads(path.read_text())
-        if r["task"] != "render" or "background_mean" in r["test"]:
-            continue
-        run = Path(runs) / r["block"] / r["name"]
-        if not (run / "model.pt").is_file():
-            print(f"{r['block']}/{r['name']}: no saved model in {run}; left as it was", flush=True)
-            continue
-        model, cfg, _ = load_run(run)
-        d = task_data(cfg.task, cfg.split, test_fraction=cfg.test_fraction)
-        if cfg.val_fraction:
-            carve_validation(d, cfg.val_fraction, cfg.seed)
-        test = evaluate(cfg.task, model, d.x_test, d.y_test, d.kinds_test)
-        train_m = evaluate(cfg.task, model, d.x_train, d.y_train, d.kinds_train)
-        r["test"].update({k: v for k, v in test.items() if k != "iou"})
-        r["train"].update({k: v for k, v in train_m.items() if k != "iou"})
-        r["goal_met"] = goal_met(r["task"], r["test"], r["arch"])
-        r["goal_refused"] = goal_refused(r["task"], r["test"])
-        if not r["goal_met"]:
-            # The epochs' flags were IoU's alone; with no weights to judge them again, a run
-            # whose final model fails the value checks is not counted as having reached the goal.
-            r["to_goal"] = None
-            for h in r["history"]:
-                h["goal"] = False
-        r["rejudged"] = (
-            "final model judged again with the value checks; per-epoch flags were IoU's alone "
-            "(cleared where the final model fails them)"
-        )
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(r, indent=1) + "\n")
-        tmp.replace(path)
-        done.append(f"{r['block']}/{r['name']}")
-        print(
-            f"{r['block']}/{r['name']}: IoU {test['iou']:.3f} (recorded {r['test']['iou']:.3f}), "
-            f"background {test['background_mean']:.3f}: "
-            + ("goal met" if r["goal_met"] else f"goal missed ({r['goal_refused'] or 'IoU'})"),
-            flush=True,
-        )
-    return done
-
-
 def plan_record() -> dict[str, Any]:
     """What is fixed before the first run: seeds, recipes, budgets, the search."""
     from dataclasses import asdict
@@ -680,7 +623,7 @@ def ensure_plan(results: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One worker: `python -m training.campaign --results results --runs runs/campaign`."""
+    """One worker: `python -m experiments.campaign --results results --runs runs/campaign`."""
     import argparse
 
     p = argparse.ArgumentParser(description="one worker of the reproduction campaign")
@@ -694,19 +637,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
-    p.add_argument(
-        "--rejudge",
-        action="store_true",
-        help="judge render records made before the value checks again from their saved models",
-    )
     a = p.parse_args(argv)
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    if a.rejudge:
-        rejudge(Path(a.results), Path(a.runs))
-        return 0
     ensure_plan(Path(a.results))
     plan = full_budget_plan if a.full_budget else None
     n = work(Path(a.results), Path(a.runs), a.blocks, a.device, plan=plan)

@@ -1,5 +1,5 @@
-"""`coordconv train | reproduce | export | models`. argparse only at import time: torch is imported
-when a command runs. Bad input exits 2 with one line saying what was wrong."""
+"""`coordconv train | reproduce | export | models | evaluate`. argparse only at import time:
+torch is imported when a command runs. Bad input exits 2 with one line saying what was wrong."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 from coordconv.contract import TASKS
 
-# training.recipe's names, repeated so `--help` needs no torch (tests/test_training_cli.py checks
+# experiments.recipe's names, repeated so `--help` needs no torch (tests/test_training_cli.py checks
 # they agree).
 RECIPES = ("paper", "ours")
 CHANGES = (
@@ -38,7 +38,7 @@ CHANGES = (
     "pixel_mse",
     "short_epochs",
 )
-BLOCKS = ("paper", "ours", "locate", "ablation", "search", "baseline")
+BLOCKS = ("paper", "ours", "locate", "ablation", "search", "baseline", "reference", "sufficiency")
 
 # coordconv906: the paper's 906-parameter regressor (locate, one-hot pixels only).
 ARCHS = ("coordconv", "baseline", "coordconv906")
@@ -132,7 +132,7 @@ def train_main(argv: Sequence[str]) -> int:
         choices=RECIPES,
         default="ours",
         help="paper: the reference code's recipe; ours: with this project's changes "
-        "(training/recipe.py, results/reproduction.md lists them)",
+        "(experiments/recipe.py, results/reproduction.md lists them)",
     )
     p.add_argument(
         "--without",
@@ -164,15 +164,17 @@ def train_main(argv: Sequence[str]) -> int:
     _writable_dir(out, "output folder")
 
     def go() -> None:
-        from training.train import TrainConfig, primary_metric, train
+        from experiments.recipe import train_config
+        from training.metrics import primary_metric
+        from training.train import train
 
         r = train(
-            TrainConfig(
-                task=a.task,
-                arch=a.arch,
+            train_config(
+                a.task,
+                a.arch,
+                a.recipe,
+                tuple(a.without),
                 split=a.split,
-                recipe=a.recipe,
-                without=tuple(a.without),
                 epochs=a.epochs,
                 lr=a.lr,
                 batch_size=a.batch_size,
@@ -202,11 +204,12 @@ def train_main(argv: Sequence[str]) -> int:
 def reproduce_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="coordconv reproduce",
-        description="Run the reproduction campaign (training/campaign.py): the paper's recipe "
-        "and ours on the fresh seeds 10-19, locate without coordinate channels, every change "
-        "of ours ablated, the baselines' validation search and their 3 seeds. Resumes: runs "
-        "already under OUT/runs/ are not trained again. Then writes OUT/reproduction.md, "
-        ".json and the plots from every completed run.",
+        description="Run the reproduction campaign (experiments/campaign.py): the paper's recipe "
+        "at a cut budget and ours on the fresh seeds 10-19, locate without coordinate channels, "
+        "every change of ours ablated, the baselines' validation search and their 3 seeds, the "
+        "paper's recipe at the reference's own budget and plus one change at a time (seeds "
+        "20-24). Resumes: runs already under OUT/records/ are not trained again. Then writes "
+        "OUT/reproduction.md, .json and the plots from every completed run.",
     )
     p.add_argument("--out", default="results")
     p.add_argument("--runs", default="runs/campaign", help="where run folders (models) go")
@@ -227,7 +230,12 @@ def reproduce_main(argv: Sequence[str]) -> int:
     )
     p.add_argument(
         "--readme",
-        help="also rewrite this file's results section from the table (e.g. README.md)",
+        help="also rewrite this file's results table, between its <!-- reproduction:begin --> "
+        "and <!-- reproduction:end --> markers (e.g. README.md)",
+    )
+    p.add_argument(
+        "--docs",
+        help="also write the documentation's reproduction page (e.g. docs/reproduction.md)",
     )
     p.add_argument(
         "--rerun",
@@ -251,11 +259,11 @@ def reproduce_main(argv: Sequence[str]) -> int:
     def go() -> None:
         import subprocess
 
-        from training.reproduce import write_report
+        from experiments.report import write_report
 
         if a.rerun:
-            from training import campaign
-            from training.reproduce import fmt_value
+            from experiments import campaign
+            from experiments.summary import fmt_value
 
             if a.threads:
                 import torch
@@ -280,7 +288,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
             cmd = [
                 sys.executable,
                 "-m",
-                "training.campaign",
+                "experiments.campaign",
                 "--results",
                 a.out,
                 "--runs",
@@ -297,7 +305,9 @@ def reproduce_main(argv: Sequence[str]) -> int:
             codes = [proc.wait() for proc in procs]
             if any(codes):
                 raise ValueError(f"a worker failed (exit codes {codes}); completed runs are kept")
-        summary = write_report(a.out, plots=not a.no_plots, runs=a.runs, readme=a.readme)
+        summary = write_report(
+            a.out, plots=not a.no_plots, runs=a.runs, readme=a.readme, docs=a.docs
+        )
         print(
             f"reproduce: {summary['completed_planned']} of {summary['planned']} planned runs "
             f"complete; wrote {a.out}/reproduction.md"
@@ -355,9 +365,10 @@ def models_main(argv: Sequence[str]) -> int:
     _writable_dir(a.repo, "model repository")
 
     def go() -> None:
+        from experiments.recipe import train_config
+        from experiments.summary import run_name
         from training.export import export_run
-        from training.reproduce import run_name
-        from training.train import TrainConfig, train
+        from training.train import train
 
         if a.full:
             from training.nets import TASKS as NET_TASKS
@@ -372,9 +383,9 @@ def models_main(argv: Sequence[str]) -> int:
                 init = str(v1) if task == "locate" and v1.is_file() else None
                 if not (a.reuse and (run / "model.pt").is_file()):
                     r = train(
-                        TrainConfig(
-                            task=task,
-                            arch="coordconv",
+                        train_config(
+                            task,
+                            "coordconv",
                             split="full",
                             seed=0,
                             epochs=FULL_EPOCHS[task],
@@ -406,9 +417,9 @@ def models_main(argv: Sequence[str]) -> int:
             run = Path(a.runs) / run_name(task, arch, "quadrant", 0)
             if not (a.reuse and (run / "model.pt").is_file()):
                 train(
-                    TrainConfig(
-                        task=task,
-                        arch=arch,
+                    train_config(
+                        task,
+                        arch,
                         split="quadrant",
                         seed=0,
                         epochs=SHIPPED_EPOCHS.get(task) if arch == "coordconv" else None,

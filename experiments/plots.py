@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from training import data, metrics
-from training.train import PRIMARY, load_run, predict
+from training.metrics import PRIMARY
+from training.train import load_run, predict
 
 COLORS = {"paper": "tab:red", "ours": "tab:blue", "baseline": "tab:orange", "locate": "tab:green"}
 SEED = 10  # the first fresh seed: the one the curves and pictures show
@@ -67,6 +68,42 @@ def learning_curves(records: list[dict[str, Any]], path: Path, seed: int = SEED)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def reference_curves(records: list[dict[str, Any]], path: Path) -> bool:
+    """Block `reference`: the paper recipe at the reference's own budget, test metric per epoch
+    for every seed (thin) and the goal (dotted), per row and split: when each seed first reaches
+    the goal, and whether it stays there. False (nothing drawn) before the block has a run."""
+    rows = [("pixel", "coordconv"), ("locate", "coordconv906"), ("render", "coordconv")]
+    ref = [r for r in records if r.get("block") == "reference"]
+    if not ref:
+        return False
+    splits = ("uniform", "quadrant")
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.9 * len(rows)), squeeze=False)
+    goal = {"pixel": 1.0, "render": 0.99, "locate": 1.0}
+    for i, (task, arch) in enumerate(rows):
+        for j, split in enumerate(splits):
+            ax = axes[i][j]
+            runs = sorted(
+                (r for r in ref if (r["task"], r["arch"], r["split"]) == (task, arch, split)),
+                key=lambda r: r["seed"],
+            )
+            for r in runs:
+                epochs = [h["epoch"] for h in r["history"]]
+                ax.plot(epochs, [h["test"] for h in r["history"]], lw=1, label=f"s{r['seed']}")
+            ax.axhline(goal[task], color="black", ls=":", lw=1)
+            metric = "exact (one-hot)" if arch == "coordconv906" else PRIMARY[task]
+            ax.set_title(f"{task}/{arch}, {split}: the paper recipe, test", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if runs:
+                ax.legend(fontsize=6, ncol=5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def train_vs_test(records: list[dict[str, Any]], path: Path) -> None:
@@ -222,6 +259,7 @@ def all_plots(records: list[dict[str, Any]], runs: Path, out: Path) -> None:
     import json
 
     learning_curves(records, out / "learning_curves.png")
+    reference_curves(records, out / "reference_curves.png")
     train_vs_test(records, out / "train_vs_test.png")
     summary = json.loads((out / "reproduction.json").read_text())
     time_to_goal(summary, out / "time_to_goal.png")

@@ -1,5 +1,7 @@
-"""Two recipes for every CoordConv row: `paper` (the reference code's, uber-research/CoordConv)
-and `ours` (the paper's plus the changes below, each of which can be turned off alone).
+"""Two recipes for every row: `paper` (the reference code's, uber-research/CoordConv) and `ours`
+(the paper's plus the changes below, each of which can be turned off alone, or added alone to
+`paper`); `train_config` turns a recipe into the training.train.TrainConfig that states every
+knob.
 
 A recipe resolves to a `Settings`: the optimiser's numbers and one flag per change. `ours` minus
 a change is `resolve(task, arch, "ours", without=(change,))`: every other setting stays as in
@@ -33,8 +35,11 @@ the reference's 50 epochs for pixel, render and locate (5), and a quarter of its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch comes with the config; --help and the plan need neither
+    from training.train import TrainConfig
 
 # Per (task, arch) the reference epochs, and the cut budget this project runs them for.
 REFERENCE_EPOCHS = {
@@ -201,7 +206,7 @@ _OURS_VALUES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
 }
 
 
-# Sufficiency (block `sufficiency`, training/campaign.py): the paper's recipe plus ONE change of
+# Sufficiency (block `sufficiency`, experiments/campaign.py): the paper's recipe plus ONE change of
 # ours, per row. The ablations say what is necessary inside ours; these say what suffices on its
 # own. `short_epochs` is left out everywhere: it only cuts the budget.
 SUFFICIENCY: dict[tuple[str, str], list[str]] = {
@@ -261,7 +266,7 @@ def resolve(
 
 
 def _with(s: Settings, row: tuple[str, str], changes: Sequence[str]) -> Settings:
-    """`s` with each change's values (training.recipe._OURS_VALUES, else its flag) set."""
+    """`s` with each change's values (experiments.recipe._OURS_VALUES, else its flag) set."""
     names = {f.name for f in fields(Settings)}
     for change in changes:
         values = _OURS_VALUES.get(change, {}).get(row)
@@ -282,4 +287,70 @@ def describe(task: str, arch: str, recipe: str, without: tuple[str, ...] = ()) -
     return (
         f"{init}; Adam lr {s.lr:g} ({sched}), betas 0.9/0.99, minibatch {s.batch_size}, "
         f"L2 {s.l2:g}, {s.epochs} epochs"
+    )
+
+
+# The baselines (deconv nets, the conv regressor) have no changes to switch: `paper` is the
+# reference's deconv settings (he_normal, Adam lr 0.01, minibatch 16, no L2; its step schedule
+# divides the rate by 10 every 200 epochs, so it is constant within any budget run here) and its
+# conv regressor's (lr 0.001, L2 1e-5, MSE on coordinates / 64); `ours` is PyTorch's default
+# init, cosine decay and MSE in pixels. The campaign's baselines use `paper` with the
+# configuration its validation search chose (experiments/campaign.py).
+BASELINE: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "pixel": {"epochs": 100, "lr": 0.01, "batch_size": 16, "cosine": False, "l2": 0.0},
+        "render": {"epochs": 100, "lr": 0.01, "batch_size": 16, "cosine": False, "l2": 0.0},
+        "locate": {"epochs": 30, "lr": 0.001, "batch_size": 16, "cosine": False, "l2": 1e-5},
+    },
+    "ours": {
+        "pixel": {"epochs": 100, "lr": 0.003, "batch_size": 32, "cosine": True, "l2": 0.0},
+        "render": {"epochs": 100, "lr": 0.003, "batch_size": 32, "cosine": True, "l2": 0.0},
+        "locate": {"epochs": 30, "lr": 0.001, "batch_size": 16, "cosine": True, "l2": 0.0},
+    },
+}
+
+
+def knobs(
+    task: str,
+    arch: str,
+    recipe: str = "ours",
+    without: Sequence[str] = (),
+    plus: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The recipe's numbers and switches for a row (training.train.KNOBS)."""
+    if arch != "baseline":
+        return asdict(resolve(task, arch, recipe, tuple(without), tuple(plus)))
+    if without or plus:
+        raise ValueError("--without and --plus name changes of the CoordConv rows' recipes")
+    if recipe not in RECIPES:
+        resolve(task, "coordconv", recipe)  # its error message
+    if task not in BASELINE[recipe]:
+        raise ValueError(f"unknown task {task!r}; choose one of pixel, render, locate")
+    flags = {f.name: False for f in fields(Settings) if f.type in ("bool", bool)}
+    # ours: PyTorch's init and, for the regressor, MSE in pixels
+    flags.update(torch_init=recipe == "ours", pixel_mse=recipe == "ours")
+    return {**flags, **BASELINE[recipe][task]}
+
+
+def train_config(
+    task: str,
+    arch: str = "coordconv",
+    recipe: str = "ours",
+    without: Sequence[str] = (),
+    plus: Sequence[str] = (),
+    **overrides: Any,
+) -> TrainConfig:
+    """The TrainConfig of a row under a recipe: its knobs, then `overrides` (any TrainConfig
+    field; None leaves the recipe's value)."""
+    from training.train import TrainConfig
+
+    values = knobs(task, arch, recipe, without, plus)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(
+        task=task,  # type: ignore[arg-type]
+        arch=arch,  # type: ignore[arg-type]
+        recipe=recipe,
+        without=tuple(without),
+        plus=tuple(plus),
+        **values,
     )

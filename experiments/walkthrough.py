@@ -1,5 +1,5 @@
 """A walk-through, top to bottom, in a few minutes on 2 CPU cores:
-`python -m training.walkthrough` (writes results/walkthrough.png).
+`python -m experiments.walkthrough` (writes results/walkthrough.png).
 
 1. The layer: AddCoords appends two channels, x and y in [-1, 1], to whatever it is given.
 2. The data: 3136 centres (x, y) in 4..59; the quadrant split holds out every centre with
@@ -29,9 +29,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from experiments.recipe import train_config
 from training import data
 from training.layers import AddCoords
-from training.train import TrainConfig, load_run, predict, train
+from training.train import load_run, predict, train
 
 
 def step(title: str) -> None:
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     step(f"3. The baseline: deconv, {a.baseline_epochs} epochs")
     base = train(
-        TrainConfig(
-            task="pixel",
-            arch="baseline",
+        train_config(
+            "pixel",
+            "baseline",
             split="quadrant",
             seed=a.seed,
             epochs=a.baseline_epochs,
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     step("4. CoordConv (recipe `ours`), 1 epoch")
     cc = train(
-        TrainConfig(
-            task="pixel",
+        train_config(
+            "pixel",
             split="quadrant",
             seed=a.seed,
             epochs=1,

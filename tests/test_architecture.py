@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("coordconv", "service", "training", "client")
+PACKAGES = ("coordconv", "service", "training", "experiments", "client")
 
 # service's floors, lowest first; a module may import from its floor or any below.
 SERVICE_LAYERS: list[tuple[str, ...]] = [
@@ -33,9 +33,20 @@ SERVICE_LAYERS: list[tuple[str, ...]] = [
     ("service.cli",),
 ]
 FORBIDDEN = {
-    "service": ("torch", "training", "client"),
-    "client": ("torch", "onnxruntime", "service", "training"),
-    "coordconv": ("torch", "onnxruntime", "service", "training", "client", "fastapi", "httpx"),
+    "service": ("torch", "training", "experiments", "client"),
+    "client": ("torch", "onnxruntime", "service", "training", "experiments"),
+    "coordconv": (
+        "torch",
+        "onnxruntime",
+        "service",
+        "training",
+        "experiments",
+        "client",
+        "fastapi",
+        "httpx",
+    ),
+    # The science never depends on what runs it: recipes, campaign, report, commands.
+    "training": ("experiments", "service", "client"),
 }
 
 

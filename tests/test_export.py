@@ -10,9 +10,10 @@ import onnx
 import pytest
 
 from coordconv.contract import config_pbtxt
+from experiments.recipe import train_config
 from tests.conftest import MODELS
 from training.export import ExportError, export_run, verify_onnx
-from training.train import TrainConfig, train
+from training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def runs(tmp_path_factory):
     """Untrained (0-epoch) runs: export does not care how good a model is."""
     root = tmp_path_factory.mktemp("runs")
     for task in ("pixel", "locate"):
-        train(TrainConfig(task=task, epochs=0, out=str(root / task), progress=False))
+        train(train_config(task, epochs=0, out=str(root / task), progress=False))
     return root
 
 
@@ -95,6 +96,7 @@ def test_triton_config_leaves_the_batch_axis_out() -> None:
 def test_exported_configs_pass_the_services_own_check(runs, tmp_path) -> None:
     """`coordconv export` writes what `coordconv serve` accepts: the config parses as Triton's
     ModelConfig and agrees with the graph (the service's verification, strict)."""
+    from service.dataplane.tasks import CoordConvRules
     from service.models import config as model_config
     from service.models.version import open_version
     from service.settings import Settings
@@ -111,6 +113,7 @@ def test_exported_configs_pass_the_services_own_check(runs, tmp_path) -> None:
             config,
             Settings(model_dir=tmp_path),
             ["CPUExecutionProvider"],
+            rules=CoordConvRules(),
         )
         assert m.task == task and m.scheduling.max_batch_size == 64
 
@@ -214,7 +217,7 @@ def grey_run(tmp_path_factory):
     from training.onnx_weights import weights_from_onnx
 
     run = tmp_path_factory.mktemp("grey") / "render-grey"
-    train(TrainConfig(task="render", epochs=0, out=str(run), progress=False))
+    train(train_config("render", epochs=0, out=str(run), progress=False))
     state = weights_from_onnx(MODELS / "render" / "1" / "model.onnx")
     state["paint.8.weight"] = state["paint.8.weight"] * 0.05
     state["paint.8.bias"] = state["paint.8.bias"] * 0.05 - 0.2
@@ -223,7 +226,9 @@ def grey_run(tmp_path_factory):
 
 
 def test_a_grey_background_run_misses_the_goal_saying_why(grey_run) -> None:
-    from training.train import evaluate, goal_met, goal_refused, load_run, task_data
+    from training.data import task_data
+    from training.metrics import goal_met, goal_refused
+    from training.train import evaluate, load_run
 
     model, _, _ = load_run(grey_run)
     d = task_data("render", "quadrant")

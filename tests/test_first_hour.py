@@ -80,15 +80,17 @@ def checkout(tmp_path: Path) -> Path:
     (minutes on 2 cores): the shipped render/1 network, its metrics recomputed on its test set."""
     import torch
 
+    from experiments.recipe import train_config
+    from training.data import task_data
     from training.onnx_weights import weights_from_onnx
-    from training.train import TrainConfig, evaluate, load_run, task_data, train
+    from training.train import evaluate, load_run, train
 
     shutil.copytree(MODELS, tmp_path / "models")
     body, _ = rollout_blocks()
     run_dir = re.search(r"coordconv export (\S+)", body)
     assert run_dir is not None
     run = tmp_path / run_dir[1]
-    train(TrainConfig(task="render", split="quadrant", epochs=0, out=str(run), progress=False))
+    train(train_config("render", split="quadrant", epochs=0, out=str(run), progress=False))
     torch.save(weights_from_onnx(MODELS / "render" / "1" / "model.onnx"), run / "model.pt")
     model, _, record = load_run(run)
     d = task_data("render", "quadrant")

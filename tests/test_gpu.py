@@ -21,8 +21,9 @@ def test_training_runs_on_cuda_and_reaches_the_goal() -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device (a CPU build of torch?)")
-    from training.train import TrainConfig, train
+    from experiments.recipe import train_config
+    from training.train import train
 
-    r = train(TrainConfig(task="pixel", split="quadrant", device="cuda", progress=False))
+    r = train(train_config("pixel", split="quadrant", device="cuda", progress=False))
     assert r["device"].startswith("cuda") and r["device_name"] != "CPU"
     assert r["goal_met"] and r["to_goal"] is not None

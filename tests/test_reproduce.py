@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from training import campaign, reproduce
-from training import recipe as recipes
+from experiments import budget, campaign, report
+from experiments import recipe as recipes
+from experiments import summary as reproduce
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -143,7 +144,7 @@ def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(
     assert len(record["history"]) == 1 and "cpu_s" in record["history"][0]
     assert campaign.work(results, runs, plan=plan) == 0  # resumes: nothing trained twice
 
-    s = reproduce.write_report(results, plots=True, runs=runs)
+    s = report.write_report(results, plots=True, runs=runs)
     assert s["completed"] == 2 + len(changes)
     md = (results / "reproduction.md").read_text()
     assert "Fresh seeds **10-19**" in md and "1 of 10" in md
@@ -193,20 +194,23 @@ def test_verdicts_say_what_the_seeds_settle() -> None:
 
 def test_the_readme_section_is_replaced_and_nothing_else(tmp_path) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text(
-        "# Title\n\n## Quick start\nkeep\n\n"
-        + reproduce.README_HEADING
-        + "\nOLD-SECTION\n\n## Demo\nkeep too\n"
-    )
+    before = "# Title\n\n## Results\n\nkeep\n\n" + report.BEGIN + "\n"
+    after = report.END + "\n\n## Demo\nkeep too\n"
+    readme.write_text(before + "OLD-SECTION\n" + after)
     summary = json.loads((RESULTS / "reproduction.json").read_text())
-    assert reproduce.update_readme(summary, readme)
+    assert report.update_readme(summary, readme)
     text = readme.read_text()
-    assert (
-        "OLD-SECTION" not in text
-        and "## Quick start\nkeep" in text
-        and text.endswith("## Demo\nkeep too\n")
-    )
-    assert "runs complete" in text and text.count(reproduce.README_HEADING) == 1
+    assert "OLD-SECTION" not in text and text.startswith(before) and text.endswith(after)
+    assert "| C1 CoordConv classifies a point's pixel | 100% |" in text
+    assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+    # the README as committed holds exactly what the records give
+    committed = (RESULTS.parent / "README.md").read_text()
+    inner = committed.split(report.BEGIN + "\n", 1)[1].split(report.END, 1)[0]
+    assert inner == report.readme_block(summary, RESULTS)
+    # without both markers, nothing is written
+    readme.write_text("# Title\n" + report.BEGIN + "\n")
+    assert not report.update_readme(summary, readme)
+    assert readme.read_text() == "# Title\n" + report.BEGIN + "\n"
 
 
 @pytest.mark.slow
@@ -240,7 +244,7 @@ def test_a_tiny_search_chooses_on_validation_then_trains_and_reports_its_baselin
     chosen = final["spec"]["chosen"]
     assert final["config"]["kernel"] == chosen["kernel"] and final["config"]["val_fraction"] == 0.0
 
-    s = reproduce.write_report(results, plots=True, runs=runs)
+    s = report.write_report(results, plots=True, runs=runs)
     search = s["search"]["locate/quadrant"]
     assert search["trials_done"] == 2 and search["chosen"]["trial"] == chosen["trial"]
     c6 = next(b for b in s["baselines"] if b["id"] == "C6" and b["split"] == "quadrant")
@@ -285,25 +289,25 @@ def test_a_change_is_necessary_only_where_ours_met_and_its_ablation_missed() -> 
 
 def test_ours_render_floor_is_explained_from_its_budget() -> None:
     summary = json.loads((RESULTS / "reproduction.json").read_text())
-    lines = reproduce._render_floor(summary)
+    text = report.render_floor(summary)
     steps = summary["budget"]["render/coordconv"]["ours_steps"]
-    assert lines, "the committed records hold ours' flat-background render misses"
-    assert f"{steps} steps (2 epochs) x 0.005" in lines[1]
+    assert text, "the committed records hold ours' flat-background render misses"
+    assert f"{steps} steps (2 epochs) x 0.005" in text
     assert steps == 2 * 151  # 2 epochs of ceil(2407 / 16) steps on the quadrant split
     # The explanation's check: ours at the paper's 5 epochs, where the bias alone reaches 0.022.
-    assert "At the paper recipe's 5 epochs (755 steps: ablation `short_epochs`" in lines[1]
-    assert "the bias alone could reach 0.022" in lines[1]
+    assert "At the paper recipe's 5 epochs (755 steps: ablation `short_epochs`" in text
+    assert "the bias alone could reach 0.022" in text
     (a,) = [
         a for a in summary["ablations"] if (a["change"], a["task"]) == ("short_epochs", "render")
     ]
     bg = a["background_spread"]
-    assert f"measured {bg['min']:.3f}-{bg['max']:.3f}, and {a['goal_met']} of 5 seeds" in lines[1]
+    assert f"measured {bg['min']:.3f}-{bg['max']:.3f}, and {a['goal_met']} of 5 seeds" in text
 
 
 def test_one_run_is_rerun_from_one_command_and_its_record_is_left_alone(
     tmp_path, one_epoch, capsys
 ) -> None:
-    from training import cli
+    from experiments import cli
 
     results, runs = tmp_path / "results", tmp_path / "runs"
     key = "paper/locate-coordconv906-quadrant-s10"
@@ -348,11 +352,18 @@ def test_the_full_budget_check_runs_the_paper_recipe_at_the_reference_epochs_apa
         "cpu_s": 700.0,
     }
     row["last10_range"] = [0.98, 1.0]
-    lines = reproduce._full_budget_lines({"full_budget": [row]})
-    assert (
-        "| pixel/coordconv | 50 (5) | 100.0% | 98.0% to 100.0% | 100.0% | yes (yes) | 12 "
-        "| 8.3 / 0.01 |" in lines[-1]
-    )
+    table, missed = report.full_budget_table({"full_budget": [row]})
+    assert table["rows"][0][:8] == [
+        "pixel/coordconv",
+        "50 (5)",
+        "100.0%",
+        "98.0% to 100.0%",
+        "100.0%",
+        "yes (yes)",
+        12,
+        "8.3 / 0.01",
+    ]
+    assert missed == []
 
 
 def test_the_reference_budget_blocks_are_planned_on_new_seeds_pixel_first() -> None:
@@ -387,14 +398,15 @@ def test_the_reference_budget_blocks_are_planned_on_new_seeds_pixel_first() -> N
 
 
 def test_a_sufficiency_run_stops_after_its_streak_at_the_goal_and_says_so(monkeypatch) -> None:
+    from training import metrics
     from training import train as training
 
-    monkeypatch.setattr(training, "goal_met", lambda *a, **k: True)
+    monkeypatch.setattr(metrics, "goal_met", lambda *a, **k: True)
     r = training.train(
-        training.TrainConfig(
-            task="locate",
-            arch="coordconv906",
-            recipe="paper",
+        recipes.train_config(
+            "locate",
+            "coordconv906",
+            "paper",
             plus=("peak_init",),
             epochs=5,
             stop_after_goal=2,
@@ -405,9 +417,7 @@ def test_a_sufficiency_run_stops_after_its_streak_at_the_goal_and_says_so(monkey
     assert "2 consecutive epochs" in r["stopped_early"]["why"]
     assert r["settings"]["peak_init"] and r["config"]["plus"] == ("peak_init",)
     # without the option every epoch runs
-    r = training.train(
-        training.TrainConfig(task="locate", arch="coordconv906", epochs=2, progress=False)
-    )
+    r = training.train(recipes.train_config("locate", "coordconv906", epochs=2, progress=False))
     assert r["epochs_run"] == 2 and r["stopped_early"] is None
 
 
@@ -466,3 +476,164 @@ def test_a_baseline_verdict_names_the_coordconv_recipe_its_gap_holds_against() -
         "error 0.50-0.50 px, test 0.50-0.50 px)); the gap holds against ours (CoordConv median "
         "100.0% exact); not against the paper recipe (CoordConv median 0.0% exact, no better)"
     )
+
+
+# -- the claims at the reference's own budget (blocks `reference` and `sufficiency`) -----------
+
+
+def _plan() -> dict:
+    return json.loads((RESULTS / "plan.json").read_text())[campaign.REFERENCE_BUDGET]
+
+
+def _budget_run(tests: list[float], seed: int = 20, task: str = "pixel", **kw) -> dict:
+    return {
+        "task": task,
+        "arch": "coordconv",
+        "split": "quadrant",
+        "seed": seed,
+        "epochs": kw.pop("epochs", len(tests)),
+        "history": [
+            {"epoch": i + 1, "test": t, "train": t, "cpu_s": 10.0 * (i + 1), "goal": t >= 1}
+            for i, t in enumerate(tests)
+        ],
+        **kw,
+    }
+
+
+def test_a_run_reaches_holds_or_is_too_late_to_tell_by_the_plans_numbers() -> None:
+    plan = _plan()
+    assert plan["verdict"]["held_share"] == 0.9 and plan["verdict"]["held_min_epochs"] == 10
+    early = budget.run_stats(_budget_run([0.5] * 4 + [1.0] * 46), plan)
+    assert early["reached"] and early["first_epoch"] == 5 and early["first_cpu_s"] == 50.0
+    assert early["held"] and early["held_share"] == 1.0 and early["final"] == 1.0
+    # at the goal, lost, back: 9 of 10 epochs from the first is still held; 8 of 10 is not
+    wobble = [0.0] * 40 + [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert budget.run_stats(_budget_run(wobble), plan)["held"]
+    wobble[45] = 0.0
+    assert not budget.run_stats(_budget_run(wobble), plan)["held"]
+    late = budget.run_stats(_budget_run([0.0] * 45 + [1.0] * 5), plan)
+    assert late["reached"] and late["held_share"] == 1.0 and not late["held"]  # too late
+    never = budget.run_stats(_budget_run([0.2, 0.9, 0.4]), plan)
+    assert not never["reached"] and never["best"] == 0.9 and never["final"] == 0.4
+    # a sufficiency run stopped after 10 consecutive epochs at the goal holds
+    stopped = budget.run_stats(_budget_run([0.0, 0.0] + [1.0] * 10, epochs=50), plan)
+    assert stopped["held"] and stopped["span"] == 10 and stopped["epochs"] == 50
+
+
+def test_rows_and_claims_take_the_plans_words() -> None:
+    plan = _plan()
+    held = [_budget_run([0.0] + [1.0] * 49, seed=s) for s in range(20, 25)]
+    unheld = [_budget_run([0.0] * 20 + [1.0, 0.0] * 15, seed=s) for s in range(20, 25)]
+    missed = [_budget_run([0.5] * 50, seed=s) for s in range(20, 25)]
+    row = budget.row_stats(held[:3] + missed[:2], plan, 5)
+    assert (row["reached"], row["held"], row["reaches"], row["holds"]) == (3, 3, True, True)
+    row = budget.row_stats(held[:2] + missed[:3], plan, 5)
+    assert (row["reaches"], row["holds"]) == (False, False)
+    assert budget.row_stats(held[:2], plan, 5)["reaches"] is None  # open: 3 seeds to go
+    assert budget.row_stats(held[:2] + missed[:1], plan, 3)["holds"]  # 2 of 3 suffice
+
+    def claim(u: list, q: list, suff: dict[str, list]) -> dict:
+        ref = {s: budget.row_stats(runs, plan, 5) for s, runs in (("uniform", u), ("quadrant", q))}
+        return budget.claim_verdict(ref, {c: budget.row_stats(r, plan, 5) for c, r in suff.items()})
+
+    v = claim(held, held, {"no_l2": missed})
+    assert v["word"] == budget.HOLDS_AS_STATED == "holds as stated at the reference's budget"
+    v = claim(held, unheld, {"no_l2": held, "torch_init": missed})
+    assert v["word"] == budget.REACHED_NOT_HELD and v["suffices"] == ["no_l2"]
+    assert budget.verdict_text(v).endswith("not held; held with `no_l2` alone")
+    v = claim(held, missed, {"unit_inputs": held, "no_l2": unheld})
+    assert v["word"] == budget.ONLY_WITH and v["suffices"] == ["unit_inputs"]
+    assert v["reaches_only"] == ["no_l2"]
+    v = claim(missed, missed, {"no_l2": missed})
+    assert v["word"] == budget.NOT_REPRODUCED
+    assert set(plan["words"]) >= {
+        budget.HOLDS_AS_STATED,
+        budget.REACHED_NOT_HELD,
+        budget.ONLY_WITH,
+        budget.NOT_REPRODUCED,
+    }
+    v = claim(held[:2], held, {"no_l2": held})
+    assert not v["settled"] and budget.verdict_text(v) == "open: 12 of 15 runs done"
+
+
+def test_every_reference_budget_verdict_recomputes_from_the_records_and_the_plan() -> None:
+    """From the committed records and the plan's definitions alone (not budget.py): every run's
+    reached and held, every row's counts, every claim's verdict word."""
+    fixed = _plan()
+    v = fixed["verdict"]
+    summary = json.loads((RESULTS / "reproduction.json").read_text())["reference_budget"]
+    included = set(json.loads((RESULTS / "reproduction.json").read_text())["included"])
+    records = [
+        r
+        for r in campaign.load_all(RESULTS)
+        if r["block"] in (campaign.REFERENCE, campaign.SUFFICIENCY)
+        and f"{r['block']}/{r['name']}" in included
+    ]
+
+    def judged(r: dict) -> tuple[bool, bool]:
+        goal = v["goal"][f"{r['task']}/{r['arch']}"]["at_least"]
+        met = [h["test"] >= goal for h in r["history"]]
+        if True not in met:
+            return False, False
+        after = met[met.index(True) :]
+        return True, sum(after) / len(after) >= v["held_share"] and len(after) >= v[
+            "held_min_epochs"
+        ]
+
+    def row(runs: list[dict], planned: int) -> tuple[int, int, bool | None, bool | None]:
+        need = v["reach_seeds"][str(planned)]
+        reached = sum(judged(r)[0] for r in runs)
+        held = sum(judged(r)[1] for r in runs)
+        done = len(runs) == planned
+        reaches = True if reached >= need else (False if done else None)
+        holds = True if held >= need else (False if done else None)
+        return reached, held, reaches, holds
+
+    for c in summary["claims"]:
+        key = f"{c['task']}/{c['arch']}"
+        mine = [r for r in records if (r["task"], r["arch"]) == (c["task"], c["arch"])]
+        ref = {
+            split: row(
+                [r for r in mine if r["block"] == campaign.REFERENCE and r["split"] == split],
+                len(fixed["seeds"]),
+            )
+            for split in ("uniform", "quadrant")
+        }
+        suff = {
+            change: row(
+                [
+                    r
+                    for r in mine
+                    if r["block"] == campaign.SUFFICIENCY and r["config"]["plus"] == [change]
+                ],
+                len(fixed["sufficiency"][key]["seeds"]),
+            )
+            for change in fixed["sufficiency"][key]["changes"]
+        }
+        for split, (reached, held, reaches, holds) in ref.items():
+            got = c["reference"][split]
+            assert (got["reached"], got["held"], got["reaches"], got["holds"]) == (
+                reached,
+                held,
+                reaches,
+                holds,
+            ), (key, split)
+        for change, (reached, held, reaches, holds) in suff.items():
+            got = c["sufficiency"][change]
+            assert (got["reached"], got["held"], got["reaches"], got["holds"]) == (
+                reached,
+                held,
+                reaches,
+                holds,
+            ), (key, change)
+        sufficing = {ch for ch, r in suff.items() if r[3]}
+        if all(r[2] for r in ref.values()) and all(r[3] for r in ref.values()):
+            word = "holds as stated at the reference's budget"
+        elif all(r[2] for r in ref.values()):
+            word = "reached at the reference's budget, not held"
+        elif sufficing:
+            word = "reaches only with X; X alone suffices"
+        else:
+            word = "does not reproduce here"
+        assert word in fixed["words"]
+        assert c["verdict"]["word"] == word and set(c["verdict"]["suffices"]) == sufficing, key

@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 
+from experiments.recipe import train_config
 from training.train import TrainConfig, load_run, train
 
 
 def test_coordconv_pixel_generalises_to_the_held_out_quadrant(tmp_path) -> None:
-    r = train(
-        TrainConfig(task="pixel", split="quadrant", epochs=2, out=str(tmp_path), progress=False)
-    )
+    r = train(train_config("pixel", split="quadrant", epochs=2, out=str(tmp_path), progress=False))
     assert r["parameters"] == 7553
     assert r["n_train"] == 2407 and r["n_test"] == 729
     assert r["test"]["accuracy"] == 1.0 and r["goal_met"]
@@ -26,9 +25,7 @@ def test_coordconv_pixel_generalises_to_the_held_out_quadrant(tmp_path) -> None:
 
 
 def test_same_seed_gives_the_same_metrics() -> None:
-    cfg = TrainConfig(
-        task="locate", arch="coordconv906", split="quadrant", epochs=2, progress=False
-    )
+    cfg = train_config("locate", "coordconv906", split="quadrant", epochs=2, progress=False)
     a, b = train(cfg), train(cfg)
     assert a["train"] == b["train"] and a["test"] == b["test"]
     assert [h["test"] for h in a["history"]] == [h["test"] for h in b["history"]]
@@ -52,7 +49,7 @@ def test_bad_config_is_refused_before_training(override, message) -> None:
 
 
 def test_the_906_parameter_regressor_locates_every_held_out_pixel_and_records_when() -> None:
-    r = train(TrainConfig(task="locate", arch="coordconv906", split="quadrant", progress=False))
+    r = train(train_config("locate", "coordconv906", split="quadrant", progress=False))
     assert r["parameters"] == 906
     assert r["n_test"] == 729  # one-hot pixels only
     assert r["test"]["exact"] == 1.0 and r["goal_met"]
@@ -92,7 +89,7 @@ def test_render_values_see_what_iou_at_half_cannot() -> None:
 def test_a_one_epoch_render_model_paints_grey_and_does_not_meet_the_goal(capfd) -> None:
     """The case that IoU at 0.5 hid: one epoch of render paints the squares and a grey background
     (about 0.33) everywhere else, IoU 1.000 on train and test."""
-    r = train(TrainConfig(task="render", split="quadrant", epochs=1, progress=False))
+    r = train(train_config("render", split="quadrant", epochs=1, progress=False))
     assert r["test"]["iou"] == 1.0 and r["test"]["background_mean"] > 0.05
     assert {"background_mean", "square_mean", "max_pixel_error"} <= r["train"].keys()
     assert not r["goal_met"] and not r["history"][-1]["goal"] and r["to_goal"] is None

@@ -45,7 +45,7 @@ def test_help_lists_the_subcommands() -> None:
 
 
 def test_the_clis_names_are_the_recipes() -> None:
-    from training import campaign, cli, recipe
+    from experiments import campaign, cli, recipe
 
     assert cli.CHANGES == tuple(recipe.CHANGES)
     assert cli.RECIPES == recipe.RECIPES

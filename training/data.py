@@ -6,6 +6,7 @@ the row; arrays are indexed [n][y][x]; images are float32 in [0, 1].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -20,7 +21,7 @@ QUADRANT_EDGE = 32  # test iff x > 32 and y > 32
 
 Split = Literal["uniform", "quadrant", "all", "full"]
 # "full": the full-canvas (version 2) models: every integer centre 0..63 and sub-pixel points to
-# train on, every integer centre to test on (see train.task_data).
+# train on, every integer centre to test on (see task_data).
 SPLITS: tuple[Split, ...] = ("uniform", "quadrant", "all", "full")
 
 FloatArray = npt.NDArray[np.float32]
@@ -110,3 +111,104 @@ def split_indices(
     if split == "full":
         raise ValueError("the full-canvas split is not a split of the 3136 centres: see task_data")
     raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+# -- a task's data: inputs and targets, split into train and test ------------------------------
+
+
+@dataclass
+class TaskData:
+    """Inputs and targets of one task, split into train and test."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    kinds_train: np.ndarray  # "square" | "onehot" per row for locate, "" otherwise
+    kinds_test: np.ndarray
+
+
+def task_data(
+    task: str,
+    split: Split,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    onehot_only: bool = False,
+) -> TaskData:
+    """pixel: coords -> flat pixel index; render: coords -> square masks;
+    locate: square and one-hot images of the same centres -> coords (`onehot_only`: one-hot
+    images alone, for the paper's 906-parameter regressor)."""
+    if split == "full":
+        return full_canvas_data(task, seed)
+    train_idx, test_idx = split_indices(split, seed=seed, test_fraction=test_fraction)
+    c = centres()
+
+    def part(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pts = c[idx]
+        blank = np.full(len(pts), "")
+        if task == "pixel":
+            return pts, pixel_index(pts), blank
+        if task == "render":
+            return pts, squares(pts), blank
+        if onehot_only:
+            kind = np.full(len(pts), "onehot")
+            return onehots(pts), pts, kind
+        images = np.concatenate([squares(pts), onehots(pts)])
+        kinds = np.array(["square"] * len(pts) + ["onehot"] * len(pts))
+        return images, np.concatenate([pts, pts]), kinds
+
+    x_tr, y_tr, k_tr = part(train_idx)
+    x_te, y_te, k_te = part(test_idx)
+    return TaskData(x_tr, y_tr, x_te, y_te, k_tr, k_te)
+
+
+FULL_NOISE_SIGMA = 0.05  # locate v2 also trains on noisy copies: its confidence needs it exact
+
+
+def full_canvas_data(task: str, seed: int = 0) -> TaskData:
+    """The full-canvas (version 2) data: every integer centre 0..63 on both axes (squares clipped
+    at the border) to test on; to train on, the same plus 4096 seeded sub-pixel points (pixel,
+    render: the target is the nearest integer centre), or plus copies under Gaussian noise
+    (locate, so that it stays exact on slightly noisy images)."""
+    c = full_centres()
+    blank = np.full(len(c), "")
+    if task in ("pixel", "render"):
+        extra = subpixel_points(len(c), seed=1000 + seed)
+        x_tr = np.concatenate([c, extra])
+        y_tr = pixel_index(x_tr) if task == "pixel" else squares(x_tr)
+        y_te = pixel_index(c) if task == "pixel" else squares(c)
+        return TaskData(
+            x_tr,
+            y_tr,
+            c,
+            y_te,
+            np.full(len(x_tr), ""),
+            blank,
+        )
+    clean = np.concatenate([squares(c), onehots(c)])
+    rng = np.random.default_rng(2000 + seed)
+    noisy = np.clip(clean + rng.normal(0, FULL_NOISE_SIGMA, clean.shape), 0, 1).astype(np.float32)
+    kinds = np.array(["square"] * len(c) + ["onehot"] * len(c))
+    targets = np.concatenate([c, c])
+    return TaskData(
+        np.concatenate([clean, noisy]),
+        np.concatenate([targets, targets]),
+        clean,
+        targets,
+        np.concatenate([kinds, kinds]),
+        kinds,
+    )
+
+
+def carve_validation(
+    d: TaskData, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Move a seeded `fraction` of the training set into a validation set (in place on `d`):
+    what configurations and epochs are chosen on, so the test set is never used to choose."""
+    n = len(d.x_train)
+    perm = np.random.default_rng(10_000 + seed).permutation(n)
+    n_val = max(1, round(fraction * n))
+    v, t = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    val = (d.x_train[v], d.y_train[v], d.kinds_train[v])
+    d.x_train, d.y_train, d.kinds_train = d.x_train[t], d.y_train[t], d.kinds_train[t]
+    return val

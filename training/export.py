@@ -33,8 +33,9 @@ from torch import nn
 from coordconv import contract
 from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
 from training import data, metrics
-from training.nets import CoordNet, LocateWithConfidence, NearestCentre, RefinedLocate, Task
+from training.nets import CoordNet, Task
 from training.onnx_weights import weights_from_onnx
+from training.serving import LocateWithConfidence, NearestCentre, RefinedLocate
 from training.train import load_run
 
 OPSET = 18
@@ -393,7 +394,7 @@ def export_painted_render(
     """The full-canvas `render` model: the full-canvas pixel run's network with the fixed
     painter (`PaintedPixel`), rounding real points to their nearest centre; verified like any
     export, and published the same way (a complete version directory renamed into place)."""
-    from training.nets import PaintedPixel
+    from training.serving import PaintedPixel
 
     net, cfg, run_metrics = load_run(pixel_run)
     if cfg.task != "pixel" or cfg.split != "full":
