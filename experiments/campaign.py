@@ -142,21 +142,44 @@ FULL_BUDGET_SEED = 10
 FULL_BUDGET_ROWS = (("pixel", "coordconv"), ("render", "coordconv"), ("locate", "coordconv906"))
 
 
+def _spec(
+    block: str,
+    task: str,
+    arch: str,
+    split: str,
+    seed: int,
+    recipe: str,
+    extra: str = "",
+    **config: Any,
+) -> Spec:
+    """One planned run: its block, its name (as under results/records/BLOCK/) and its config."""
+    return {
+        "block": block,
+        "name": _name(task, arch, split, seed, extra),
+        "config": {
+            "task": task,
+            "arch": arch,
+            "split": split,
+            "seed": seed,
+            "recipe": recipe,
+            **config,
+        },
+    }
+
+
 def full_budget_plan() -> list[Spec]:
     """The `full-budget` block's runs (see FULL_BUDGET)."""
     return [
-        {
-            "block": FULL_BUDGET,
-            "name": _name(task, arch, "quadrant", FULL_BUDGET_SEED, "-full"),
-            "config": {
-                "task": task,
-                "arch": arch,
-                "split": "quadrant",
-                "seed": FULL_BUDGET_SEED,
-                "recipe": "paper",
-                "epochs": recipes.REFERENCE_EPOCHS[(task, arch)],
-            },
-        }
+        _spec(
+            FULL_BUDGET,
+            task,
+            arch,
+            "quadrant",
+            FULL_BUDGET_SEED,
+            "paper",
+            "-full",
+            epochs=recipes.REFERENCE_EPOCHS[(task, arch)],
+        )
         for task, arch in FULL_BUDGET_ROWS
     ]
 
@@ -173,38 +196,23 @@ def budget_plan(
         if REFERENCE in blocks:
             for seed in REFERENCE_SEEDS:
                 for split in SPLITS:
-                    specs.append(
-                        {
-                            "block": REFERENCE,
-                            "name": _name(task, arch, split, seed),
-                            "config": {
-                                "task": task,
-                                "arch": arch,
-                                "split": split,
-                                "seed": seed,
-                                "recipe": "paper",
-                                "epochs": epochs,
-                            },
-                        }
-                    )
+                    specs.append(_spec(REFERENCE, task, arch, split, seed, "paper", epochs=epochs))
         if SUFFICIENCY in blocks:
             for change in recipes.SUFFICIENCY[(task, arch)]:
                 for seed in SUFFICIENCY_SEEDS[(task, arch)]:
                     specs.append(
-                        {
-                            "block": SUFFICIENCY,
-                            "name": _name(task, arch, "quadrant", seed, f"-plus-{change}"),
-                            "config": {
-                                "task": task,
-                                "arch": arch,
-                                "split": "quadrant",
-                                "seed": seed,
-                                "recipe": "paper",
-                                "plus": [change],
-                                "epochs": epochs,
-                                "stop_after_goal": STOP_AFTER_GOAL,
-                            },
-                        }
+                        _spec(
+                            SUFFICIENCY,
+                            task,
+                            arch,
+                            "quadrant",
+                            seed,
+                            "paper",
+                            f"-plus-{change}",
+                            plus=[change],
+                            epochs=epochs,
+                            stop_after_goal=STOP_AFTER_GOAL,
+                        )
                     )
     return specs
 
@@ -249,35 +257,21 @@ def static_plan(
                 continue
             for seed in seeds:  # seed-major: a partial block has whole seeds of every row
                 for (task, arch), split in itertools.product(rows, SPLITS):
-                    specs.append(
-                        {
-                            "block": recipe,
-                            "name": _name(task, arch, split, seed),
-                            "config": {
-                                "task": task,
-                                "arch": arch,
-                                "split": split,
-                                "seed": seed,
-                                "recipe": recipe,
-                            },
-                        }
-                    )
+                    specs.append(_spec(recipe, task, arch, split, seed, recipe))
     if "locate" in blocks and ("locate", "coordconv") in rows:
         for seed in ablation_seeds:
             for split in SPLITS:
                 specs.append(
-                    {
-                        "block": "locate",
-                        "name": _name("locate", "coordconv", split, seed, "-nocoords"),
-                        "config": {
-                            "task": "locate",
-                            "arch": "coordconv",
-                            "split": split,
-                            "seed": seed,
-                            "recipe": "ours",
-                            "coords": False,
-                        },
-                    }
+                    _spec(
+                        "locate",
+                        "locate",
+                        "coordconv",
+                        split,
+                        seed,
+                        "ours",
+                        "-nocoords",
+                        coords=False,
+                    )
                 )
     if "ablation" in blocks:
         # Change-major, most suspect first (experiments.recipe.CHANGES): a partial block has
@@ -288,18 +282,16 @@ def static_plan(
                     continue
                 for seed in ablation_seeds:
                     specs.append(
-                        {
-                            "block": "ablation",
-                            "name": _name(task, arch, "quadrant", seed, f"-without-{change}"),
-                            "config": {
-                                "task": task,
-                                "arch": arch,
-                                "split": "quadrant",
-                                "seed": seed,
-                                "recipe": "ours",
-                                "without": [change],
-                            },
-                        }
+                        _spec(
+                            "ablation",
+                            task,
+                            arch,
+                            "quadrant",
+                            seed,
+                            "ours",
+                            f"-without-{change}",
+                            without=[change],
+                        )
                     )
     if "search" in blocks:
         for task in tasks:
