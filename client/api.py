@@ -1,6 +1,7 @@
 """`CoordConvClient` (sync) and `AsyncCoordConvClient`: render and locate over HTTP with retries.
 
-Retries use exponential backoff with full jitter, on connection errors, timeouts, 429 and 503
+Retries (one tenacity policy, `_Base._policy`, for both clients) use exponential backoff with
+full jitter, on connection errors, timeouts, 429 and 503
 (honouring `Retry-After`) and other 5xx; a 4xx answer is final and raised as `ClientError`.
 A request is retried `retries` times, and beyond that for as long as `retry_window` seconds
 have not passed since its first attempt (default 120 s: longer than a server's drain and
@@ -13,18 +14,17 @@ Arrays travel as NPY both ways, the cheapest encoding for the service.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import random
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import numpy as np
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type
 
 NPY = "application/x-npy"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -48,6 +48,21 @@ class Unreachable(ClientError):
         super().__init__(0, f"cannot reach the service at {url} ({reason})")
         self.url = url
         self.reason = reason
+
+
+class _Again(Exception):
+    """An attempt that failed in a way a retry may mend: why, and the server's Retry-After."""
+
+    def __init__(self, reason: str, retry_after: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _again(state: RetryCallState) -> _Again:
+    error = state.outcome.exception() if state.outcome is not None else None
+    assert isinstance(error, _Again)
+    return error
 
 
 # Errors of a first contact that mean nothing listens there (or no such host).
@@ -196,36 +211,51 @@ class _Base:
             raise Unreachable(self.url, reason)
         self.answered = True
 
-    def _next(
-        self,
-        attempt: int,
-        response: httpx.Response | None,
-        error: Exception | None,
-        started: float | None = None,
-    ) -> float | None:
-        """After attempt `attempt` (0-based): None if `response` is the answer, else the seconds
-        to wait before retrying. Raises ClientError for a 4xx or once the retries are spent."""
-        retry_after = None
+    def _answer(
+        self, response: httpx.Response | None, error: httpx.TransportError | None
+    ) -> httpx.Response:
+        """An attempt's outcome: the answer (200); ClientError for a 4xx, Unreachable for an
+        address never reached, both final; `_Again` for what a retry may mend."""
         if response is not None:
             self.answered = True
             if response.status_code == 200:
-                return None
+                return response
             if not retryable(response.status_code):
                 raise ClientError(response.status_code, _error_message(response))
             reason = f"HTTP {response.status_code}: {_error_message(response)}"
-            retry_after = response.headers.get("retry-after")
-        else:
-            if not self.answered and isinstance(error, _NEVER_REACHED):
-                raise Unreachable(self.url, _reason(error))
-            reason = f"{type(error).__name__}: {error}"
-        elapsed = time.monotonic() - started if started is not None else float("inf")
-        if attempt >= self.retries and elapsed >= self.retry_window:
+            raise _Again(reason, response.headers.get("retry-after"))
+        if not self.answered and isinstance(error, _NEVER_REACHED):
+            raise Unreachable(self.url, _reason(error))
+        raise _Again(f"{type(error).__name__}: {error}")
+
+    def _policy(self) -> dict[str, Any]:
+        """The retry policy of both clients: attempt after attempt while `retries` are left or
+        `retry_window` has not passed since the first, each wait `backoff` (Retry-After
+        honoured); then ClientError saying how many attempts in how long, and why."""
+
+        def stop(state: RetryCallState) -> bool:
+            spent = state.attempt_number > self.retries
+            return spent and (state.seconds_since_start or 0.0) >= self.retry_window
+
+        def before_sleep(state: RetryCallState) -> None:
+            if self.on_retry:
+                self.on_retry(state.attempt_number, _again(state).reason)
+
+        def give_up(state: RetryCallState) -> None:
+            elapsed = min(state.seconds_since_start or 0.0, 1e9)
             raise ClientError(
-                0, f"gave up after {attempt + 1} attempts in {min(elapsed, 1e9):.0f} s: {reason}"
+                0,
+                f"gave up after {state.attempt_number} attempts in {elapsed:.0f} s: "
+                f"{_again(state).reason}",
             )
-        if self.on_retry:
-            self.on_retry(attempt + 1, reason)
-        return backoff(attempt + 1, retry_after)
+
+        return {
+            "retry": retry_if_exception_type(_Again),
+            "stop": stop,
+            "wait": lambda state: backoff(state.attempt_number, _again(state).retry_after),
+            "before_sleep": before_sleep,
+            "retry_error_callback": give_up,
+        }
 
 
 class CoordConvClient(_Base):
@@ -254,18 +284,15 @@ class CoordConvClient(_Base):
         self._http.close()
 
     def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        attempt, started = 0, time.monotonic()
-        while True:
-            response, error = None, None
-            try:
-                response = self._http.post(path, **kwargs)
-            except httpx.TransportError as exc:
-                error = exc
-            wait = self._next(attempt, response, error, started)
-            if wait is None and response is not None:
-                return response
-            time.sleep(wait or 0.0)
-            attempt += 1
+        response: httpx.Response = Retrying(**self._policy())(self._attempt, path, kwargs)
+        return response
+
+    def _attempt(self, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        try:
+            response = self._http.post(path, **kwargs)
+        except httpx.TransportError as exc:
+            return self._answer(None, exc)
+        return self._answer(response, None)
 
     def probe(self, within: float = DEFAULT_FIRST_CONTACT_S) -> None:
         """The first contact: the service answers `GET /healthz` (whatever it says) within
@@ -331,18 +358,17 @@ class AsyncCoordConvClient(_Base):
         await self._http.aclose()
 
     async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        attempt, started = 0, time.monotonic()
-        while True:
-            response, error = None, None
-            try:
-                response = await self._http.post(path, **kwargs)
-            except httpx.TransportError as exc:
-                error = exc
-            wait = self._next(attempt, response, error, started)
-            if wait is None and response is not None:
-                return response
-            await asyncio.sleep(wait or 0.0)
-            attempt += 1
+        response: httpx.Response = await AsyncRetrying(**self._policy())(
+            self._attempt, path, kwargs
+        )
+        return response
+
+    async def _attempt(self, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        try:
+            response = await self._http.post(path, **kwargs)
+        except httpx.TransportError as exc:
+            return self._answer(None, exc)
+        return self._answer(response, None)
 
     async def probe(self, within: float = DEFAULT_FIRST_CONTACT_S) -> None:
         """`CoordConvClient.probe`, awaited."""

@@ -6,17 +6,18 @@ keys an ONNX file carries, and the `config.pbtxt` the exporter writes. Standard 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+# Re-exported: what every Triton-layout repository shares, which the tasks below build on.
+from coordconv.triton import BACKEND as BACKEND
+from coordconv.triton import MODEL_NAME_RE as MODEL_NAME_RE
+from coordconv.triton import PLATFORM as PLATFORM
+from coordconv.triton import Tensor as Tensor
 
 CANVAS = 64  # pixels per side; coordinates are in [0, CANVAS - 1]
 SQUARE = 9  # a square covers centre +- SQUARE // 2, clipped to the canvas
 TASKS = ("pixel", "render", "locate")
-PLATFORM = "onnxruntime_onnx"
-BACKEND = "onnxruntime"
 BATCH_DIM = "batch"  # the symbolic first axis of every input and output
-# Model names: also directory names in the repository, so nothing that could walk out of it.
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # ONNX metadata_props keys
 META_TASK = "coordconv.task"
@@ -25,15 +26,6 @@ META_CANVAS = "coordconv.canvas"
 META_SPLIT = "coordconv.split"
 META_METRICS = "coordconv.metrics"
 META_TRAINED_AT = "coordconv.trained_at"
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A tensor of a model's signature: its name, FP32 data, and its dims without the batch."""
-
-    name: str
-    dims: tuple[int, ...]
-    datatype: str = "FP32"  # the Open Inference Protocol's name; TYPE_FP32 in config.pbtxt
 
 
 @dataclass(frozen=True)

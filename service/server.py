@@ -26,7 +26,6 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,8 @@ from service.grpc.server import GrpcFrontEnd
 from service.http.app import create_app
 from service.http.connections import protocol_class, raise_fd_limit
 from service.http.listeners import close_gently
-from service.metrics import Metrics, tracing
-from service.models.registry import ModelRegistry
+from service.lifecycle import Lifecycle
+from service.metrics import tracing
 from service.scaling.cluster import Cluster, WorkerInfo
 from service.settings import Settings
 
@@ -137,12 +136,12 @@ class _CloseWhenDraining:
     of sending its next request on a connection that the end of DRAIN_DELAY_S closes. Before
     that, one attribute read per request."""
 
-    def __init__(self, app: ASGIApp, plane: DataPlane) -> None:
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
         self.app = app
-        self.plane = plane
+        self.lifecycle = lifecycle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.plane.draining or scope["type"] != "http":
+        if not self.lifecycle.draining or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
@@ -190,12 +189,15 @@ class Server:
     ) -> None:
         self.settings = settings
         self.sock = sock
-        self.registry = ModelRegistry(settings, Metrics())
-        self.cluster = None if worker is None else Cluster(worker, self.registry)
-        self.plane = DataPlane(settings, self.registry, self.cluster)
+        # Every way out ends within DRAIN_DELAY_S + GRACE_S of the first stop request.
+        self.lifecycle = Lifecycle(settings.drain_delay_s + settings.grace_s)
+        self.plane = DataPlane.build(settings, self.lifecycle)
+        self.registry = self.plane.registry
+        self.cluster = None if worker is None else Cluster(worker, self.plane.control)
+        self.plane.siblings = self.cluster
         self.grpc: GrpcFrontEnd | None = None
         self.app = create_app(settings, self.plane)
-        asgi = _CloseWhenDraining(self.app, self.plane)
+        asgi = _CloseWhenDraining(self.app, self.lifecycle)
         self.http = _Http(uvicorn_config(asgi, settings, **uvicorn_overrides), self._on_signal)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._grpc_stop: asyncio.Task[None] | None = None
@@ -204,31 +206,14 @@ class Server:
         self._delay: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = threading.Event()
-        # When the first stop request came (monotonic): every way out ends within
-        # DRAIN_DELAY_S + GRACE_S of it (`time_left`).
-        self.stop_requested: float | None = None
 
     def time_left(self) -> float:
-        """Seconds left of DRAIN_DELAY_S + GRACE_S since the first stop request (all of it
-        before one)."""
-        budget = self.settings.drain_delay_s + self.settings.grace_s
-        if self.stop_requested is None:
-            return budget
-        return max(0.0, self.stop_requested + budget - time.monotonic())
-
-    def _stopping(self) -> None:
-        """The first stop request, from any thread: loads stop between warm-up runs and model
-        control is refused from now on."""
-        if self.stop_requested is None:
-            self.stop_requested = time.monotonic()
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.registry.begin_shutdown)
+        return self.lifecycle.time_left()
 
     def interrupt_start(self, sig: int) -> None:
         """A signal before the server serves (from the main thread, while models load): what
         is loading stops between two warm-up runs, and serving stops as soon as it begins."""
-        self._stopping()
-        self.plane.draining = True
+        self.lifecycle.stop()
         self.http.should_exit = True
 
     @property
@@ -243,7 +228,7 @@ class Server:
         if warning and (self.cluster is None or self.cluster.index == 0):  # one line
             log.warning(warning)
         try:
-            await self.registry.start()
+            await self.plane.control.start()
             if self.cluster is not None:
                 await self.cluster.start()  # replays the loads and unloads its siblings were given
             if self.settings.grpc_port:
@@ -271,8 +256,7 @@ class Server:
         """uvicorn's signal handler (the main thread, which runs the event loop): not ready at
         once. The first SIGTERM with DRAIN_DELAY_S keeps serving that long, then drains (True:
         uvicorn is told to stop later); SIGINT or a second signal drains now (False)."""
-        self.plane.draining = True
-        self._stopping()
+        self.lifecycle.stop()
         loop = self.loop
         if loop is None:
             return False
@@ -307,8 +291,7 @@ class Server:
 
     def request_exit(self) -> None:
         """From any thread: stop as SIGINT would (at once, no DRAIN_DELAY_S)."""
-        self.plane.draining = True
-        self._stopping()
+        self.lifecycle.stop()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.begin_drain)
         self.http.should_exit = True
@@ -317,8 +300,7 @@ class Server:
         """On the event loop: not ready any more, and no longer accepting: gRPC drains beside
         HTTP within GRACE_S, and what is still queued shortly before GRACE_S runs out is
         answered 503 + Retry-After."""
-        self.plane.draining = True
-        self.registry.begin_shutdown()
+        self.lifecycle.stop()
         if self._delay is not None:  # a second signal during DRAIN_DELAY_S: now
             self._delay.cancel()
             self._delay = None
@@ -339,7 +321,7 @@ class Server:
             self._shed.cancel()
         if self.cluster is not None:
             await self.cluster.stop()
-        await self.registry.stop()
+        await self.plane.control.stop()
         self.plane.close()
         self.stopped.set()
 

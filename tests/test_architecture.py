@@ -1,13 +1,16 @@
 """The shape of the code, checked: no import cycles anywhere, every service module imports only
 from its own floor or below (the layers the README's architecture section draws), the two front
-ends never import each other, and the packages keep their dependency rules (the service never
-imports torch, the client neither torch nor onnxruntime). Imports inside functions count too: a
-lazy import is still a dependency."""
+ends never import each other, the packages keep their dependency rules (the service never
+imports torch, the client neither torch nor onnxruntime), the generic model layer never imports
+the CoordConv contract (its task rules are given to it from above), and no service module grows
+past MAX_LINES. Imports inside functions count too: a lazy import is still a dependency."""
 
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ SERVICE_LAYERS: list[tuple[str, ...]] = [
     (
         "service.settings",
         "service.errors",
+        "service.lifecycle",
         "service.metrics",
         "service.logs",
         "service.memory",
@@ -32,6 +36,8 @@ SERVICE_LAYERS: list[tuple[str, ...]] = [
     ("service.scaling.workers",),
     ("service.cli",),
 ]
+# A module past this holds more than one concern: split it by concern.
+MAX_LINES = 400
 FORBIDDEN = {
     "service": ("torch", "training", "experiments", "client"),
     "client": ("torch", "onnxruntime", "service", "training", "experiments"),
@@ -184,3 +190,162 @@ def test_package_dependency_rules(package: str) -> None:
                 if top in FORBIDDEN[package]:
                     bad[name].append(target)
     assert dict(bad) == {}
+
+
+def test_the_generic_model_layer_never_imports_the_coordconv_contract() -> None:
+    """service/models serves any model Triton's rules accept; what a CoordConv task requires
+    comes in as task rules (service/models/rules.py, given by service/dataplane/tasks.py)."""
+    found = [
+        f"{name} -> {target}"
+        for name, targets in graph().items()
+        if name == "service.models" or name.startswith("service.models.")
+        for target in targets
+        if target == "coordconv.contract"
+    ]
+    assert found == []
+
+
+def test_no_service_module_is_longer_than_max_lines() -> None:
+    long = {
+        name: n
+        for name, path in modules().items()
+        if name.startswith("service")
+        and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}
+
+
+# -- every import declared ----------------------------------------------------------------------
+
+# Which extras each package may import from (besides the core dependencies): what it runs with.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "coordconv": (),
+    "service": ("serve",),
+    "client": ("client",),
+    "training": ("train",),
+    "experiments": ("train",),
+    # The tests and benchmarks run with every extra installed (`make test`); what they alone
+    # import is the dev extra's.
+    "tests": ("dev", "serve", "client", "train", "tracing", "ray"),
+    "benchmarks": ("dev", "serve", "client", "train", "tracing", "ray"),
+}
+# Modules that import an optional extra of their package's, lazily, saying so when it is missing.
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "service.metrics.tracing": ("tracing",),
+    "service.scaling.ray_serve": ("ray",),
+}
+# Installed beside the extra instead of declared in it, and why.
+BESIDE: dict[tuple[str, str], str] = {
+    ("training", "onnxruntime"): "serve declares onnxruntime-gpu; train cannot declare either "
+    "package without two of them in one environment (`make` installs every extra together; "
+    "the trainer image adds the CPU package to the train extra)",
+}
+# Run in environments of their own (benchmarks/peers.py makes them), not this distribution's.
+OWN_ENVIRONMENTS = ("benchmarks.peer_servers",)
+FIRST_PARTY = {*PACKAGES, "tests", "benchmarks", "experiments"}
+
+
+def _requirement_name(requirement: str) -> str:
+    import re
+
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert match, requirement
+    return _canonical(match[1])
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared() -> dict[str, set[str]]:
+    """pyproject.toml's distributions by extra ("" for the core dependencies)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    out = {"": {_requirement_name(r) for r in project["dependencies"]}}
+    for extra, requirements in project["optional-dependencies"].items():
+        out[extra] = {_requirement_name(r) for r in requirements}
+    return out
+
+
+def third_party_imports() -> dict[str, set[str]]:
+    """Every module outside the standard library and this repository that each module imports
+    (top level and inside functions), by importing module."""
+    import sys
+
+    found: dict[str, set[str]] = {}
+    for top in sorted(EXTRAS):
+        folder = ROOT / top
+        for path in folder.rglob("*.py") if folder.is_dir() else ():
+            name = module_name(path)
+            if name.startswith(OWN_ENVIRONMENTS):
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    targets = [node.module]
+                else:
+                    continue
+                for target in targets:
+                    root = target.split(".")[0]
+                    if root not in sys.stdlib_module_names and root not in FIRST_PARTY:
+                        found.setdefault(name, set()).add(target)
+    return found
+
+
+@functools.cache
+def _top_level() -> Mapping[str, list[str]]:
+    from importlib import metadata
+
+    return metadata.packages_distributions()
+
+
+@functools.cache
+def distributions_of(module: str) -> frozenset[str]:
+    """The installed distributions that provide `module` (a namespace package such as
+    `opentelemetry` is narrowed to those holding the submodule)."""
+    from importlib import metadata
+
+    candidates = _top_level().get(module.split(".")[0], [])
+    if len(candidates) > 1:
+        path = module.replace(".", "/")
+        narrowed = [
+            d
+            for d in candidates
+            if any(
+                str(f) == f"{path}.py" or str(f).startswith(f"{path}/")
+                for f in metadata.distribution(d).files or ()
+            )
+        ]
+        candidates = narrowed or candidates
+    return frozenset(_canonical(d) for d in candidates)
+
+
+def test_every_third_party_import_is_declared_in_the_extra_that_uses_it() -> None:
+    extras = declared()
+    undeclared = []
+    for name, targets in sorted(third_party_imports().items()):
+        allowed = set(extras[""])
+        for extra in EXTRAS[name.split(".")[0]] + OPTIONAL.get(name, ()):
+            allowed |= extras[extra]
+        for target in sorted(targets):
+            if (name.split(".")[0], target.split(".")[0]) in BESIDE:
+                continue
+            provided = distributions_of(target)
+            if not provided:
+                undeclared.append(f"{name}: {target} (not installed: which distribution?)")
+            elif not provided & allowed:
+                undeclared.append(f"{name}: {target} ({', '.join(sorted(provided))})")
+    assert undeclared == []
+
+
+def test_import_names_map_to_their_distributions() -> None:
+    assert distributions_of("yaml") == {"pyyaml"}
+    assert distributions_of("google.protobuf") == {"protobuf"}
+    assert distributions_of("opentelemetry.sdk.trace") == {"opentelemetry-sdk"}  # a namespace
+    assert "opentelemetry-api" in distributions_of("opentelemetry.trace")
+    assert _requirement_name("uvicorn[standard]>=0.50,<0.55") == "uvicorn"

@@ -172,9 +172,8 @@ def test_an_unreadable_model_directory_is_named(tmp_path: Path, monkeypatch) -> 
     """The tests run as root, whom permissions do not stop, so the refusal is simulated."""
     import asyncio
 
+    from service.dataplane.plane import DataPlane
     from service.errors import RepositoryError
-    from service.metrics import Metrics
-    from service.models.registry import ModelRegistry
     from service.settings import Settings
 
     repo = tmp_path / "repo"
@@ -187,6 +186,6 @@ def test_an_unreadable_model_directory_is_named(tmp_path: Path, monkeypatch) -> 
         return real_iterdir(self)
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
-    registry = ModelRegistry(Settings(model_dir=repo, providers="cpu"), Metrics())
+    plane = DataPlane.build(Settings(model_dir=repo, providers="cpu"))
     with pytest.raises(RepositoryError, match="model folder 'locate' is not readable"):
-        asyncio.run(registry.start())
+        asyncio.run(plane.control.start())

@@ -17,6 +17,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from service.dataplane.tasks import CoordConvRules
 from service.errors import ModelError
 from service.models import config as model_config
 from service.models.version import ModelVersion, State, open_version
@@ -75,7 +76,8 @@ def open_render(repo: Path, version: int = 2) -> ModelVersion:
     text = (repo / "render" / "config.pbtxt").read_text()
     config = model_config.from_text(text, "render", strict=True)
     path = repo / "render" / str(version) / "model.onnx"
-    return open_version("render", version, path, config, settings, ["CPUExecutionProvider"])
+    cpu = ["CPUExecutionProvider"]
+    return open_version("render", version, path, config, settings, cpu, rules=CoordConvRules())
 
 
 def test_the_configs_samples_run_before_the_version_is_ready(tmp_path, calls) -> None:

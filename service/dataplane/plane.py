@@ -11,24 +11,24 @@ turns them into the protobuf messages of the same name without renaming anything
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Protocol
 
 import numpy as np
 
 from coordconv import __version__
-from coordconv.contract import COORDS, IMAGE, PLATFORM, Tensor
-from service.dataplane import codecs
+from coordconv.triton import PLATFORM, Tensor
 from service.dataplane.offload import Cost, Offload
+from service.dataplane.tasks import CoordConvRules
 from service.dataplane.types import InferRequest, InferResponse, InputTensor, OutputTensor
 from service.errors import BadRequest, ModelError, NotFound, Unavailable
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.models import config as model_config
 from service.models import repository
 from service.models import statistics as stats
-from service.models.batcher import Disconnected
-from service.models.registry import ModelRegistry, Served
-from service.models.version import tensor_info
+from service.models.control import ModelControl
+from service.models.registry import ModelRegistry
+from service.models.served import Served, tensor_info
 from service.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "statistics"]
@@ -49,14 +49,21 @@ class Siblings(Protocol):
 
 
 class DataPlane:
-    def __init__(
-        self, settings: Settings, registry: ModelRegistry, siblings: Siblings | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, control: ModelControl) -> None:
         self.settings = settings
-        self.registry = registry
-        self.siblings = siblings
+        self.control = control
+        self.registry = control.registry
+        self.rules = control.rules  # the task rules: what a request's values must be
+        self.lifecycle = control.lifecycle
+        self.siblings: Siblings | None = None
         self.offload = Offload(settings.parse_processes)
-        self.draining = False  # set on SIGTERM: not ready, while what is in flight finishes
+
+    @classmethod
+    def build(cls, settings: Settings, lifecycle: Lifecycle | None = None) -> DataPlane:
+        """The plane over a registry of its own, whose models the CoordConv contract rules."""
+        registry = ModelRegistry(settings, Metrics())
+        control = ModelControl(settings, registry, CoordConvRules(), lifecycle or Lifecycle())
+        return cls(settings, control)
 
     @property
     def metrics(self) -> Metrics:
@@ -73,7 +80,7 @@ class DataPlane:
     def ready(self) -> bool:
         """The one readiness rule (HTTP /readyz and /v2/health/ready, gRPC ServerReady and its
         health service): every start-up model loaded and warm, and not draining."""
-        return not self.draining and self.registry.ready
+        return not self.lifecycle.draining and self.registry.ready
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
@@ -127,12 +134,12 @@ class DataPlane:
     # Repository
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        return await self.registry.index(ready_only)
+        return await self.control.index(ready_only)
 
     async def load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
         """Load or reload `name`; parameters may carry `config`, a ModelConfig as JSON text,
         which replaces config.pbtxt for this model (as Triton accepts)."""
-        self.registry.check_control()
+        self.control.check_control()
         repository.check_name(name)
         config = text = None
         for key, value in (parameters or {}).items():
@@ -152,21 +159,25 @@ class DataPlane:
             await self.siblings.control({"op": "load", "name": name, "config": text})
             return
         try:
-            await self.registry.load(name, config)
+            await self.control.load(name, config)
         except ModelError as exc:
             raise BadRequest(f"failed to load {name!r}: {exc}") from None
 
     async def unload(self, name: str) -> None:
-        self.registry.check_control()
+        self.control.check_control()
         repository.check_name(name)
         if self.siblings is not None:
             await self.siblings.control({"op": "unload", "name": name})
             return
-        await self.registry.unload(name)
+        await self.control.unload(name)
 
     # Inference
 
-    def resolve(self, name: str, version: str | None, tasks: tuple[str, ...] | None) -> Served:
+    def resolve(
+        self, name: str, version: str | None, tasks: tuple[str, ...] | None = None
+    ) -> Served:
+        """The version that answers: a front end may resolve it before it reads the body (a 404
+        before decoding), hold it, and hand it to `infer`; a request resolves its model once."""
         m = self.registry.get(name, version)
         if tasks and m.task not in tasks:
             raise BadRequest(
@@ -175,31 +186,23 @@ class DataPlane:
             )
         return m
 
-    async def infer(
-        self, req: InferRequest, disconnected: Disconnected | None = None
-    ) -> InferResponse:
-        """Validate the request against the version that answers it, queue it in that version's
-        batcher and return its outputs. The version is held until the answer is ready, so an
-        unload or a reload lets it finish."""
-        start = time.perf_counter_ns()
-        m = self.resolve(req.model, req.version, req.tasks)
-        with m.hold():
-            try:
-                xs = await self.offload.run(Cost.DECODE, _payload_bytes(req), self._inputs, req, m)
-                names = self._outputs(req, m)
-                outs = await m.infer_tensors(xs, disconnected)
-            except BaseException:
-                m.stats.request_done(False, time.perf_counter_ns() - start)
-                raise
-            m.stats.request_done(True, time.perf_counter_ns() - start)
+    async def infer(self, req: InferRequest, m: Served | None = None) -> InferResponse:
+        """Validate the request against the version that answers it (`m`, or the one `req`
+        names), queue it in that version's batcher and return its outputs. The version is held
+        until the answer is ready, so an unload or a reload lets it finish. A client that goes
+        away cancels the task that awaits this (HTTP as gRPC): the batcher drops its rows."""
+        if m is None:
+            m = self.resolve(req.model, req.version, req.tasks)
+        with m.request():
+            xs = await self.offload.run(Cost.DECODE, _payload_bytes(req), self._inputs, req, m)
+            names = self._outputs(req, m)
+            outs = await m.infer_tensors(xs)
         tensors = [
             OutputTensor(t.name, t.datatype, list(y.shape), y)
             for t, y in zip(m.outputs, outs, strict=True)
             if t.name in names
         ]
-        return InferResponse(
-            m.name, m.version, m.sha256, m.task, tensors, req.id, {"ok_threshold": m.ok_threshold}
-        )
+        return InferResponse(m.name, m.version, m.sha256, m.task, tensors, req.id, m.config)
 
     def _inputs(self, req: InferRequest, m: Served) -> list[np.ndarray]:
         """The request's input tensors as float32 arrays, in the model's input order, each
@@ -243,12 +246,7 @@ class DataPlane:
                 f"{len(x)} items can never fit model {m.name!r}'s queue (max_queue_size "
                 f"{m.scheduling.max_queue_size}); send at most that many per request"
             )
-        label = t.label or t.name
-        contract = m.input_contract(spec.name)  # an ensemble input: the step input it feeds
-        if contract == IMAGE.name:
-            codecs.check_images(x, label)
-        elif contract == COORDS.name:
-            codecs.check_coords_array(x, label)
+        self.rules.check_values(m.rule_input(spec.name), x, t.label or t.name)
         return x.astype(np.float32, copy=False)
 
     def _outputs(self, req: InferRequest, m: Served) -> set[str]:

@@ -4,10 +4,12 @@ routes (/v1 and /v2) and the gRPC servicer are thin adapters that build these, c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from service.models.config import ModelConfig
 
 
 @dataclass
@@ -54,7 +56,7 @@ class InferResponse:
     task: str
     outputs: list[OutputTensor]
     id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig | None = None  # the effective config of the version that answered
 
     def output(self, name: str) -> np.ndarray:
         for o in self.outputs:

@@ -27,8 +27,6 @@ from service.http import errors, health, v1, v2
 from service.http.dispatch import FastDispatch
 from service.http.middleware import ServiceMiddleware
 from service.http.schemas import ANY_ROUTE
-from service.metrics import Metrics
-from service.models.registry import ModelRegistry
 from service.settings import Settings
 
 # FastAPI asks the global OpenTelemetry providers on every request whether it should trace;
@@ -70,19 +68,18 @@ def hot_routes() -> list[APIRoute]:
 def create_app(settings: Settings | None = None, plane: DataPlane | None = None) -> FastAPI:
     settings = settings or (plane.settings if plane is not None else Settings())
     owned = plane is None
-    plane = plane or DataPlane(settings, ModelRegistry(settings, Metrics()))
+    plane = plane or DataPlane.build(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
-            await plane.registry.start()  # raises RepositoryError: start-up stops
+            await plane.control.start()  # raises RepositoryError: start-up stops
         try:
             yield
         finally:
             if owned:
-                plane.draining = True
                 plane.close()
-                await plane.registry.stop()
+                await plane.control.stop()  # not ready from here on
 
     app = FastAPI(
         title="CoordConv serving",

@@ -1,20 +1,25 @@
 """What the HTTP adapters share: JSON in and out with orjson, Accept negotiation, the model
 headers (and the same facts in the request's state, where the middleware's metrics and log line
-read them), and a waiter that notices when the client goes away."""
+read them), and the cancellation of a request whose client went away."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
 from service.dataplane.types import InferResponse
-from service.errors import BadRequest, NotAcceptable
+from service.errors import BadRequest, ClientClosedRequest, NotAcceptable
+
+T = TypeVar("T")
+# Only a request still waiting after this starts to watch for its client going away: most are
+# answered sooner, and a task per request costs.
+WATCH_AFTER_S = 0.05
 
 NPY = "application/x-npy"
 JSON = "application/json"
@@ -74,16 +79,42 @@ def answered(request: Request, answer: InferResponse) -> dict[str, str]:
     }
 
 
-def disconnect_waiter(request: Request) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A coroutine function that returns once the client has disconnected. Only valid after the
-    body has been read in full (the next ASGI message is then the disconnect)."""
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`, in this request's task, cancelled if the client goes away meanwhile: as gRPC
+    cancels the task of a call its client cancelled, so the batcher drops what has not run (one
+    mechanism for both). Then ClientClosedRequest (499). Only valid once the body has been read
+    in full (the next ASGI message is then the disconnect)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
     receive = request.receive
+    gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def wait() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
+        while (await receive())["type"] != "http.disconnect":
             await asyncio.sleep(0)
 
-    return wait
+    def left(w: asyncio.Task[None]) -> None:
+        nonlocal gone
+        if not w.cancelled() and w.exception() is None:
+            gone = True
+            task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(wait())
+        watcher.add_done_callback(left)
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:  # ours, not the server's
+            raise ClientClosedRequest("the client closed the connection") from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.remove_done_callback(left)
+            watcher.cancel()

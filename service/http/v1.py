@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from coordconv.contract import COORDS, IMAGE
-from service.dataplane import codecs
+from service.dataplane import codecs, tasks
 from service.dataplane.offload import Cost
 from service.dataplane.types import InferRequest, InputTensor
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -20,8 +20,8 @@ from service.http.responses import (
     JSON,
     NPY,
     answered,
-    disconnect_waiter,
     json_response,
+    unless_disconnected,
     wants_npy,
 )
 from service.http.schemas import (
@@ -93,16 +93,14 @@ async def render(request: Request, plane: PlaneDep) -> Response:
     if len(raw) > most:
         raise PayloadTooLarge(f"a /v1/render body over {most} bytes cannot hold {limit} pairs")
     body = await plane.offload.run(Cost.PARSE, len(raw), parse_body, RenderRequest, raw, limit)
-    answer = await plane.infer(
-        InferRequest(
-            model=body.model,
-            version=body.version,
-            inputs=[_tensor(COORDS.name, body.coords, "coords")],
-            tasks=RENDER_TASKS,
-            max_items=limit,
-        ),
-        disconnect_waiter(request),
+    req = InferRequest(
+        model=body.model,
+        version=body.version,
+        inputs=[_tensor(COORDS.name, body.coords, "coords")],
+        tasks=RENDER_TASKS,
+        max_items=limit,
     )
+    answer = await unless_disconnected(request, plane.infer(req))
     out = answer.outputs[0].data
     headers = answered(request, answer)
     if npy:
@@ -193,16 +191,14 @@ async def locate(
         raise UnsupportedMediaType(
             f"Content-Type {ctype!r} is not supported: use {JSON}, multipart/form-data or {NPY}"
         )
-    answer = await plane.infer(
-        InferRequest(
-            model=name,
-            version=version,
-            inputs=[_tensor(IMAGE.name, images, "images")],
-            tasks=("locate",),
-            max_items=limit,
-        ),
-        disconnect_waiter(request),
+    req = InferRequest(
+        model=name,
+        version=version,
+        inputs=[_tensor(IMAGE.name, images, "images")],
+        tasks=("locate",),
+        max_items=limit,
     )
+    answer = await unless_disconnected(request, plane.infer(req))
     headers = answered(request, answer)
     coords = answer.output(COORDS.name)
     if npy_out:
@@ -215,7 +211,7 @@ async def locate(
     if any(t.name == CONFIDENCE for t in answer.outputs):  # models that say how sure they are
         confidence = answer.output(CONFIDENCE)
         result["confidence"] = confidence
-        result["ok"] = (confidence >= answer.parameters["ok_threshold"]).tolist()
+        result["ok"] = (confidence >= tasks.ok_threshold(answer.config)).tolist()
     return json_response(result, headers=headers)
 
 

@@ -25,9 +25,9 @@ from service.errors import BadRequest
 from service.http.deps import AdminDep, AuthDep, PlaneDep
 from service.http.responses import (
     answered,
-    disconnect_waiter,
     json_response,
     parse_json,
+    unless_disconnected,
 )
 from service.http.schemas import V2Error, error_responses
 
@@ -385,14 +385,16 @@ def encode_infer(
 
 
 async def _infer(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
-    plane.resolve(name, version, None)  # an unknown model or version is a 404 before decoding
-    body = await request.body()
-    header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-    # Only the JSON header is parsed; binary tensors stay views of the body.
-    req, binary_out, ranges = await plane.offload.run(
-        Cost.PARSE, len(header), decode_header, header, len(binary), name, version
-    )
-    for i, start, size in ranges:
-        req.inputs[i].raw = binary[start : start + size]
-    answer = await plane.infer(req, disconnect_waiter(request))
+    # Resolved once: a 404 before decoding; the version found is held and answers.
+    m = plane.resolve(name, version)
+    with m.hold():
+        body = await request.body()
+        header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+        # Only the JSON header is parsed; binary tensors stay views of the body.
+        req, binary_out, ranges = await plane.offload.run(
+            Cost.PARSE, len(header), decode_header, header, len(binary), name, version
+        )
+        for i, start, size in ranges:
+            req.inputs[i].raw = binary[start : start + size]
+        answer = await unless_disconnected(request, plane.infer(req, m))
     return encode_infer(answer, binary_out, answered(request, answer))

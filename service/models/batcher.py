@@ -7,7 +7,8 @@ oldest waiting request), or at once when a preferred batch size is reached.
 - A failed call is retried request by request, so one bad request does not fail its neighbours.
 - The queue is bounded in items (`max_queue_size`): a request that does not fit gets 503 at once.
 - A request still queued after the queue policy's timeout gets 503 (`timeout_action: REJECT`) or
-  keeps waiting (`DELAY`); one whose client went away is dropped before it runs.
+  keeps waiting (`DELAY`); one whose task is cancelled (its client went away, over HTTP or gRPC)
+  is dropped before it runs.
 
 Batches are formed where they run, as in Triton: up to `instance_group` count scheduler threads
 each take the next batch from the queue and run it, then take the next, without a round trip
@@ -27,73 +28,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from opentelemetry.trace import Span, Tracer
 
-from service.errors import (
-    ClientClosedRequest,
-    InferenceFailed,
-    PayloadTooLarge,
-    ServiceError,
-    Unavailable,
-)
-from service.metrics import BACKEND, REJECTED, Metrics, tag, tracing
+from service.errors import Unavailable
+from service.metrics import REJECTED, Metrics, tag, tracing
 from service.models.config import Scheduling
+from service.models.jobs import (
+    Execution,
+    Job,
+    Outputs,
+    Part,
+    batch_span,
+    failure,
+    trace_delivery,
+)
 from service.models.statistics import ModelStats
 
 log = logging.getLogger("coordconv.batching")
-Outputs = tuple[np.ndarray, ...]
-Disconnected = Callable[[], Coroutine[Any, Any, None]]
-Part = tuple["_Job", int, int]  # rows [start, stop) of a job
-WATCH_AFTER_S = 0.05
-# How onnxruntime (and numpy, gathering a batch) report running out of memory.
-OUT_OF_MEMORY = re.compile(r"MemoryError|bad_alloc|[Ff]ailed to allocate|out of memory")
-
-
-@dataclass(eq=False)
-class _Job:
-    x: np.ndarray
-    future: asyncio.Future[Outputs]
-    enqueued: float  # time.monotonic()
-    taken: int = 0  # rows handed to batches so far (under the batcher's lock)
-    cancelled: bool = False  # (under the batcher's lock)
-    outputs: dict[int, Outputs] = field(default_factory=dict)  # by first row (event loop only)
-    answered: int = 0  # rows whose outputs arrived (event loop only)
-    watcher: asyncio.Task[None] | None = None  # notices the client going away
-    trace: tracing.Queued | None = None  # its request's trace context (tracing on only)
-
-    @property
-    def started(self) -> bool:
-        return self.taken > 0
-
-    @property
-    def remaining(self) -> int:
-        return len(self.x) - self.taken
-
-
-@dataclass
-class _Execution:
-    """One onnxruntime call's result, handed from a scheduler thread to the event loop."""
-
-    parts: list[Part]
-    outputs: Outputs | None  # None: the call failed
-    input_ns: int = 0
-    infer_ns: int = 0
-    error: str = ""
-    # Tracing on: the batch's span (open until its answers are handed back) and its start
-    # (epoch nanoseconds).
-    tracer: Tracer | None = None
-    span: Span | None = None
-    started_ns: int = 0
 
 
 class Batcher:
@@ -119,7 +76,7 @@ class Batcher:
         self.stats = stats
         # The queue and every count below are shared with the scheduler threads: under _cond.
         self._cond = threading.Condition()
-        self.queue: deque[_Job] = deque()
+        self.queue: deque[Job] = deque()
         self.queued_items = 0
         self._threads = 0  # scheduler threads alive (at most scheduling.instances)
         self._filling = 0  # of those, waiting for a batch to fill
@@ -178,11 +135,12 @@ class Batcher:
         if series is not None:
             series.pending.set(self.pending)
 
-    async def infer(self, x: np.ndarray, disconnected: Disconnected | None = None) -> Outputs:
-        """Queue `x` (rows of this model's input) and wait for its outputs, one array each."""
+    async def infer(self, x: np.ndarray) -> Outputs:
+        """Queue `x` (rows of this model's input) and wait for its outputs, one array each.
+        Cancelled (its client went away), its rows that have not run are dropped."""
         n = len(x)
         loop = asyncio.get_running_loop()
-        job = _Job(x=x, future=loop.create_future(), enqueued=time.monotonic())
+        job = Job(x=x, future=loop.create_future(), enqueued=time.monotonic())
         if tracing.tracer is not None:
             job.trace = tracing.queued(time.time_ns())
         with self._cond:
@@ -211,26 +169,21 @@ class Batcher:
         if spawn:
             self.executor.submit(self._schedule)
 
-        # Timers instead of a task per request: the queue timeout fails a job that never
-        # started, and only a request still waiting after WATCH_AFTER_S starts to watch for its
-        # client going away (most are answered sooner, and a task per request costs).
-        timers = []
+        # A timer instead of a task per request: the queue timeout fails a job that never
+        # started.
+        timer = None
         if not self.s.delay_on_timeout:
-            timers.append(loop.call_later(self.s.timeout_s, self._expire, job))
-        if disconnected is not None:
-            timers.append(loop.call_later(WATCH_AFTER_S, self._watch, job, disconnected))
+            timer = loop.call_later(self.s.timeout_s, self._expire, job)
         try:
             return await job.future
         except asyncio.CancelledError:
             self._drop(job)
             raise
         finally:
-            for timer in timers:
+            if timer is not None:
                 timer.cancel()
-            if job.watcher is not None:
-                job.watcher.cancel()
 
-    def _expire(self, job: _Job) -> None:
+    def _expire(self, job: Job) -> None:
         with self._cond:
             queued = not job.started
         if queued and not job.future.done():  # still queued: 503; running: finish it
@@ -246,36 +199,27 @@ class Batcher:
                 ),
             )
 
-    def _watch(self, job: _Job, disconnected: Disconnected) -> None:
-        if job.future.done():
-            return
-        job.watcher = asyncio.get_running_loop().create_task(disconnected())
-
-        def gone(watcher: asyncio.Task[None]) -> None:
-            if not watcher.cancelled() and watcher.exception() is None:
-                self._drop(job, ClientClosedRequest("the client closed the connection"))
-
-        job.watcher.add_done_callback(gone)
-
-    def _drop(self, job: _Job, error: Exception | None = None) -> None:
+    def _drop(self, job: Job, error: Exception | None = None) -> None:
         """Take `job` out of the queue (rows already running are not counted); its waiter gets
-        `error`, or is cancelled."""
-        if job.future.done():
-            return
+        `error`, or is cancelled. Its waiter's task cancelled, the future is done already: the
+        rows that have not run are dropped all the same."""
         with self._cond:
+            if job.cancelled or job.answered == len(job.x):
+                return
             started = job.started
-            if not job.cancelled:
-                job.cancelled = True
-                self.queued_items -= job.remaining
-                self._gauge.set(self.queued_items)
-                if not started:
-                    self.pending -= 1
-                    self._set_pending()
+            job.cancelled = True
+            self.queued_items -= job.remaining
+            self._gauge.set(self.queued_items)
+            if not started:
+                self.pending -= 1
+                self._set_pending()
         t = tracing.tracer
         if t is not None and job.trace is not None and not started:
             reason = "cancelled" if error is None else str(error)
             attributes = {**self._span_attributes, "coordconv.items": len(job.x)}
             tracing.queue_span(t, job.trace, time.time_ns(), attributes, reason)
+        if job.future.done():
+            return
         if error is None:
             job.future.cancel()
         else:
@@ -359,25 +303,7 @@ class Batcher:
         fitting = [p for p in self.s.preferred_batch_sizes if p <= n]
         return max(fitting) if fitting else self.s.max_batch_size
 
-    def _failure(self, error: str, items: int) -> ServiceError:
-        """A failed call as its client should see it: running out of memory is the size of the
-        request (413, or 503 for a single item: the server is short of memory), anything else
-        the model's failure."""
-        failure: ServiceError = InferenceFailed(f"model {self.name!r} failed")
-        if OUT_OF_MEMORY.search(error):
-            if items > 1:
-                failure = PayloadTooLarge(
-                    f"model {self.name!r} could not allocate the memory for {items} items at "
-                    "once; send fewer per request"
-                )
-            else:
-                failure = Unavailable(
-                    f"model {self.name!r} is short of memory; retry", retry_after=1
-                )
-        tag(failure, BACKEND)
-        return failure
-
-    def _execute(self, parts: list[Part]) -> list[_Execution]:
+    def _execute(self, parts: list[Part]) -> list[Execution]:
         """In a scheduler thread: gather the rows and run onnxruntime; if the call fails, find
         the culprit with one call per job."""
         tracer = tracing.tracer
@@ -399,69 +325,29 @@ class Batcher:
                 if tracer is not None:
                     ended = time.perf_counter_ns()
                     failed = f"{error[:200]} (retried request by request)"
-                    span = self._batch_span(tracer, parts, wall, t0, t1, ended, failed)
+                    span = batch_span(
+                        tracer, self._span_attributes, parts, wall, t0, t1, ended, failed
+                    )
                     span.end(wall + ended - t0)
                 return [e for part in parts for e in self._execute([part])]
-            e = _Execution(parts, None, error=error)
+            e = Execution(parts, None, error=error)
             if tracer is not None:
                 ended = time.perf_counter_ns()
-                e.span = self._batch_span(tracer, parts, wall, t0, t1, ended, error[:200])
+                e.span = batch_span(
+                    tracer, self._span_attributes, parts, wall, t0, t1, ended, error[:200]
+                )
                 e.tracer, e.started_ns = tracer, wall
             return [e]
         t2 = time.perf_counter_ns()
-        e = _Execution(parts, out, t1 - t0, t2 - t1)
+        e = Execution(parts, out, t1 - t0, t2 - t1)
         if tracer is not None:
-            e.span = self._batch_span(tracer, parts, wall, t0, t1, t2, None)
+            e.span = batch_span(tracer, self._span_attributes, parts, wall, t0, t1, t2, None)
             e.tracer, e.started_ns = tracer, wall
         return [e]
 
-    def _batch_span(
-        self,
-        tracer: Tracer,
-        parts: list[Part],
-        wall: int,
-        t0: int,
-        t1: int,
-        t2: int,
-        error: str | None,
-    ) -> Span:
-        attributes = {
-            **self._span_attributes,
-            "coordconv.batch.size": sum(b - a for _, a, b in parts),
-            "coordconv.batch.requests": len(parts),
-            "coordconv.compute_input_us": (t1 - t0) / 1000,
-        }
-        requests = [(job.trace, b - a) for job, a, b in parts if job.trace is not None]
-        return tracing.batch_span(
-            tracer, attributes, requests, wall, wall + t1 - t0, wall + t2 - t0, error
-        )
-
-    def _trace_delivery(self, e: _Execution, output_ns: int, error: str | None) -> None:
-        """On the event loop, tracing on: the batch's end, and each traced request's queue (the
-        first time its rows run) and execute spans."""
-        tracer, batch = e.tracer, e.span
-        if tracer is None or batch is None:
-            return
-        now = time.time_ns()
-        tracing.batch_done(batch, output_ns, now)
-        size = sum(b - a for _, a, b in e.parts)
-        for job, a, b in e.parts:
-            q = job.trace
-            if q is None:
-                continue
-            if a == 0:
-                queued = {**self._span_attributes, "coordconv.items": len(job.x)}
-                tracing.queue_span(tracer, q, e.started_ns, queued)
-            attributes = {
-                **self._span_attributes,
-                "coordconv.rows": b - a,
-                "coordconv.batch.size": size,
-            }
-            tracing.execute_span(tracer, q, batch, e.started_ns, now, attributes, error)
-
     # -- back on the event loop ---------------------------------------------------------------
 
-    def _deliver(self, executions: list[_Execution], waits: list[float]) -> None:
+    def _deliver(self, executions: list[Execution], waits: list[float]) -> None:
         for waited in waits:
             self._queue_hist.observe(waited)
             self.stats.queue.add(int(waited * 1e9))
@@ -470,9 +356,9 @@ class Batcher:
                 job, a, b = e.parts[0]
                 log.error("model %s failed on %d items: %s", self.name, b - a, e.error)
                 if not job.future.done():
-                    job.future.set_exception(self._failure(e.error, b - a))
+                    job.future.set_exception(failure(self.name, e.error, b - a))
                 if e.span is not None:
-                    self._trace_delivery(e, 0, e.error[:200])
+                    trace_delivery(e, self._span_attributes, 0, e.error[:200])
                 continue
             start = time.perf_counter_ns()
             offset = 0
@@ -494,4 +380,4 @@ class Batcher:
             output_ns = time.perf_counter_ns() - start
             self.stats.execution(len(e.parts), items, e.input_ns, e.infer_ns, output_ns)
             if e.span is not None:
-                self._trace_delivery(e, output_ns, None)
+                trace_delivery(e, self._span_attributes, output_ns, None)

@@ -7,20 +7,19 @@ Strict (Triton's default): a missing, unparseable or foreign config, or one that
 its graph, refuses the model with one line saying what is wrong. Not strict: a missing config is
 filled from the graph, as `tritonserver --strict-model-config=false` does.
 
-Also here: the checks of `model_warmup` (run by service/models/version.py) and whether a config
-is an ensemble (`platform: "ensemble"`, served by service/models/ensemble.py).
+What a task requires of a model (its signature) is not here: the task rules given from above
+(service/models/rules.py) check it. `model_warmup` is service/models/warmup.py's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from coordconv.contract import BACKEND, PLATFORM, SIGNATURES, Tensor
+from coordconv.triton import BACKEND, PLATFORM, Tensor
 from service.errors import ModelError
 from service.settings import Settings
 
@@ -29,7 +28,6 @@ ConfigTensor: TypeAlias = mc.ModelInput | mc.ModelOutput
 CONFIG_FILE = "config.pbtxt"
 TYPE_FP32 = mc.DataType.Value("TYPE_FP32")
 ENSEMBLE = "ensemble"  # Triton's platform name for a pipeline of other models
-WARMUP_DIR = "warmup"  # model_warmup input_data_file: <model>/warmup/<file>, as in Triton
 
 
 def is_ensemble(config: ModelConfig | None) -> bool:
@@ -114,7 +112,7 @@ def from_graph(name: str, inputs: list[GraphTensor], outputs: list[GraphTensor])
     return config
 
 
-def _dims(entry: ConfigTensor, batching: bool = True) -> tuple[int, ...]:
+def item_dims(entry: ConfigTensor, batching: bool = True) -> tuple[int, ...]:
     """A config tensor's dims per item, after its reshape (Triton's [1] -> [] for scalars).
     Without batching (max_batch_size 0) the config's dims lead with the batch axis, -1."""
     dims = tuple(entry.reshape.shape) if entry.HasField("reshape") else tuple(entry.dims)
@@ -124,16 +122,14 @@ def _dims(entry: ConfigTensor, batching: bool = True) -> tuple[int, ...]:
 def verify(
     config: ModelConfig,
     name: str,
-    task: str,
     inputs: list[GraphTensor],
     outputs: list[GraphTensor],
     where: str,
     batching: bool = True,
 ) -> None:
-    """The config must describe this graph, and the graph must do `task`
-    (coordconv.contract.SIGNATURES). `batching`: the config's dims leave the batch axis out
-    (max_batch_size > 0); otherwise they start with it, as -1. Raises ModelError with one line
-    naming the first disagreement."""
+    """The config must describe this graph (what its task requires is the task rules' check).
+    `batching`: the config's dims leave the batch axis out (max_batch_size > 0); otherwise they
+    start with it, as -1. Raises ModelError with one line naming the first disagreement."""
     if config.name and config.name != name:
         raise ModelError(
             f"{where}: config name {config.name!r} differs from the directory {name!r}"
@@ -150,11 +146,9 @@ def verify(
         raise ModelError(f"{where}: sequence batching is not supported")
     if config.HasField("ensemble_scheduling"):
         raise ModelError(f"{where}: ensemble_scheduling needs platform: {ENSEMBLE!r}")
-    sig = SIGNATURES[task]
-    allowed_outputs = sig.outputs + sig.optional_outputs
-    for kind, entries, graph, want in (
-        ("input", config.input, inputs, sig.inputs),
-        ("output", config.output, outputs, allowed_outputs),
+    for kind, entries, graph in (
+        ("input", config.input, inputs),
+        ("output", config.output, outputs),
     ):
         by_name = {t.name: t for t in graph}
         if len(entries) != len(graph) or set(by_name) != {e.name for e in entries}:
@@ -162,7 +156,6 @@ def verify(
                 f"{where}: config {kind}s {[e.name for e in entries]} differ from the graph's "
                 f"{[t.name for t in graph]}"
             )
-        contract = {t.name: t for t in want}
         for entry in entries:
             g = by_name[entry.name]
             if entry.data_type != TYPE_FP32 or g.type != "tensor(float)":
@@ -181,22 +174,12 @@ def verify(
                     f"dims are the whole shape and must start with the batch axis, -1 (e.g. "
                     f"[-1, {', '.join(str(d) for d in g.dims[1:])}]); got {list(entry.dims)}"
                 )
-            dims = _dims(entry, batching)
+            dims = item_dims(entry, batching)
             if tuple(g.dims[1:]) != dims:
                 raise ModelError(
                     f"{where}: {kind} {entry.name!r} has dims {list(dims)} in the config but "
                     f"{list(g.dims[1:])} (after the batch axis) in the graph"
                 )
-            spec = contract.get(entry.name)
-            if spec is None or spec.dims != dims:
-                expected = ", ".join(f"{t.name} {list(t.dims)}" for t in want)
-                raise ModelError(
-                    f"{where}: {kind} {entry.name!r} {list(dims)} is not what a {task!r} model "
-                    f"has ({expected})"
-                )
-    missing = [t.name for t in sig.outputs if t.name not in {e.name for e in config.output}]
-    if missing:
-        raise ModelError(f"{where}: a {task!r} model must have the output(s) {missing}")
 
 
 def complete(config: ModelConfig, name: str, settings: Settings) -> ModelConfig:
@@ -275,94 +258,6 @@ def check_limits(config: ModelConfig, where: str, settings: Settings, versions: 
             raise ModelError(f"{where}: {field} {value} exceeds the limit {limit} ({setting})")
     if not config.max_batch_size and config.HasField("dynamic_batching"):
         raise ModelError(f"{where}: dynamic_batching needs max_batch_size > 0 (0: no batching)")
-
-
-def check_warmup(config: ModelConfig, where: str, settings: Settings) -> None:
-    """`model_warmup` as Triton reads it (a sample per entry: `batch_size`, `count` runs, and
-    for every model input its `data_type`, `dims` without the batch axis and one of `zero_data`,
-    `random_data` or `input_data_file`), refused with one line where it cannot run, before
-    anything is allocated. A model that does not batch warms up with batch_size 1 and dims that
-    start with the number of rows, as its requests do."""
-    if not config.model_warmup:
-        return
-    if is_ensemble(config):
-        raise ModelError(
-            f"{where}: model_warmup is not supported for an ensemble; warm up its step models"
-        )
-    batching = config.max_batch_size > 0
-    inputs = {e.name: e for e in config.input}
-    runs = 0
-    for i, sample in enumerate(config.model_warmup):
-        label = f"{where}: model_warmup[{i}]" + (f" {sample.name[:40]!r}" if sample.name else "")
-        if sample.batch_size < 1:
-            raise ModelError(f"{label}: batch_size must be >= 1, got {sample.batch_size}")
-        if batching and sample.batch_size > config.max_batch_size:
-            raise ModelError(
-                f"{label}: batch_size {sample.batch_size} exceeds max_batch_size "
-                f"{config.max_batch_size}"
-            )
-        if not batching and sample.batch_size != 1:
-            raise ModelError(
-                f"{label}: a model that does not batch (max_batch_size 0) warms up with "
-                f"batch_size 1, got {sample.batch_size}"
-            )
-        runs += max(sample.count, 1)  # count 0: once, as in Triton
-        if set(sample.inputs) != set(inputs):
-            raise ModelError(
-                f"{label}: inputs {sorted(sample.inputs)} must be exactly the model's inputs "
-                f"{sorted(inputs)}"
-            )
-        for key in sorted(sample.inputs):
-            spec, entry = sample.inputs[key], inputs[key]
-            if spec.data_type != entry.data_type:
-                raise ModelError(
-                    f"{label}: input {key!r} is {mc.DataType.Name(spec.data_type)}; the model "
-                    f"takes {mc.DataType.Name(entry.data_type)}"
-                )
-            want = _dims(entry, batching)
-            dims = tuple(spec.dims)
-            shown: list[int | str] = list(want)
-            if batching:
-                fits = dims == want
-            else:
-                fits = len(dims) == len(want) + 1 and dims[0] >= 1 and dims[1:] == want
-                shown = ["rows", *want]
-            if not fits:
-                raise ModelError(
-                    f"{label}: input {key!r} has dims {list(dims)}; the model takes {shown} "
-                    "(without the batch axis)"
-                )
-            which = spec.WhichOneof("input_data_type")
-            if which is None:
-                raise ModelError(
-                    f"{label}: input {key!r} sets none of zero_data, random_data, input_data_file"
-                )
-            if which == "input_data_file":
-                warmup_file(spec.input_data_file, f"{label}: input {key!r}")
-    if runs > settings.limit_warmup_runs:
-        raise ModelError(
-            f"{where}: model_warmup asks for {runs} runs in all (count), over the limit "
-            f"{settings.limit_warmup_runs} (LIMIT_WARMUP_RUNS)"
-        )
-
-
-def warmup_file(name: str, label: str) -> PurePosixPath:
-    """A warm-up input_data_file as a path relative to the model's warmup/ folder; anything
-    that could leave it (absolute, '..', a backslash) is refused with one line."""
-    path = PurePosixPath(name)
-    if (
-        not name
-        or len(name) > 255
-        or "\\" in name
-        or "\x00" in name
-        or path.is_absolute()
-        or ".." in path.parts
-    ):
-        raise ModelError(
-            f"{label}: input_data_file {name[:80]!r} must name a file inside the model's "
-            f"{WARMUP_DIR}/ folder (no absolute path, no '..')"
-        )
-    return path
 
 
 def instance_kind(config: ModelConfig) -> str:
@@ -452,4 +347,4 @@ def _single_json(field: Any, value: Any) -> Any:
 def tensors_of(config: ModelConfig, kind: str) -> list[Tensor]:
     """The config's inputs or outputs as contract tensors (per-item dims)."""
     entries = config.input if kind == "input" else config.output
-    return [Tensor(e.name, _dims(e, config.max_batch_size > 0)) for e in entries]
+    return [Tensor(e.name, item_dims(e, config.max_batch_size > 0)) for e in entries]

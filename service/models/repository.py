@@ -2,7 +2,7 @@
 
     <repo>/<name>/config.pbtxt
     <repo>/<name>/<version>/model.onnx
-    <repo>/<name>/warmup/<file>        model_warmup input_data_file (read at load)
+    <repo>/<name>/warmup/<file>        model_warmup input_data_file (service/models/warmup.py)
 
 An ensemble (`platform: "ensemble"`) has version folders without a model file, as in Triton.
 A scan gives each model's version files, its config's text and a fingerprint (size and
@@ -32,22 +32,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordconv.contract import MODEL_NAME_RE
+from coordconv.triton import MODEL_NAME_RE
 from service.errors import BadRequest, ModelError, NotFound, RepositoryError
-from service.models.config import (
-    CONFIG_FILE,
-    ENSEMBLE,
-    WARMUP_DIR,
-    ModelConfig,
-    is_ensemble,
-    parse_text,
-    warmup_file,
-)
+from service.models.config import CONFIG_FILE, ENSEMBLE, is_ensemble, parse_text
 
 log = logging.getLogger("coordconv.repository")
 ONNX_FILE = "model.onnx"
 CONFIG_BYTES = 1 << 20  # a config.pbtxt is a few hundred bytes
-WARMUP_FILE_BYTES = 64 << 20  # one warm-up sample of one input (64x64 FP32 is 16 KiB)
 _warned: set[str] = set()  # folders already warned about (one warning each)
 
 
@@ -115,7 +106,7 @@ def check_root(repo: Path) -> None:
         raise RepositoryError(f"model repository {repo} is not readable")
 
 
-def _inside(path: Path, repo: Path) -> bool:
+def inside(path: Path, repo: Path) -> bool:
     try:
         return path.resolve().is_relative_to(repo.resolve())
     except (OSError, RuntimeError):  # a loop of links
@@ -129,7 +120,7 @@ def model_names(repo: Path) -> list[str]:
     except OSError as exc:
         raise RepositoryError(f"the model repository is not readable: {exc.strerror}") from None
     return sorted(
-        p.name for p in entries if MODEL_NAME_RE.match(p.name) and _is_dir(p) and _inside(p, repo)
+        p.name for p in entries if MODEL_NAME_RE.match(p.name) and _is_dir(p) and inside(p, repo)
     )
 
 
@@ -197,7 +188,7 @@ def scan(repo: Path, name: str) -> ModelFiles:
     path = repo / name
     if not _is_dir(path):
         raise NotFound(f"model {name!r} is not in the model repository")
-    if not _inside(path, repo):
+    if not inside(path, repo):
         raise NotFound(
             f"model folder {name!r} is a symbolic link that leads out of the model repository"
         )
@@ -213,7 +204,7 @@ def scan(repo: Path, name: str) -> ModelFiles:
             if _is_dir(entry) and not entry.name.startswith("."):
                 _warn_once(entry, f"{name}/{entry.name[:40]!r}: not a version (ASCII digits only)")
             continue
-        if not _inside(entry, repo):
+        if not inside(entry, repo):
             _warn_once(entry, f"{name}/{entry.name}: a symbolic link out of the repository")
             continue
         # Only complete versions: the exporter renames a finished folder into place, and a
@@ -221,7 +212,7 @@ def scan(repo: Path, name: str) -> ModelFiles:
         onnx = entry / ONNX_FILE
         if _is_dir(entry):
             folders.setdefault(number, entry)
-        if _is_dir(entry) and onnx.exists() and _inside(onnx, repo):
+        if _is_dir(entry) and onnx.exists() and inside(onnx, repo):
             if number in versions:  # "1" and "01": the first, sorted by name
                 _warn_once(entry, f"{name}/{entry.name}: another folder is version {number}")
                 continue
@@ -249,35 +240,6 @@ def read_model(repo: Path, path: Path, limit: int) -> bytes:
     if data is None:
         raise ModelError(f"{where} has disappeared")
     return data
-
-
-def read_warmup(repo: Path, name: str, config: ModelConfig) -> dict[str, bytes]:
-    """The files a config's model_warmup names (input_data_file), by name, read from the model
-    folder's warmup/ as Triton does. A name that leads out of that folder (checked by name, and
-    again after symbolic links are resolved), a missing file or one that is not a regular file
-    fails the load with one line."""
-    folder = repo / name / WARMUP_DIR
-    out: dict[str, bytes] = {}
-    for i, sample in enumerate(config.model_warmup):
-        for key in sorted(sample.inputs):
-            spec = sample.inputs[key]
-            if spec.WhichOneof("input_data_type") != "input_data_file":
-                continue
-            file = spec.input_data_file
-            if file in out:
-                continue
-            named = f" {sample.name[:40]!r}" if sample.name else ""
-            label = f"model {name}: model_warmup[{i}]{named}: input {key!r}"
-            rel = warmup_file(file, label)
-            path = folder / rel
-            what = f"{name}/{WARMUP_DIR}/{rel}"
-            if not (_inside(path, folder) and _inside(path, repo / name)):
-                raise ModelError(f"{label}: {what} leads out of {name}/{WARMUP_DIR}/")
-            data = read_regular(path, WARMUP_FILE_BYTES, what)
-            if data is None:
-                raise ModelError(f"{label}: input_data_file {what} does not exist")
-            out[file] = data
-    return out
 
 
 def _warn_once(path: Path, message: str) -> None:

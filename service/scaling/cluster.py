@@ -11,7 +11,7 @@ creates for them:
   behind another model's warm-up; a worker that starts later (or is restarted) replays the log
   before it serves, so it serves the same set as its siblings.
 - The log holds what was served, never what the disk said: the worker that is asked to load
-  picks the versions on the disk of that moment (`ModelRegistry.plan`) and the entry carries
+  picks the versions on the disk of that moment (`ModelControl.plan`) and the entry carries
   them, so every worker, and any replay, loads exactly those (or fails as a load of a version
   gone from disk fails). A load refused before that (no such model, no version to serve, a
   limit) is logged as refused, so every worker reports the same reason. Once worker 0 has
@@ -45,8 +45,7 @@ from typing import Any
 
 from service.errors import BadRequest, ModelError, NotFound, ServiceError, Unavailable
 from service.models import config as model_config
-from service.models import repository
-from service.models.registry import ModelRegistry
+from service.models.control import ModelControl
 
 log = logging.getLogger("coordconv.cluster")
 
@@ -103,9 +102,9 @@ def read_control(run_dir: Path, offset: int) -> tuple[list[dict[str, Any]], int]
 class Cluster:
     """One worker's part: it follows the control log and answers its siblings."""
 
-    def __init__(self, info: WorkerInfo, registry: ModelRegistry) -> None:
+    def __init__(self, info: WorkerInfo, control: ModelControl) -> None:
         self.info = info
-        self.registry = registry
+        self.models = control  # this worker's model control (and its registry)
         self.results: dict[int, dict[str, Any] | None] = {}  # seq -> error (status, message)
         self._offset = 0
         self._lock = asyncio.Lock()
@@ -126,7 +125,7 @@ class Cluster:
         """Replay the control log (what the siblings were told before this worker started),
         then listen for them. Worker 0's first start writes the start entry (what it serves)."""
         await self.settle()
-        if self.index == 0 and self.registry.mode != "poll":
+        if self.index == 0 and self.models.mode != "poll":
             await asyncio.to_thread(
                 append_control,
                 self.info.run_dir,
@@ -157,10 +156,8 @@ class Cluster:
     async def control(self, entry: dict[str, Any]) -> None:
         """Apply a load or unload on every worker; raises what this worker's attempt raised, or
         a sibling's failure. A load is given the versions to load here, from today's disk."""
-        if entry["op"] == "load":
-            entry = await self._plan(entry)
-        else:
-            entry = {**entry, "touches": [entry["name"]]}
+        load = entry["op"] == "load"
+        entry = await self._plan(entry) if load else {**entry, "touches": [entry["name"]]}
         seq = await asyncio.to_thread(append_control, self.info.run_dir, entry)
         assert seq is not None
         await self.applied(seq)
@@ -171,8 +168,7 @@ class Cluster:
         if own is not None:
             raise _error(own)
         for i, reply in zip(self.info.siblings, replies, strict=True):
-            if reply is not None and reply.get("error"):
-                err = reply["error"]
+            if reply is not None and (err := reply.get("error")):
                 raise _error({**err, "message": f"worker {i}: {err['message']}"})
 
     async def catch_up(self) -> None:
@@ -239,7 +235,7 @@ class Cluster:
         carries the refusal instead (every worker reports it alike)."""
         name = entry["name"]
         try:
-            versions = await self.registry.plan(name, _config(entry))
+            versions = await self.models.plan(name, _config(entry))
         except Exception as exc:
             failed = str(exc) if isinstance(exc, ModelError | NotFound) else None
             if failed is not None:
@@ -251,7 +247,7 @@ class Cluster:
                 "failed": failed,
                 "touches": [name],
             }
-        touches = await self.registry.touches(name, _config(entry))
+        touches = await self.models.touches(name, _config(entry))
         return {**entry, "versions": versions, "touches": touches}
 
     async def _apply(self, entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -261,43 +257,42 @@ class Cluster:
             elif entry["op"] == "load":
                 if entry.get("refused") is not None:
                     if entry.get("failed") is not None:  # as a refused load records it
-                        self.registry.failed[entry["name"]] = entry["failed"]
+                        self.models.failed[entry["name"]] = entry["failed"]
                     refused: dict[str, Any] = entry["refused"]
                     return refused
-                await self.registry.load(
+                await self.models.load(
                     entry["name"], _config(entry), versions=entry.get("versions")
                 )
             else:
-                await self.registry.unload(entry["name"])
+                await self.models.unload(entry["name"])
         except Exception as exc:  # never let one operation stop the follower
             return _outcome(entry, exc)
         return None
 
     async def _converge(self, served: dict[str, list[int]]) -> None:
         """Serve exactly `served` (the start entry): what worker 0 found at its start."""
-        for name in sorted(set(self.registry.versions) - set(served)):
+        for name in sorted(set(self.models.registry.versions) - set(served)):
             log.warning("unloading %s: the other workers do not serve it", name)
             with contextlib.suppress(NotFound):
-                await self.registry.unload(name)
+                await self.models.unload(name)
         for name, versions in sorted(served.items()):
             if self._served().get(name) == sorted(versions):
                 continue
             try:
-                await self.registry.load(name, versions=versions)
+                await self.models.load(name, versions=versions)
                 continue
             except (ModelError, NotFound, BadRequest) as exc:
                 problem = str(exc)
             # Never a version the others do not serve: those of theirs still on disk, or none.
             with contextlib.suppress(ModelError, NotFound, BadRequest):
-                reg = self.registry
-                files = await reg.reads.run(name, repository.scan, reg.repo, name)
+                files = await self.models.scan(name)
                 left = sorted(set(versions) & set(files.versions))
                 if left and left != self._served().get(name):
-                    await self.registry.load(name, versions=left)
+                    await self.models.load(name, versions=left)
             now = self._served().get(name)
             if now is not None and not set(now) <= set(versions):
                 with contextlib.suppress(NotFound):
-                    await self.registry.unload(name)
+                    await self.models.unload(name)
                 now = None
             log.error(
                 "cannot serve %s versions %s as the other workers do (%s); serving %s",
@@ -308,7 +303,8 @@ class Cluster:
             )
 
     def _served(self) -> dict[str, list[int]]:
-        return {name: sorted(map(int, vs)) for name, vs in self.registry.versions.items()}
+        served = self.models.registry.versions
+        return {name: sorted(map(int, vs)) for name, vs in served.items()}
 
     async def _follow_log(self) -> None:
         while True:
@@ -364,8 +360,9 @@ class Cluster:
                 await self.applied(message["seq"])
                 reply = {"error": self.results.get(message["seq"])}
             elif message["op"] == "stats":
+                registry = self.models.registry
                 try:
-                    reply = {"stats": self.registry.statistics(message["name"], message["version"])}
+                    reply = {"stats": registry.statistics(message["name"], message["version"])}
                 except ServiceError:
                     reply = {"stats": []}
             else:
