@@ -273,7 +273,12 @@ def test_no_request_is_reset_as_the_listener_closes(workers: int) -> None:
     connections in its accept queue and the idle ones a request was crossing)."""
     outcomes: list[str] = []
     stop = threading.Event()
-    with serve_process(drain_delay_s=1, grace_s=3, workers=workers) as (proc, url):
+    # Warning level: nothing reads the server's pipe here, and an access-log line per request
+    # fills it (64 KiB, about 340 requests) and blocks the workers' writes (CI: 16 clients hung).
+    with serve_process(drain_delay_s=1, grace_s=3, workers=workers, log_level="warning") as (
+        proc,
+        url,
+    ):
         wait_ready(url, workers)
 
         def client() -> None:
