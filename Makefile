@@ -7,15 +7,16 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test test-fast docs docs-check lint typecheck pytest docker-test browser perf-analyzer models reproduce bench gpu-check bench-peers compare profile soak clean help
+.PHONY: run test test-fast docs docs-check lint typecheck pytest bench-test docker-test browser perf-analyzer models reproduce bench gpu-check bench-peers compare profile soak clean help
 
 help:
 	@echo "make run        install the serve and client extras (and tritonclient, for the README's"
 	@echo "                examples) and serve the shipped models on 127.0.0.1:8000"
 	@echo "make test       install everything and run ruff, mypy, the docs build and pytest"
 	@echo "make docs       regenerate docs/settings.md and build the documentation site into site/"
-	@echo "make test-fast  the inner loop: ruff, mypy, the architecture checks and the service"
-	@echo "                against real servers (under 2 minutes on 2 cores)"
+	@echo "make test-fast  the inner loop: ruff, mypy, the unit tests and the protocols against"
+	@echo "                real servers (under a minute on 2 cores, once installed)"
+	@echo "make bench-test the benchmark harnesses' own tests (tests/bench), out of make test"
 	@echo "make models     retrain and re-export the shipped models (fixed seeds)"
 	@echo "make reproduce  train the paper's table and write results/"
 	@echo "make bench      throughput and latency against raw onnxruntime (benchmarks/results.md)"
@@ -76,15 +77,22 @@ $(PERF_VENV)/.done:
 
 perf-analyzer: $(PERF_VENV)/.done
 
-# The Docker tests build images for minutes: `make docker-test` runs them.
+# The tiers (tests/unit, service, system, training; docs/getting-started.md). The Docker tests build
+# images for minutes (`make docker-test`); the benchmark harnesses' tests start servers of other
+# commits and other projects (`make bench-test`).
 pytest: $(VENV)/.all browser perf-analyzer
-	$(BIN)/python -m pytest -q -m "not docker"
+	$(BIN)/python -m pytest -q -m "not docker and not bench"
+
+# The tests of benchmarks/ itself: compare's worktree and its two servers, the peers' requests,
+# gpu-check's sections (tests/bench).
+bench-test: $(VENV)/.all
+	$(BIN)/python -m pytest -q tests/bench
 
 # The images built and run on a Docker engine: the serving image, compose's cpu, client and trainer
-# profiles, `stop` under load (tests/test_docker.py; figures in runs/docker-test.json). Skipped,
+# profiles, `stop` under load (tests/system/test_docker.py; figures in runs/docker-test.json). Skipped,
 # loudly, without an engine; DOCKER_TEST=require makes that a failure.
 docker-test: $(VENV)/.all
-	$(BIN)/python -m pytest -q -s -m docker tests/test_docker.py
+	$(BIN)/python -m pytest -q -s -m docker tests/system/test_docker.py
 
 test: docs-check lint typecheck pytest
 
@@ -97,11 +105,11 @@ docs: $(VENV)/.all
 docs-check: $(VENV)/.all
 	$(BIN)/mkdocs build --strict --quiet
 
-# The inner loop: lint, types, the shape checks, codecs and the protocols against real servers
-# (HTTP, gRPC, both dispatches, every decoding placement). `make test` before you push.
-FAST_TESTS := tests/test_architecture.py tests/test_codecs.py tests/test_service_api.py \
-	tests/test_v2.py tests/test_grpc.py tests/test_service_errors.py tests/test_dispatch.py \
-	tests/test_offload.py
+# The inner loop: lint, types, the unit tier (the shape checks, codecs) and the protocols against
+# real servers (HTTP, gRPC, both dispatches, every decoding placement). `make test` before you push.
+FAST_TESTS := tests/unit tests/service/test_service_api.py tests/service/test_v2.py \
+	tests/service/test_grpc.py tests/service/test_service_errors.py \
+	tests/service/test_dispatch.py tests/service/test_offload.py
 test-fast: lint typecheck
 	$(BIN)/python -m pytest -q $(FAST_TESTS)
 
@@ -146,7 +154,8 @@ profile: $(VENV)/.all
 
 # Longer reliability runs: many more fuzz examples, then a 10-minute soak at ~70% of capacity.
 soak: $(VENV)/.all
-	FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_reliability.py
+	FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -q tests/service/test_fuzz.py \
+	    tests/system/test_reliability.py
 	$(BIN)/python -m benchmarks.soak --seconds $${SOAK_SECONDS:-600}
 
 clean:

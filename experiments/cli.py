@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 from coordconv.contract import TASKS
 
-# experiments.recipe's names, repeated so `--help` needs no torch (tests/test_training_cli.py checks
-# they agree).
+# experiments.recipe's names, repeated so `--help` needs no torch
+# (tests/training/test_training_cli.py checks they agree).
 RECIPES = ("paper", "ours")
 CHANGES = (
     "offset_init",

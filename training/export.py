@@ -314,7 +314,8 @@ def export_run(
             label=f"{name}/{version}",
         )
         # The service's own check of this config against the graph runs in the test suite
-        # (tests/test_export.py, tests/test_shipped_models.py): training never imports service.
+        # (tests/training/test_export.py, tests/training/test_shipped_models.py): training never
+        # imports service.
         config_tmp = staging / "config.pbtxt"
         outputs = tuple(
             t
