@@ -84,6 +84,17 @@ def ready(url: str) -> bool:
         return False
 
 
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` on `url`/metrics whose labels include `labels`."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        family, _, rest = series.partition("{")
+        if family == name and all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 class LiveServer:
     """The whole server (service/server.py: registry, data plane, HTTP and gRPC) running in a
     thread on its own event loop, on 127.0.0.1 and free ports. `models` names the shipped models

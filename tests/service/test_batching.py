@@ -19,7 +19,7 @@ from service.metrics import Metrics
 from service.models.batcher import Batcher
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
-from tests.helpers import live_server
+from tests.helpers import live_server, metric, wait_for
 from training import data, metrics
 
 
@@ -40,7 +40,7 @@ async def concurrent_renders(url: str, coords: np.ndarray) -> list[httpx.Respons
 
 def test_concurrent_single_item_requests_are_batched_and_get_their_own_rows() -> None:
     coords = data.centres()[np.random.default_rng(0).choice(3136, 32, replace=False)]
-    with live_server(max_queue_delay_us=50_000) as live:
+    with live_server(("render",), max_queue_delay_us=50_000) as live:
         answers = asyncio.run(concurrent_renders(live.url, coords))
         text = httpx.get(live.url + "/metrics").text
     images = np.stack([np.asarray(r.json()["images"][0], np.float32) for r in answers])
@@ -55,7 +55,7 @@ def test_concurrent_single_item_requests_are_batched_and_get_their_own_rows() ->
 
 def test_batching_off_runs_one_item_per_call() -> None:
     coords = data.centres()[:8]
-    with live_server(max_queue_delay_us=0, max_batch_size=1) as live:
+    with live_server(("render",), max_queue_delay_us=0, max_batch_size=1) as live:
         answers = asyncio.run(concurrent_renders(live.url, coords))
         text = httpx.get(live.url + "/metrics").text
     assert all(r.status_code == 200 for r in answers)
@@ -63,7 +63,7 @@ def test_batching_off_runs_one_item_per_call() -> None:
 
 
 def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
-    with live_server(max_queue_size=4, max_queue_delay_us=2_000_000) as live:
+    with live_server(("render",), max_queue_size=4, max_queue_delay_us=2_000_000) as live:
         results: dict[str, Any] = {}
 
         def first() -> None:  # 4 items wait 2 s for a batch that never fills
@@ -73,7 +73,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
 
         t = threading.Thread(target=first)
         t.start()
-        time.sleep(0.5)
+        wait_for(lambda: metric(live.url, "coordconv_queue_items", model="render") >= 4)
         start = time.monotonic()
         r = httpx.post(live.url + "/v1/render", json={"coords": [[20, 20]]}, timeout=30)
         elapsed = time.monotonic() - start
@@ -86,7 +86,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
 
 
 def test_a_request_queued_past_the_timeout_gets_503() -> None:
-    with live_server(request_timeout_s=0.3, max_queue_delay_us=3_000_000) as live:
+    with live_server(("render",), request_timeout_s=0.3, max_queue_delay_us=3_000_000) as live:
         r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10]]}, timeout=30)
     assert r.status_code == 503
     assert "waited more than 0.3 s" in r.json()["detail"]
@@ -235,14 +235,15 @@ def test_a_client_that_hangs_up_over_http_is_never_run() -> None:
     import socket
 
     body = b'{"coords": [[10, 10], [20, 20], [30, 30]]}'
-    with live_server(max_queue_delay_us=1_000_000) as live:
+    with live_server(("render",), max_queue_delay_us=1_000_000) as live:
         with socket.create_connection(("127.0.0.1", live.port)) as s:
             s.sendall(
                 b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )
-            time.sleep(0.3)  # queued, waiting for its batch to fill
-        time.sleep(1.5)  # past the batch deadline
+            # queued, waiting for its batch to fill
+            wait_for(lambda: metric(live.url, "coordconv_queue_items", model="render") >= 3)
+        time.sleep(1.5)  # past the batch deadline: when it would have run
         text = httpx.get(live.url + "/metrics").text
     assert counter(text, "coordconv_inference_count_total", "render") == 0
     assert 'route="/v1/render",status="499"' in text

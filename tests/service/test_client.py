@@ -192,7 +192,7 @@ def test_a_server_restart_midway_completes_with_resume(tmp_path) -> None:
     port = free_port()
 
     def serve() -> LiveServer:
-        return LiveServer(max_queue_delay_us=20_000, port=port).__enter__()
+        return LiveServer(("render",), max_queue_delay_us=20_000, port=port).__enter__()
 
     live = serve()
     out = tmp_path / "out.npy"
@@ -451,7 +451,7 @@ def test_resume_after_the_input_changed_is_refused(server, tmp_path, output) -> 
 def test_a_refused_job_stops_at_once_without_splitting(tmp_path) -> None:
     coords = tmp_path / "coords.csv"
     write_coords(coords, 200, seed=3)
-    with LiveServer(api_key="right") as live:
+    with LiveServer(("render",), api_key="right") as live:
         code, err = run_cli(
             *render_args(coords, tmp_path / "o.npy", live.url, "--quiet", "--api-key", "wrong")
         )

@@ -160,7 +160,7 @@ def test_python_api_unreachable_at_once_and_retries_once_answered(tmp_path) -> N
     assert time.monotonic() - started < 5
     # A service that answered once and went away is waited for (within the window), not
     # refused at once: the retries run and then give up.
-    live = LiveServer().__enter__()
+    live = LiveServer(("render",)).__enter__()
     try:
         with CoordConvClient(live.url, retries=2, retry_window=0.5) as c:
             assert c.render([[10, 10]]).shape == (1, 64, 64)

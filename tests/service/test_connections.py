@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import LiveServer, live_server
+from tests.helpers import LiveServer, live_server, metric, wait_for
 from training import data
 
 
@@ -96,7 +96,7 @@ def test_an_idle_connection_is_closed_and_a_slow_header_gets_408(quick) -> None:
 
 
 def test_a_body_that_never_ends_gets_408_and_frees_its_slot() -> None:
-    with live_server(body_timeout_s=0.5, max_concurrency=1) as live:
+    with live_server(("render",), body_timeout_s=0.5, max_concurrency=1) as live:
         s = connect(live.port)
         s.sendall(
             b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -125,14 +125,15 @@ def test_a_huge_header_is_431_without_being_buffered(quick) -> None:
 
 
 def test_health_routes_are_never_refused_for_capacity() -> None:
-    with live_server(max_concurrency=1, max_queue_delay_us=3_000_000) as live:
+    with live_server(("render",), max_concurrency=1, max_queue_delay_us=3_000_000) as live:
         holder = threading.Thread(
             target=httpx.post,
             args=(live.url + "/v1/render",),
             kwargs={"json": {"coords": [[1, 1]]}, "timeout": 30},
         )
         holder.start()
-        time.sleep(0.5)  # the only inference slot is taken, waiting for its batch
+        # the only inference slot is taken, waiting for its batch
+        wait_for(lambda: metric(live.url, "coordconv_queue_items", model="render") >= 1)
         with httpx.Client(base_url=live.url, timeout=5) as c:
             for path in ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
                 assert c.get(path).status_code == 200, path
@@ -146,7 +147,7 @@ def test_health_routes_are_never_refused_for_capacity() -> None:
 
 
 def test_the_connection_cap_evicts_idle_connections_first() -> None:
-    with live_server(max_connections=20, header_timeout_s=30) as live:
+    with live_server(("render",), max_connections=20, header_timeout_s=30) as live:
         with sockets(live.port, 20):  # idle: evicted to make room
             r = httpx.get(live.url + "/healthz", timeout=5)
             assert r.status_code == 200
@@ -160,13 +161,23 @@ def test_the_connection_cap_evicts_idle_connections_first() -> None:
 
 def test_a_client_that_never_reads_its_answer_is_cut_off(quick) -> None:
     body = json.dumps({"coords": [[10, 10]] * 1024, "format": "array"}).encode()
-    s = connect(quick.port)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(
-        b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    time.sleep(3)  # the answer (about 50 MB of JSON) is ready, and we do not read it
+    with logged() as records:
+        s = connect(quick.port)  # the kernels' own buffers: a few MB of the 50 MB answer
+        peer = "{}:{}".format(*s.getsockname())
+        s.sendall(
+            b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        # The answer (about 50 MB of JSON) is made and sent, and we do not read it: the server
+        # gives up SEND_TIMEOUT_S after the buffers fill. (A fixed sleep here, then reading,
+        # drew the answer through a 4 KiB receive buffer: 100 s for what the kernels held.)
+        wait_for(
+            lambda: any(
+                peer in r.getMessage() and "did not read its answer" in r.getMessage()
+                for r in records
+            ),
+            timeout=120,
+        )
     received = read_all(s, limit=5)
     assert len(received) < 40_000_000  # the server dropped the rest instead of holding it
     r = httpx.get(quick.url + "/healthz", timeout=5)

@@ -275,7 +275,7 @@ def test_auth_repository_control_and_metrics(tmp_path) -> None:
 def test_http_and_grpc_clients_share_batches() -> None:
     """16 HTTP and 16 gRPC clients, one item each at once: every answer right, mean batch >= 8."""
     coords = data.centres()[np.random.default_rng(1).choice(3136, 32, replace=False)]
-    with live_server(max_queue_delay_us=100_000) as server:
+    with live_server(("render",), max_queue_delay_us=100_000) as server:
 
         async def go() -> tuple[list[np.ndarray], list[np.ndarray]]:
             aio = tgrpc_aio.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")

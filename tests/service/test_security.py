@@ -393,7 +393,9 @@ def trusting(pki: Pki, cert: Path | None = None, key: Path | None = None) -> ssl
 
 
 def test_https_and_grpc_over_tls_with_a_certificate_made_here(pki: Pki) -> None:
-    with live_server(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key) as live:
+    with live_server(
+        ("render",), tls_cert_file=pki.server_cert, tls_key_file=pki.server_key
+    ) as live:
         https = f"https://127.0.0.1:{live.port}"
         with httpx.Client(base_url=https, verify=trusting(pki), timeout=30) as c:
             assert c.get("/readyz").status_code == 200
@@ -425,7 +427,10 @@ def test_https_and_grpc_over_tls_with_a_certificate_made_here(pki: Pki) -> None:
 
 def test_client_certificates_required_with_a_client_ca(pki: Pki) -> None:
     with live_server(
-        tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_client_ca_file=pki.ca
+        ("render",),
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.ca,
     ) as live:
         https = f"https://127.0.0.1:{live.port}"
         mine = trusting(pki, pki.client_cert, pki.client_key)

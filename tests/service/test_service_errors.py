@@ -280,7 +280,7 @@ def test_wrong_method_is_405(client) -> None:
 
 
 def test_body_over_the_limit_is_refused_before_it_is_read() -> None:
-    with live_server(max_body_bytes=4096) as live:
+    with live_server(("locate",), max_body_bytes=4096) as live:
         with live.client() as c:
             r = c.post("/v1/locate", content=b"x" * 5000, headers=NPY)
             assert r.status_code == 413 and "limit of 4096 bytes" in r.json()["detail"]
@@ -300,7 +300,7 @@ def test_body_over_the_limit_is_refused_before_it_is_read() -> None:
 
 
 def test_api_key_guards_inference_routes_only() -> None:
-    with live_server(api_key="s3cret") as live, live.client() as c:
+    with live_server(("render",), api_key="s3cret") as live, live.client() as c:
         body = {"coords": [[10, 10]]}
         missing = c.post("/v1/render", json=body)
         assert missing.status_code == 401 and "missing bearer token" in missing.json()["detail"]

@@ -100,7 +100,7 @@ def children(all_spans: list[Got], parent: Got) -> dict[str, Got]:
 def test_three_protocols_in_one_batch(spans: InMemorySpanExporter) -> None:
     """max_batch_size 3 and a 5 s queue delay: the batch runs when the third request arrives."""
     x = np.array([[10, 20]], np.float32)
-    with live_server(max_batch_size=3, max_queue_delay_us=5_000_000) as live:
+    with live_server(("render",), max_batch_size=3, max_queue_delay_us=5_000_000) as live:
 
         def v1() -> None:
             r = httpx.post(
@@ -176,7 +176,7 @@ def test_three_protocols_in_one_batch(spans: InMemorySpanExporter) -> None:
 
 
 def test_stream_messages_are_requests_of_their_own(spans: InMemorySpanExporter) -> None:
-    with live_server() as live:
+    with live_server(("render",)) as live:
         c = tgrpc.InferenceServerClient(f"127.0.0.1:{live.grpc_port}")
         answers: list[Any] = []
         done = threading.Event()
@@ -204,7 +204,7 @@ def test_stream_messages_are_requests_of_their_own(spans: InMemorySpanExporter) 
 
 
 def test_a_request_refused_in_the_queue_says_why(spans: InMemorySpanExporter) -> None:
-    with live_server(request_timeout_s=0.3, max_queue_delay_us=3_000_000) as live:
+    with live_server(("render",), request_timeout_s=0.3, max_queue_delay_us=3_000_000) as live:
         r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10]]}, timeout=30)
         assert r.status_code == 503
         got = finished(spans)
@@ -231,7 +231,7 @@ def test_off_by_default_and_probes_are_not_traced(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     tracing.use(provider)
-    with live_server() as live:
+    with live_server(("render",)) as live:
         for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready"):
             assert httpx.get(live.url + path).status_code == 200
         c = tgrpc.InferenceServerClient(f"127.0.0.1:{live.grpc_port}")
@@ -322,7 +322,7 @@ def test_otlp_over_http_from_the_standard_variables(monkeypatch: pytest.MonkeyPa
     try:
         monkeypatch.setattr(tracing.trace, "get_tracer_provider", ProxyTracerProvider)
         assert tracing.configure(set_global=False) is not None
-        with live_server() as live:
+        with live_server(("render",)) as live:
             c = thttp.InferenceServerClient(f"127.0.0.1:{live.port}")
             x = thttp.InferInput("coords", [1, 2], "FP32")
             x.set_data_from_numpy(np.array([[10, 20]], np.float32))
@@ -377,7 +377,7 @@ def test_a_request_sampled_out_costs_the_batcher_no_spans(spans: InMemorySpanExp
     `traceparent` (flags 00) under the parent-based default records nothing, a sampled one
     records its batch as well."""
     x = {"coords": [[10, 20]]}
-    with live_server() as live:
+    with live_server(("render",)) as live:
         unsampled = f"00-{TRACE_IDS[0]:032x}-{PARENT:016x}-00"
         r = httpx.post(live.url + "/v1/render", json=x, headers={"traceparent": unsampled})
         assert r.status_code == 200

@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +36,7 @@ from service.metrics.system import Gpus, SystemCollector
 from service.models.batcher import Batcher
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
-from tests.helpers import live_server, png_b64
+from tests.helpers import live_server, metric, png_b64, wait_for
 from training import data
 
 # Triton's families (docs/user_guide/metrics.md) and their types as Triton declares them.
@@ -243,7 +244,10 @@ def test_rejected_cancelled_and_pending() -> None:
     """A request past its queue timeout and one refused by a full queue are REJECTED, a client
     that hangs up while queued is CANCELED; the pending gauge counts queued requests."""
     body = b'{"coords": [[10, 10]]}'
-    with live_server(max_queue_size=4, request_timeout_s=1.5, max_queue_delay_us=3_000_000) as live:
+    render = {"model": "render", "version": "2"}
+    with live_server(
+        ("render",), max_queue_size=4, request_timeout_s=1.5, max_queue_delay_us=3_000_000
+    ) as live:
         results: dict[str, httpx.Response] = {}
 
         def waits() -> None:  # 3 items wait for a batch that does not fill, then time out
@@ -253,20 +257,25 @@ def test_rejected_cancelled_and_pending() -> None:
 
         t = threading.Thread(target=waits)
         t.start()
-        time.sleep(0.4)
+
+        def queued(items: int) -> Callable[[], bool]:
+            return lambda: metric(live.url, "coordconv_queue_items", model="render") >= items
+
+        wait_for(queued(3))
         with socket.create_connection(("127.0.0.1", live.port)) as sock:  # 1 item, then gone
             sock.sendall(
                 b"POST /v1/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
             )
-            time.sleep(0.3)
+            wait_for(queued(4))
             during = scrape(live.url)
         full = httpx.post(live.url + "/v1/render", json={"coords": [[1, 1]] * 2}, timeout=30)
         t.join()
-        time.sleep(0.3)
+        wait_for(  # the hang-up noticed
+            lambda: metric(live.url, "nv_inference_request_failure", reason="CANCELED")
+        )
         after = scrape(live.url)
         stats = stats_of(live.url)
-    render = {"model": "render", "version": "2"}
     assert during.value("nv_inference_pending_request_count", **render) == 2
     assert during.value("coordconv_queue_items", **render) == 4
     assert results["timeout"].status_code == 503 and full.status_code == 503
@@ -361,7 +370,15 @@ def test_series_follow_loads_reloads_and_unloads() -> None:
         after_one = scrape(live.url)
         stats_one = stats_of(live.url)
         tc.unload_model("render")
-        time.sleep(0.5)
+        wait_for(
+            lambda: (
+                not [
+                    ls
+                    for ls in scrape(live.url).series("nv_inference_request_success")
+                    if ls.get("model") == "render"
+                ]
+            )
+        )
         gone = scrape(live.url)
         tc.close()
     render = {"model": "render", "version": "2"}
@@ -506,7 +523,7 @@ def test_workers_sum_every_worker_as_the_statistics_do() -> None:
 
 
 def test_cache_metrics_follow_the_statistics() -> None:
-    with live_server(cache_size_bytes=1 << 24) as live:
+    with live_server(("render",), cache_size_bytes=1 << 24) as live:
         config = httpx.get(live.url + "/v2/models/render/config").json()
         if not config.get("response_cache", {}).get("enable"):
             pytest.skip("render's config.pbtxt does not enable the response cache")
