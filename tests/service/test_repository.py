@@ -10,7 +10,6 @@ import hashlib
 import json
 import shutil
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -321,13 +320,26 @@ class Load:
                 self.failed.append(f"wrong answer from version {r.headers['x-model-version']}")
             self.versions[(r.headers["x-model-version"], sha[:8])] += 1
 
+    def answered(self) -> int:
+        return sum(self.versions.values()) + len(self.failed)
+
+    def more(self, answers: int = 64) -> None:
+        """Wait until `answers` more requests are answered: the load has run in this state."""
+        target = self.answered() + answers
+        wait_for(lambda: self.answered() >= target or not self.thread.is_alive(), timeout=60)
+
+    def saw(self, version: str, path: Path) -> None:
+        """Wait until an answer came from `version` holding the graph of `path`."""
+        key = (version, sha256_of(path)[:8])
+        wait_for(lambda: key in self.versions or not self.thread.is_alive(), timeout=60)
+
     def __enter__(self) -> Load:
         self.thread.start()
-        time.sleep(0.5)
+        self.more()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        time.sleep(0.5)
+        self.more()
         self.stop.set()
         self.thread.join(timeout=60)
 
@@ -340,15 +352,15 @@ def test_reload_under_load_explicit_mode_fails_nothing(explicit) -> None:
         v2.mkdir()
         shutil.copy(RENDER_ALT, v2 / "model.onnx")
         tc.load_model("render")  # version 2 added beside version 1
-        time.sleep(1)
+        load.saw("2", RENDER_ALT)
         config = tc.get_model_config("render")
         config["version_policy"] = {"specific": {"versions": [2]}}
         tc.load_model("render", config=json.dumps(config))  # version 1 unloaded
-        time.sleep(1)
+        load.more()
         shutil.copy(RENDER_V1, v2 / "model.onnx.new")  # version 2 replaced by another graph
         (v2 / "model.onnx.new").replace(v2 / "model.onnx")
         tc.load_model("render", config=json.dumps(config))  # version 2 reloaded
-        time.sleep(1)
+        load.saw("2", RENDER_V1)
     print(
         f"\nreload under load (explicit): sent {load.sent}, failed {len(load.failed)}, "
         f"versions seen {dict(load.versions)}"
