@@ -9,8 +9,7 @@ from tests.service.test_triton_metrics import TRITON, Scrape, assert_agrees_with
 
 
 def test_workers_sum_every_worker_as_the_statistics_do() -> None:
-    w = Workers("--model-control-mode", "explicit", "--load-model", "render", count=2)
-    try:
+    with Workers("--model-control-mode", "explicit", "--load-model", "render", count=2) as w:
         clients = w.by_worker()
         for i in (0, 1):
             for _ in range(2 + i):
@@ -33,14 +32,10 @@ def test_workers_sum_every_worker_as_the_statistics_do() -> None:
             c.close()
         code, out = w.stop()
         assert code == 0, out
-    finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.communicate()
 
 
 def test_with_workers_an_unloaded_models_series_go_as_with_one_process() -> None:
-    w = Workers(
+    with Workers(
         "--model-control-mode",
         "explicit",
         "--load-model",
@@ -48,8 +43,7 @@ def test_with_workers_an_unloaded_models_series_go_as_with_one_process() -> None
         "--load-model",
         "locate",
         count=2,
-    )
-    try:
+    ) as w:
         clients = w.by_worker()
         for i in (0, 1):
             r = clients[i].post("/v1/render", json={"coords": [[9, 9]]})
@@ -68,7 +62,3 @@ def test_with_workers_an_unloaded_models_series_go_as_with_one_process() -> None
             c.close()
         code, out = w.stop()
         assert code == 0, out
-    finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.communicate()
