@@ -3,7 +3,7 @@ ports (tests/helpers.py has the launchers, `wait_for` and the rest)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,26 @@ def server() -> Iterator[LiveServer]:
 def client(server: LiveServer) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The run folder of a task trained for 0 epochs (export does not care how good a model is),
+    trained on first use and shared by the session: read it, copy it to change it. A 0-epoch run
+    still evaluates the whole data set: a minute on 2 busy cores, once instead of per module."""
+    root = tmp_path_factory.mktemp("untrained")
+    done: dict[str, Path] = {}
+
+    def run(task: str) -> Path:
+        if task not in done:
+            from experiments.recipe import train_config
+            from training.train import train
+
+            train(train_config(task, epochs=0, out=str(root / task), progress=False))
+            done[task] = root / task
+        return done[task]
+
+    return run
 
 
 def _cuda_works() -> bool:

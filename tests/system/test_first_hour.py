@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -74,23 +75,22 @@ def test_the_readme_and_docs_point_to_nothing_outside_the_repository() -> None:
 
 
 @pytest.fixture
-def checkout(tmp_path: Path) -> Path:
+def checkout(tmp_path: Path, untrained_run: Callable[[str], Path]) -> Path:
     """A folder laid out as the README's reader has it: the shipped `models/`, and the run folder
     the roll-out exports. The run stands in for `coordconv train --task render --epochs 5`
     (minutes on 2 cores): the shipped render/1 network, its metrics recomputed on its test set."""
     import torch
 
-    from experiments.recipe import train_config
     from training.data import task_data
     from training.onnx_weights import weights_from_onnx
-    from training.train import evaluate, load_run, train
+    from training.train import evaluate, load_run
 
     shutil.copytree(MODELS, tmp_path / "models")
     body, _ = rollout_blocks()
     run_dir = re.search(r"coordconv export (\S+)", body)
     assert run_dir is not None
     run = tmp_path / run_dir[1]
-    train(train_config("render", split="quadrant", epochs=0, out=str(run), progress=False))
+    shutil.copytree(untrained_run("render"), run)  # the session's 0-epoch render run
     torch.save(weights_from_onnx(MODELS / "render" / "1" / "model.onnx"), run / "model.pt")
     model, _, record = load_run(run)
     d = task_data("render", "quadrant")

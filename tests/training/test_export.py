@@ -10,24 +10,34 @@ import onnx
 import pytest
 
 from coordconv.contract import config_pbtxt
-from experiments.recipe import train_config
 from tests.helpers import MODELS
 from training.export import ExportError, export_run, verify_onnx
-from training.train import train
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Untrained (0-epoch) runs: export does not care how good a model is."""
-    root = tmp_path_factory.mktemp("runs")
-    for task in ("pixel", "locate"):
-        train(train_config(task, epochs=0, out=str(root / task), progress=False))
-    return root
+def runs(untrained_run):
+    """Untrained (0-epoch) runs of pixel and locate, the session's (tests/conftest.py)."""
+    untrained_run("locate")
+    return untrained_run("pixel").parent
 
 
-def test_export_writes_a_verified_model_and_config(runs, tmp_path) -> None:
-    info = export_run(runs / "pixel", "pixel", repo=tmp_path, version=3)
-    path = tmp_path / "pixel" / "3" / "model.onnx"
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    """One repository with each run exported once (pixel as version 3, locate as version 1), and
+    what each export returned: the tests read it, or copy what they change. An export verifies
+    every sample at two batch sizes against PyTorch: the costliest step of these tests."""
+    repo = tmp_path_factory.mktemp("exported")
+    infos = {
+        "pixel": export_run(runs / "pixel", "pixel", repo=repo, version=3),
+        "locate": export_run(runs / "locate", "locate", repo=repo, version=1),
+    }
+    return repo, infos
+
+
+def test_export_writes_a_verified_model_and_config(runs, exported, tmp_path) -> None:
+    repo, infos = exported
+    info = infos["pixel"]
+    path = repo / "pixel" / "3" / "model.onnx"
     assert info["path"] == str(path) and path.is_file()
     assert info["max_abs_diff"] <= 1e-4 and info["batch_sizes"] == [1, 257]
     assert path.stat().st_size < 200_000
@@ -40,9 +50,10 @@ def test_export_writes_a_verified_model_and_config(runs, tmp_path) -> None:
     assert proto.opset_import[0].version == 18 and proto.ir_version == 9
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param == "batch"
-    config = (tmp_path / "pixel" / "config.pbtxt").read_text()
+    config = (repo / "pixel" / "config.pbtxt").read_text()
     assert 'name: "pixel"' in config and "dynamic_batching" in config
     # Without --version the next export goes one above the highest.
+    shutil.copytree(repo / "pixel", tmp_path / "pixel")
     again = export_run(runs / "pixel", "pixel", repo=tmp_path)
     assert again["path"].endswith("/4/model.onnx")
 
@@ -54,16 +65,14 @@ def test_a_corrupt_file_is_refused_naming_the_file(tmp_path) -> None:
         verify_onnx(bad, "pixel")
 
 
-def test_a_model_of_another_task_is_refused_naming_the_mismatch(runs, tmp_path) -> None:
-    export_run(runs / "locate", "locate", repo=tmp_path, version=1)
-    path = tmp_path / "locate" / "1" / "model.onnx"
+def test_a_model_of_another_task_is_refused_naming_the_mismatch(exported) -> None:
+    path = exported[0] / "locate" / "1" / "model.onnx"
     with pytest.raises(ExportError, match=r"input is named 'image', expected 'coords'"):
         verify_onnx(path, "render")
 
 
-def test_a_model_that_disagrees_with_pytorch_is_refused(runs, tmp_path) -> None:
-    export_run(runs / "locate", "locate", repo=tmp_path, version=1)
-    path = tmp_path / "locate" / "1" / "model.onnx"
+def test_a_model_that_disagrees_with_pytorch_is_refused(exported) -> None:
+    path = exported[0] / "locate" / "1" / "model.onnx"
     with pytest.raises(ExportError, match="differs from PyTorch"):
         verify_onnx(path, "locate", reference=lambda x: verify_shift(x))
 
@@ -93,7 +102,7 @@ def test_triton_config_leaves_the_batch_axis_out() -> None:
     assert 'name: "image"' in text and "dims: [ 64, 64 ]" in text
 
 
-def test_exported_configs_pass_the_services_own_check(runs, tmp_path) -> None:
+def test_exported_configs_pass_the_services_own_check(exported) -> None:
     """`coordconv export` writes what `coordconv serve` accepts: the config parses as Triton's
     ModelConfig and agrees with the graph (the service's verification, strict)."""
     from service.dataplane.tasks import CoordConvRules
@@ -101,17 +110,17 @@ def test_exported_configs_pass_the_services_own_check(runs, tmp_path) -> None:
     from service.models.version import open_version
     from service.settings import Settings
 
-    for task in ("pixel", "locate"):
-        export_run(runs / task, task, repo=tmp_path, version=1)
+    repo, _ = exported
+    for task, version in (("pixel", 3), ("locate", 1)):
         config = model_config.from_text(
-            (tmp_path / task / "config.pbtxt").read_text(), task, strict=True
+            (repo / task / "config.pbtxt").read_text(), task, strict=True
         )
         m = open_version(
             task,
-            1,
-            tmp_path / task / "1" / "model.onnx",
+            version,
+            repo / task / str(version) / "model.onnx",
             config,
-            Settings(model_dir=tmp_path),
+            Settings(model_dir=repo),
             ["CPUExecutionProvider"],
             rules=CoordConvRules(),
         )
@@ -208,7 +217,7 @@ def test_the_shipped_render_models_pass_the_value_checks(path) -> None:
 
 
 @pytest.fixture(scope="module")
-def grey_run(tmp_path_factory):
+def grey_run(untrained_run, tmp_path_factory):
     """A render run folder whose model is the shipped render/1 with its last layer flattened:
     every square still above 0.5 and every background pixel below (IoU 1.000 on all 3136
     centres), but a background of about 0.24."""
@@ -217,7 +226,7 @@ def grey_run(tmp_path_factory):
     from training.onnx_weights import weights_from_onnx
 
     run = tmp_path_factory.mktemp("grey") / "render-grey"
-    train(train_config("render", epochs=0, out=str(run), progress=False))
+    shutil.copytree(untrained_run("render"), run)
     state = weights_from_onnx(MODELS / "render" / "1" / "model.onnx")
     state["paint.8.weight"] = state["paint.8.weight"] * 0.05
     state["paint.8.bias"] = state["paint.8.bias"] * 0.05 - 0.2

@@ -116,8 +116,25 @@ def one_epoch(monkeypatch):
     monkeypatch.setitem(recipes._OURS_VALUES, "short_epochs", short)
 
 
+@pytest.fixture
+def small_data(monkeypatch):
+    """Every fourth sample of a task's train and test sets: what the tiny campaigns check is
+    their bookkeeping (the records, the resume, the report), not what a model learns."""
+    from training import data
+
+    whole = data.task_data
+
+    def task_data(*args, **kwargs):
+        d = whole(*args, **kwargs)
+        return dataclasses.replace(
+            d, **{f.name: getattr(d, f.name)[::4] for f in dataclasses.fields(d)}
+        )
+
+    monkeypatch.setattr(data, "task_data", task_data)
+
+
 def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(
-    tmp_path, one_epoch, monkeypatch
+    tmp_path, one_epoch, small_data, monkeypatch
 ):
     monkeypatch.setattr(campaign, "SPLITS", ("quadrant",))  # the ablations' split
     results, runs = tmp_path / "results", tmp_path / "runs"
@@ -213,7 +230,7 @@ def test_the_readme_section_is_replaced_and_nothing_else(tmp_path) -> None:
 
 
 def test_a_tiny_search_chooses_on_validation_then_trains_and_reports_its_baseline(
-    tmp_path, monkeypatch
+    tmp_path, small_data, monkeypatch
 ):
     """The search -> choose -> baseline -> report path end to end, cut to two one-epoch
     configurations of the conv regressor (one-hot pixels), the quadrant split and one seed."""
