@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import MODELS, LiveServer
 
-# tests/<tier>/...: each test carries its folder's marker (`make test-fast`, `-m "not system"`).
+# tests/<tier>/...: each test carries its folder's marker (`pytest -m unit`, `-m "not system"`).
 TIERS = ("unit", "service", "system", "training", "bench")
 HERE = Path(__file__).resolve().parent
 

@@ -349,3 +349,31 @@ def test_import_names_map_to_their_distributions() -> None:
     assert distributions_of("opentelemetry.sdk.trace") == {"opentelemetry-sdk"}  # a namespace
     assert "opentelemetry-api" in distributions_of("opentelemetry.trace")
     assert _requirement_name("uvicorn[standard]>=0.50,<0.55") == "uvicorn"
+
+
+# -- the test suite's own shape ------------------------------------------------------------------
+
+TIERS = ("unit", "service", "system", "training", "bench")
+
+
+def test_the_shared_test_modules_import_no_benchmark() -> None:
+    """conftest.py and helpers.py load for every test: the benchmarks stay out of them."""
+    for name in ("conftest.py", "helpers.py"):
+        tree = ast.parse((ROOT / "tests" / name).read_text())
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {m for m in imported if m.split(".")[0] == "benchmarks"}, name
+
+
+def test_every_test_module_lies_in_a_tier() -> None:
+    """A test's marker comes from its folder (tests/conftest.py): no test module outside one."""
+    loose = [
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "tests").rglob("test_*.py")
+        if p.relative_to(ROOT / "tests").parts[0] not in TIERS and "def test_" in p.read_text()
+    ]
+    assert loose == []
