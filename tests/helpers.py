@@ -166,15 +166,15 @@ def live_server(models: Iterable[str] | None = None, **overrides: Any) -> Iterat
 class ServeProcess:
     """`coordconv serve` as a process on free ports (`port`, `grpc_port`): options `args`,
     `settings` as environment (COORDCONV_<NAME>; OTEL_* names as they are), `env` last, as given.
-    Scheduling settings serve a copy of the models whose configs leave them to settings. With
-    `collect`, its output is read as it comes (`lines`, `wait_line`: a test waits for a line
-    instead of sleeping); without, it stays on `proc.stdout` for the test to read."""
+    Scheduling settings serve a copy of the models whose configs leave them to settings. Its
+    output is always read as it comes (`lines`, `wait_line`: a test waits for a line instead of
+    sleeping; `all_output` once it has exited): an unread pipe fills after about 340 access-log
+    lines and blocks the server's writes, which hangs every request."""
 
     def __init__(
         self,
         *args: str,
         env: dict[str, str] | None = None,
-        collect: bool = True,
         settings: Mapping[str, object] | None = None,
     ) -> None:
         settings = settings or {}
@@ -202,10 +202,8 @@ class ServeProcess:
         )
         self.lines: list[str] = []
         self._new = threading.Condition()
-        self._reader: threading.Thread | None = None
-        if collect:
-            self._reader = threading.Thread(target=self._read, daemon=True)
-            self._reader.start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -241,16 +239,20 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"running {timeout} s after SIGTERM: {self.output}") from None
-        if self._reader is not None:
-            self._reader.join(timeout=10)
+        self._reader.join(timeout=10)
         return code, time.monotonic() - start
 
     @property
     def output(self) -> str:
-        """The last 40 lines (collected), or all that is left to read once it has exited."""
-        if self._reader is None and self.proc.poll() is not None and self.proc.stdout:
-            self.lines += self.proc.stdout.read().splitlines()
-        return "\n".join(self.lines[-40:])
+        """The last 40 lines read so far."""
+        with self._new:
+            return "\n".join(self.lines[-40:])
+
+    def all_output(self, timeout: float = 10) -> str:
+        """Everything it wrote, once it has exited (waits for the reader to reach the end)."""
+        self._reader.join(timeout=timeout)
+        with self._new:
+            return "\n".join(self.lines)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -265,13 +267,10 @@ class ServeProcess:
 
 
 class Workers(ServeProcess):
-    """`coordconv serve --workers count` (options `args`), logging warnings; its output left on
-    `proc.stdout`."""
+    """`coordconv serve --workers count` (options `args`), logging warnings."""
 
     def __init__(self, *args: str, count: int = 2) -> None:
-        super().__init__(
-            "--workers", str(count), *args, collect=False, settings={"log_level": "warning"}
-        )
+        super().__init__("--workers", str(count), *args, settings={"log_level": "warning"})
         self.count = count
 
     def by_worker(self, limit: float = 60) -> dict[int, httpx.Client]:
@@ -300,16 +299,18 @@ class Workers(ServeProcess):
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=40)
-        return self.proc.returncode, out
+        self.proc.wait(timeout=40)
+        return self.proc.returncode, self.all_output()
 
 
 @contextlib.contextmanager
 def serve_process(**settings: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`coordconv serve` with `settings`, ready: (the process, its URL); its output left on
-    `proc.stdout`, its gRPC port on `proc.grpc_port`. Killed on the way out."""
-    p = ServeProcess(collect=False, settings=settings)
+    """`coordconv serve` with `settings`, ready: (the process, its URL); its gRPC port on
+    `proc.grpc_port`, all its output from `proc.all_output()` once it has exited. Killed on the
+    way out."""
+    p = ServeProcess(settings=settings)
     p.proc.grpc_port = p.grpc_port  # type: ignore[attr-defined]
+    p.proc.all_output = p.all_output  # type: ignore[attr-defined]
     try:
         p.wait_ready(timeout=30)
         yield p.proc, p.url

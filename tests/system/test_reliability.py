@@ -122,7 +122,7 @@ def test_sigterm_drains_http_and_grpc_together_and_exits_0() -> None:
         statuses, grpc_images, refused = asyncio.run(scenario())
         proc.wait(timeout=15)
         elapsed = time.monotonic() - t0
-        out = proc.stdout.read() if proc.stdout else ""
+        out = proc.all_output()  # type: ignore[attr-defined]
     assert statuses == [200] * len(coords)  # every accepted HTTP request completed
     assert metrics.iou(np.stack(grpc_images), data.squares(coords)).min() >= 0.9  # and gRPC's
     assert refused == "refused"  # new connections are not accepted while draining
@@ -165,7 +165,8 @@ def test_v2_routes_need_the_key_and_errors_leak_nothing() -> None:
             assert 400 <= r.status_code < 500
             assert "Traceback" not in text and str(ROOT) not in text and "site-packages" not in text
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+        out = proc.all_output()  # type: ignore[attr-defined]
     assert key not in out  # the key never reaches the logs
     assert "POST /v1/render 400" in out
 
@@ -174,7 +175,8 @@ def test_json_logs_are_one_object_per_line_with_the_request_id() -> None:
     with serve_process(log_format="json") as (proc, url):
         httpx.get(url + "/healthz", headers={"X-Request-ID": "trace-42"})
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
+        out = proc.all_output()  # type: ignore[attr-defined]
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert records and len(records) == len([ln for ln in out.splitlines() if ln.strip()])
     access = [r for r in records if r.get("request_id") == "trace-42"]
@@ -207,7 +209,7 @@ def test_requests_still_queued_when_the_drain_runs_out_get_503_not_500() -> None
 
         results = asyncio.run(scenario())
         proc.wait(timeout=15)
-        out = proc.stdout.read() if proc.stdout else ""
+        out = proc.all_output()  # type: ignore[attr-defined]
     assert [r[0] for r in results] == [503] * len(coords), out
     assert all(r[1].get("retry-after") == "1" for r in results)
     assert all("shutting down" in r[3]["detail"] for r in results)

@@ -34,7 +34,7 @@ def explicit() -> Iterator[Workers]:
     yield w
     if w.proc.poll() is None:
         w.proc.kill()
-        w.proc.communicate()
+        w.proc.wait()
 
 
 def render_count(text: str) -> float:
@@ -261,10 +261,10 @@ def test_a_restarted_worker_serves_what_its_siblings_serve_not_the_disk(
         if w.proc.poll() is None:  # SIGTERM: the supervisor removes its run directory
             w.proc.terminate()
             try:
-                w.proc.communicate(timeout=40)
+                w.proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 w.proc.kill()
-                w.proc.communicate()
+                w.proc.wait()
 
 
 def test_a_restarted_worker_never_serves_a_version_its_siblings_do_not(tmp_path: Path) -> None:
@@ -300,15 +300,16 @@ def test_a_restarted_worker_never_serves_a_version_its_siblings_do_not(tmp_path:
         if w.proc.poll() is None:
             w.proc.terminate()
             try:
-                w.proc.communicate(timeout=40)
+                w.proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 w.proc.kill()
-                w.proc.communicate()
+                w.proc.wait()
 
 
 def test_a_bad_repository_is_one_line_with_workers(tmp_path) -> None:
     w = Workers("--model-dir", str(tmp_path / "missing"))
-    out = w.proc.communicate(timeout=60)[0]
+    w.proc.wait(timeout=60)
+    out = w.all_output()
     assert w.proc.returncode == 1
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1 and str(tmp_path / "missing") in lines[0], out
