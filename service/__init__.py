@@ -1,6 +1,6 @@
 """The inference service: the Open Inference Protocol and a product API on onnxruntime. Never
 imports torch. One concern per package, each importing only from those above it in this list
-(tests/test_architecture.py checks it):
+(tests/unit/test_architecture.py checks it):
 
 settings, errors, metrics, logs   configuration, the typed errors, Prometheus metrics, logging
 models/      what is served: the repository on disk, config.pbtxt, one version's session and

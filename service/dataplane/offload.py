@@ -17,7 +17,8 @@ is parsed (the tensors are views of the body), so its header's length decides, n
 
 A function sent to a process must be an importable top-level function whose arguments and result
 pickle (plain types and numpy arrays); its errors (BadRequest with its message) come back as they
-were raised. tests/test_offload.py drives every protocol and encoding across both thresholds.
+were raised. tests/service/test_offload.py drives every protocol and encoding across both
+thresholds.
 """
 
 from __future__ import annotations

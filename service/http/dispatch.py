@@ -9,7 +9,7 @@ request, the data plane, path and query parameters), after the API key checks ex
 route declares them (`AuthDep`, `AdminDep`: each scope's check, in declaration order). Nothing
 about a route is written twice: a route whose declaration the fast dispatch cannot honour
 (another dependency, a header, body or non-string parameter) is refused when the app is built,
-and tests/test_dispatch.py checks both dispatches answer alike.
+and tests/service/test_dispatch.py checks both dispatches answer alike.
 
 `FAST_DISPATCH=false` leaves every route to FastAPI (what the gain is measured against).
 """
