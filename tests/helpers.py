@@ -254,6 +254,16 @@ class ServeProcess:
         with self._new:
             return "\n".join(self.lines)
 
+    def close(self, timeout: float = 40) -> None:
+        """SIGTERM if it still runs (a supervisor removes its run directory), killed if it has not
+        exited within `timeout`."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,13 +257,7 @@ def test_a_restarted_worker_serves_what_its_siblings_serve_not_the_disk(
         assert code == 0, out
         assert "Traceback" not in out, out
     finally:
-        if w.proc.poll() is None:  # SIGTERM: the supervisor removes its run directory
-            w.proc.terminate()
-            try:
-                w.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
+        w.close()
 
 
 def test_a_restarted_worker_never_serves_a_version_its_siblings_do_not(tmp_path: Path) -> None:
@@ -297,13 +290,7 @@ def test_a_restarted_worker_never_serves_a_version_its_siblings_do_not(tmp_path:
         assert "cannot serve render versions [1, 2] as the other workers do" in out, out
         assert "serving versions [2]" in out and "Traceback" not in out, out
     finally:
-        if w.proc.poll() is None:
-            w.proc.terminate()
-            try:
-                w.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
+        w.close()
 
 
 def test_a_bad_repository_is_one_line_with_workers(tmp_path) -> None:
