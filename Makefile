@@ -80,8 +80,11 @@ perf-analyzer: $(PERF_VENV)/.done
 # The tiers (tests/unit, service, system, training; docs/getting-started.md). The Docker tests build
 # images for minutes (`make docker-test`); the benchmark harnesses' tests start servers of other
 # commits and other projects (`make bench-test`).
+# Two test processes (pytest-xdist, a whole file to each: module fixtures are built once), then
+# the tests marked `serial` (timed against the clock) alone.
 pytest: $(VENV)/.all browser perf-analyzer
-	$(BIN)/python -m pytest -q -m "not docker and not bench"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not docker and not bench and not serial"
+	$(BIN)/python -m pytest -q -m "serial and not docker and not bench"
 
 # The tests of benchmarks/ itself: compare's worktree and its two servers, the peers' requests,
 # gpu-check's sections (tests/bench).

@@ -3,6 +3,7 @@ ports (tests/helpers.py has the launchers, `wait_for` and the rest)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +49,23 @@ def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], P
     return run
 
 
+@pytest.fixture
+def small_data(monkeypatch):
+    """Every fourth sample of a task's train and test sets, for tests of bookkeeping (records,
+    resumes, reports, determinism), not of what a model learns."""
+    from training import data
+
+    whole = data.task_data
+
+    def task_data(*args, **kwargs):
+        d = whole(*args, **kwargs)
+        return dataclasses.replace(
+            d, **{f.name: getattr(d, f.name)[::4] for f in dataclasses.fields(d)}
+        )
+
+    monkeypatch.setattr(data, "task_data", task_data)
+
+
 def _cuda_works() -> bool:
     try:
         import onnxruntime as ort
@@ -73,9 +91,15 @@ def tier(item: pytest.Item) -> str:
     return parts[0]
 
 
+# The costliest tiers first: with `-n 2` (make test) the long training tests start at once and the
+# many short ones fill in around them, instead of a long tail on one process at the end.
+RUN_ORDER = ("training", "system", "service", "unit", "bench")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, tier(item)))
+    items.sort(key=lambda item: RUN_ORDER.index(tier(item)))  # stable: file order kept within
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_items and not _cuda_works():
         skip = pytest.mark.skip(reason="needs a working CUDA execution provider")

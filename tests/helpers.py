@@ -107,8 +107,9 @@ class LiveServer:
         from service.settings import Settings
 
         silent = bool(SCHEDULING & set(overrides))
+        self.own_repository: Path | None = None  # a copy made here, removed on exit
         if "model_dir" not in overrides and (silent or models is not None):
-            overrides["model_dir"] = repository(models=models, silent=silent)
+            self.own_repository = overrides["model_dir"] = repository(models=models, silent=silent)
         if silent:
             # Not strict: a max_batch_size of 0 is filled in from the settings (Triton's
             # auto-complete) instead of meaning "does not batch".
@@ -152,6 +153,8 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.request_exit()
         self.thread.join(timeout=10)
+        if self.own_repository is not None:
+            shutil.rmtree(self.own_repository, ignore_errors=True)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
@@ -186,8 +189,10 @@ class ServeProcess:
             "COORDCONV_GRPC_PORT": str(self.grpc_port),
             "COORDCONV_LOG_LEVEL": "info",
         }
+        self.own_repository: Path | None = None  # a copy made here, removed once it has exited
         if SCHEDULING & set(settings) and "model_dir" not in settings:
-            environ["COORDCONV_MODEL_DIR"] = str(repository(silent=True))
+            self.own_repository = repository(silent=True)
+            environ["COORDCONV_MODEL_DIR"] = str(self.own_repository)
             environ["COORDCONV_STRICT_MODEL_CONFIG"] = "false"  # max_batch_size 0: the settings'
         for key, value in settings.items():
             environ[key if key.startswith("OTEL_") else f"COORDCONV_{key.upper()}"] = str(value)
@@ -240,6 +245,7 @@ class ServeProcess:
             self.proc.kill()
             raise AssertionError(f"running {timeout} s after SIGTERM: {self.output}") from None
         self._reader.join(timeout=10)
+        self._remove_repository()
         return code, time.monotonic() - start
 
     @property
@@ -263,11 +269,17 @@ class ServeProcess:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._remove_repository()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._remove_repository()
+
+    def _remove_repository(self) -> None:
+        if self.own_repository is not None and self.proc.poll() is not None:
+            shutil.rmtree(self.own_repository, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self

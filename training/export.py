@@ -148,15 +148,25 @@ def verify_onnx(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = sample_inputs(task, full)
     summary: dict[str, Any] = {"samples": len(x), "batch_sizes": list(batch_sizes)}
+    passes: dict[int, list[Any]] = {}  # batch size -> its runs: each pass is made once
+
+    def run_at(bs: int) -> list[Any]:
+        if bs not in passes:
+            passes[bs] = [
+                session.run(names, {sig.input.name: x[i : i + bs]}) for i in range(0, len(x), bs)
+            ]
+        return passes[bs]
+
     if task == "render":  # first: one pass, and a refused model need not be compared further
-        summary.update(_check_render_values(session, x, label or str(path)))
+        images = np.concatenate([r[0] for r in run_at(max(batch_sizes))])
+        summary.update(_check_render_values(images, x, label or str(path)))
     if reference is None:
         return summary
     ref = reference(x)
     references = list(ref) if isinstance(ref, tuple | list) else [ref]
     worst = 0.0
     for bs in batch_sizes:
-        runs = [session.run(names, {sig.input.name: x[i : i + bs]}) for i in range(0, len(x), bs)]
+        runs = run_at(bs)
         for k in range(1, len(names)):  # the extra outputs (the confidence)
             extra_got = np.concatenate([r[k] for r in runs])
             extra_diff = float(np.max(np.abs(extra_got - references[k])))
@@ -194,14 +204,11 @@ def verify_onnx(
     return summary
 
 
-def _check_render_values(session: Any, coords: np.ndarray, label: str) -> dict[str, float]:
+def _check_render_values(images: np.ndarray, coords: np.ndarray, label: str) -> dict[str, float]:
     """The rendered images of every sample against the true squares: refuses a background that
     is not dark (training.metrics.render_value_problem, the background bound only: a baseline
     that misses squares is still exported, as the poor model it is); returns the values and the
     IoU."""
-    images = np.concatenate(
-        [session.run(None, {"coords": coords[i : i + 256]})[0] for i in range(0, len(coords), 256)]
-    )
     truth = data.squares(coords)
     values = metrics.render_values(images, truth)
     iou = metrics.mean_iou(images, truth)

@@ -134,7 +134,8 @@ def make_batcher(model: FakeModel, **kw: Any) -> Batcher:
 def test_a_failing_request_does_not_fail_its_neighbours() -> None:
     async def go() -> list[Any]:
         model = FakeModel()
-        b = make_batcher(model)
+        # A full batch goes at once; the long window keeps a busy machine from splitting it.
+        b = make_batcher(model, max_batch_size=6, max_queue_delay_us=5_000_000)
         b.start()
         xs = [np.full((1, 2), i, np.float32) for i in range(5)] + [np.full((1, 2), -1, np.float32)]
         out = await asyncio.gather(*[b.infer(x) for x in xs], return_exceptions=True)

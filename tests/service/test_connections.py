@@ -184,6 +184,7 @@ def test_a_client_that_never_reads_its_answer_is_cut_off(quick) -> None:
     assert r.status_code == 200
 
 
+@pytest.mark.serial  # timed: runs alone, after the parallel pass
 def test_a_large_body_is_parsed_off_the_event_loop(quick) -> None:
     images = data.squares(data.centres()[:200]).tolist()  # about 2.5 MB of JSON
     payload = json.dumps({"images": images}).encode()

@@ -79,6 +79,7 @@ def wait_ready(url: str, workers: int) -> None:
     raise AssertionError(f"not ready: workers {sorted(seen)} of {workers}")
 
 
+@pytest.mark.serial  # timed: runs alone, after the parallel pass
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_keeps_answering_for_the_drain_delay_while_not_ready(workers: int) -> None:
     coords = np.array([[10.0, 20.0]], np.float32)
@@ -265,6 +266,7 @@ def test_sigterm_keeps_answering_for_the_drain_delay_while_not_ready(workers: in
     assert "Traceback" not in out, out
 
 
+@pytest.mark.serial  # timed: runs alone, after the parallel pass
 @pytest.mark.parametrize("workers", [1, 2])
 def test_no_request_is_reset_as_the_listener_closes(workers: int) -> None:
     """16 clients send back to back, on keep-alive connections, through SIGTERM and after it:

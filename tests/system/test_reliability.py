@@ -53,6 +53,7 @@ async def burst(url: str, coords: np.ndarray) -> list[tuple[int, dict, float, di
         return await asyncio.gather(*[one(p) for p in coords.tolist()])
 
 
+@pytest.mark.serial  # timed: runs alone, after the parallel pass
 def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() -> None:
     capacity = 16  # items the queue holds
     coords = data.centres()[

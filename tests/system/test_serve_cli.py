@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import MODELS, ServeProcess, free_port
 
 
+@pytest.mark.serial  # timed: runs alone, after the parallel pass
 def test_serve_is_ready_quickly_and_says_once_that_it_runs_on_cpu() -> None:
     t0 = time.monotonic()
     p = ServeProcess()

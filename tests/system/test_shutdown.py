@@ -158,10 +158,14 @@ def test_sigterm_while_loading_the_start_up_models_exits_0_with_one_line(tmp_pat
 
 
 def test_sigterm_with_a_worker_still_loading_exits_0_with_one_line(tmp_path: Path) -> None:
-    """--workers 2: worker 0 serves (/readyz 200) while worker 1 still warms up its models."""
-    repo = repository(tmp_path, warmup_count=400)
+    """--workers 2: worker 0 serves (/readyz 200) while worker 1 still warms up its models.
+    Worker 1 starts once worker 0 serves, so worker 0 warms up in full first: 40 runs of render's
+    two versions, about 10 s on one core, and the signal comes when worker 1 has loaded locate
+    and is in render's warm-up."""
+    repo = repository(tmp_path, warmup_count=40)
     with serving(repo, ready=False, workers=2, limit_warmup_s=600) as p:
         p.wait_ready(timeout=300)
+        p.wait_line("loaded locate: serving versions ['1', '2'] [worker=1]")
         code, seconds = p.terminate()
     report("with worker 1 of 2 still loading", code, seconds)
     assert code == 0 and seconds < BOUND_S, p.output

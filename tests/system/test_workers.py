@@ -53,6 +53,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.serial  # timed: runs alone, after the parallel pass
 def test_workers_answer_as_one_server(explicit: Workers) -> None:
     clients = explicit.by_worker()
     assert sorted(clients) == [0, 1]

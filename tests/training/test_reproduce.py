@@ -116,23 +116,6 @@ def one_epoch(monkeypatch):
     monkeypatch.setitem(recipes._OURS_VALUES, "short_epochs", short)
 
 
-@pytest.fixture
-def small_data(monkeypatch):
-    """Every fourth sample of a task's train and test sets: what the tiny campaigns check is
-    their bookkeeping (the records, the resume, the report), not what a model learns."""
-    from training import data
-
-    whole = data.task_data
-
-    def task_data(*args, **kwargs):
-        d = whole(*args, **kwargs)
-        return dataclasses.replace(
-            d, **{f.name: getattr(d, f.name)[::4] for f in dataclasses.fields(d)}
-        )
-
-    monkeypatch.setattr(data, "task_data", task_data)
-
-
 def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(
     tmp_path, one_epoch, small_data, monkeypatch
 ):

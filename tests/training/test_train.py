@@ -24,7 +24,7 @@ def test_coordconv_pixel_generalises_to_the_held_out_quadrant(tmp_path) -> None:
     assert cfg.task == "pixel" and not model.training
 
 
-def test_same_seed_gives_the_same_metrics() -> None:
+def test_same_seed_gives_the_same_metrics(small_data) -> None:
     cfg = train_config("locate", "coordconv906", split="quadrant", epochs=2, progress=False)
     a, b = train(cfg), train(cfg)
     assert a["train"] == b["train"] and a["test"] == b["test"]
@@ -49,7 +49,10 @@ def test_bad_config_is_refused_before_training(override, message) -> None:
 
 
 def test_the_906_parameter_regressor_locates_every_held_out_pixel_and_records_when() -> None:
-    r = train(train_config("locate", "coordconv906", split="quadrant", progress=False))
+    # Ours meets the goal at epoch 2 or 3 of its 10 (seeds 10-19): two epochs at it settle it.
+    r = train(
+        train_config("locate", "coordconv906", split="quadrant", stop_after_goal=2, progress=False)
+    )
     assert r["parameters"] == 906
     assert r["n_test"] == 729  # one-hot pixels only
     assert r["test"]["exact"] == 1.0 and r["goal_met"]
