@@ -44,6 +44,9 @@ async def until_queued(url: str, items: int, timeout_s: float) -> None:
 async def burst(url: str, coords: np.ndarray) -> list[tuple[int, dict, float, dict]]:
     limits = httpx.Limits(max_connections=len(coords))
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+        # The connections first: a connect the kernel retries (a SYN dropped while 200 arrive at
+        # once) would otherwise reach the server a second or more late and time that, not it.
+        await asyncio.gather(*[c.get("/healthz") for _ in range(len(coords))])
 
         async def one(p: list[float]) -> tuple[int, dict, float, dict]:
             t0 = time.monotonic()
@@ -59,9 +62,10 @@ def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() 
     coords = data.centres()[
         np.random.default_rng(2).choice(3136, 10 * capacity + 40, replace=False)
     ]
-    # Accepted requests wait 2 s for a batch that never fills; refusals must come long before.
+    # Accepted requests wait 5 s for a batch that never fills; refusals must come long before
+    # (the client's own work on 200 requests takes seconds on a busy 2-core machine).
     with serve_process(
-        max_queue_size=capacity, max_queue_delay_us=2_000_000, max_batch_size=64
+        max_queue_size=capacity, max_queue_delay_us=5_000_000, max_batch_size=64
     ) as (proc, url):
         before = rss_kib(proc.pid)
         results = asyncio.run(burst(url, coords))
@@ -76,10 +80,10 @@ def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() 
     assert len(shed) >= 8 * capacity
     assert all(h.get("retry-after") for _, h, _, _ in shed)
     # Refused at once, not after queueing: every 503 arrived before the accepted requests, which
-    # wait 2 s for their batch. (Absolute times would measure the client's 200 connections.)
+    # wait 5 s for their batch. (Absolute times would measure the client's 200 connections.)
     shed_times = [t for _, _, t, _ in shed]
     accepted_times = [r[2] for _, r in ok]
-    assert min(accepted_times) >= 1.9
+    assert min(accepted_times) >= 4.9
     assert max(shed_times) < min(accepted_times)
     for i, (_, _, _, body) in ok:
         image = np.asarray(body["images"][0], np.float32)[None]
