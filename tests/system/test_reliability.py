@@ -44,9 +44,6 @@ async def until_queued(url: str, items: int, timeout_s: float) -> None:
 async def burst(url: str, coords: np.ndarray) -> list[tuple[int, dict, float, dict]]:
     limits = httpx.Limits(max_connections=len(coords))
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
-        # The connections first: a connect the kernel retries (a SYN dropped while 200 arrive at
-        # once) would otherwise reach the server a second or more late and time that, not it.
-        await asyncio.gather(*[c.get("/healthz") for _ in range(len(coords))])
 
         async def one(p: list[float]) -> tuple[int, dict, float, dict]:
             t0 = time.monotonic()
