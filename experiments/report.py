@@ -721,13 +721,20 @@ def other_tables(s: dict[str, Any]) -> dict[str, Table]:
         )
     blocks = s["blocks"]
     cpu = [
-        [block, v["runs_done"], _seconds(v["cpu_s"]), _seconds(v["wall_s"])]
+        [
+            block,
+            v["runs_done"],
+            v.get("freed_memory_kept", 0),
+            _seconds(v["cpu_s"]),
+            _seconds(v["wall_s"]),
+        ]
         for block, v in blocks.items()
     ]
     cpu.append(
         [
             "all",
             s["completed"],
+            sum(v.get("freed_memory_kept", 0) for v in blocks.values()),
             _seconds(sum(v["cpu_s"] for v in blocks.values())),
             _seconds(sum(v["wall_s"] for v in blocks.values())),
         ]
@@ -802,7 +809,17 @@ def other_tables(s: dict[str, Any]) -> dict[str, Table]:
         "ratios": table(
             ["between", "ratio"], [[r["between"], fmt_ratio(r)] for r in s["time_to_goal_ratios"]]
         ),
-        "cpu": table(["block", "runs done", "CPU (training and evaluation)", "wall"], cpu, "lrrr"),
+        "cpu": table(
+            [
+                "block",
+                "runs done",
+                "of them keeping freed memory",
+                "CPU (training and evaluation)",
+                "wall",
+            ],
+            cpu,
+            "lrrrr",
+        ),
         "dev": table(
             [
                 "task",

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from coordconv.contract import CANVAS
 from training import data, metrics
+from training.allocator import keep_freed_memory
 
 OK_THRESHOLD = 0.5  # the service's default verdict: confidence >= this is "ok"
 SET_SIZE = 1000
@@ -115,6 +116,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
+    keep_freed_memory()  # every evaluation runs thousands of images (training.allocator)
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 

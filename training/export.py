@@ -33,6 +33,7 @@ from torch import nn
 from coordconv import contract
 from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
 from training import data, metrics
+from training.allocator import keep_freed_memory
 from training.nets import CoordNet, Task
 from training.onnx_weights import weights_from_onnx
 from training.serving import LocateWithConfidence, NearestCentre, RefinedLocate
@@ -145,6 +146,7 @@ def verify_onnx(
         _check_value(path, "output", [o], o.name, allowed[o.name].dims)
     names = [sig.output.name, *(o.name for o in extra)]
 
+    keep_freed_memory()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = sample_inputs(task, full)
     summary: dict[str, Any] = {"samples": len(x), "batch_sizes": list(batch_sizes)}
@@ -269,6 +271,7 @@ def export_run(
     was."""
     if not MODEL_NAME_RE.match(name):
         raise ExportError(f"invalid model name {name!r}: use letters, digits, - _ .")
+    keep_freed_memory()  # PyTorch's and onnxruntime's passes over every sample (training.allocator)
     model, cfg, run_metrics = load_run(run_dir)
     full = cfg.split == "full"
     if full and cfg.task == "locate":  # refined by a round trip, and with a confidence
