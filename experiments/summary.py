@@ -907,7 +907,7 @@ def build_summary(out: Path) -> dict[str, Any]:
             "runs_done": len(rs),
             "cpu_s": round(cpu_of(rs), 1),
             "wall_s": round(wall_of(rs), 1),
-            # training.allocator: the runs that kept freed memory spent far less in the kernel
+            # training.cpu: the runs that kept freed memory spent far less in the kernel
             "freed_memory_kept": sum(bool(r.get("freed_memory_kept")) for r in rs),
         }
 

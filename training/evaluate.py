@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from coordconv.contract import CANVAS
 from training import data, metrics
-from training.allocator import keep_freed_memory
+from training.cpu import session
 
 OK_THRESHOLD = 0.5  # the service's default verdict: confidence >= this is "ok"
 SET_SIZE = 1000
@@ -113,21 +113,14 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    keep_freed_memory()  # every evaluation runs thousands of images (training.allocator)
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _run(session: Any, x: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
-    inp = session.get_inputs()[0].name
-    outs = [session.run(names, {inp: x[i : i + 256]}) for i in range(0, len(x), 256)]
+def _run(sess: Any, x: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+    inp = sess.get_inputs()[0].name
+    outs = [sess.run(names, {inp: x[i : i + 256]}) for i in range(0, len(x), 256)]
     return [np.concatenate(col) for col in zip(*outs, strict=True)]
 
 
 def evaluate_render(path: Path) -> dict[str, Any]:
-    s = _session(path)
+    s = session(path)
     c = data.full_centres()
     (img,) = _run(s, c)
     ious = metrics.iou(img, data.squares(c))
@@ -148,7 +141,7 @@ def evaluate_render(path: Path) -> dict[str, Any]:
 
 
 def evaluate_pixel(path: Path) -> dict[str, Any]:
-    s = _session(path)
+    s = session(path)
     c = data.full_centres()
     pts = data.subpixel_points(10_000, seed=7)
     (maps,) = _run(s, c)
@@ -160,7 +153,7 @@ def evaluate_pixel(path: Path) -> dict[str, Any]:
 
 
 def evaluate_locate(path: Path) -> dict[str, Any]:
-    s = _session(path)
+    s = session(path)
     names = [o.name for o in s.get_outputs()]
     if "confidence" not in names:
         raise ValueError(f"{path}: no confidence output (outputs: {names})")
@@ -207,10 +200,7 @@ def confidence_cost(path: Path, seconds: float = 2.0) -> dict[str, float]:
     keep = [o for o in proto.graph.output if o.name != "confidence"]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
-    import onnxruntime as ort
-
-    with_conf = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    without = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with_conf, without = session(path), session(proto.SerializeToString())
     x = data.squares(data.full_centres()[:64])
 
     def rate(run: Callable[[], Any]) -> float:

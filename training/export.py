@@ -33,7 +33,7 @@ from torch import nn
 from coordconv import contract
 from coordconv.contract import BATCH_DIM, MODEL_NAME_RE, SIGNATURES
 from training import data, metrics
-from training.allocator import keep_freed_memory
+from training.cpu import keep_freed_memory, session
 from training.nets import CoordNet, Task
 from training.onnx_weights import weights_from_onnx
 from training.serving import LocateWithConfidence, NearestCentre, RefinedLocate
@@ -125,7 +125,6 @@ def verify_onnx(
     (or `label`, e.g. "render/3") and what is wrong; returns a summary (max abs diff, batch
     sizes, and for render the value checks)."""
     import onnx
-    import onnxruntime as ort
 
     path = Path(path)
     if task not in SIGNATURES:
@@ -146,8 +145,7 @@ def verify_onnx(
         _check_value(path, "output", [o], o.name, allowed[o.name].dims)
     names = [sig.output.name, *(o.name for o in extra)]
 
-    keep_freed_memory()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check = session(path)
     x = sample_inputs(task, full)
     summary: dict[str, Any] = {"samples": len(x), "batch_sizes": list(batch_sizes)}
     passes: dict[int, list[Any]] = {}  # batch size -> its runs: each pass is made once
@@ -155,7 +153,7 @@ def verify_onnx(
     def run_at(bs: int) -> list[Any]:
         if bs not in passes:
             passes[bs] = [
-                session.run(names, {sig.input.name: x[i : i + bs]}) for i in range(0, len(x), bs)
+                check.run(names, {sig.input.name: x[i : i + bs]}) for i in range(0, len(x), bs)
             ]
         return passes[bs]
 
@@ -271,7 +269,7 @@ def export_run(
     was."""
     if not MODEL_NAME_RE.match(name):
         raise ExportError(f"invalid model name {name!r}: use letters, digits, - _ .")
-    keep_freed_memory()  # PyTorch's and onnxruntime's passes over every sample (training.allocator)
+    keep_freed_memory()  # PyTorch's and onnxruntime's passes over every sample (training.cpu)
     model, cfg, run_metrics = load_run(run_dir)
     full = cfg.split == "full"
     if full and cfg.task == "locate":  # refined by a round trip, and with a confidence
@@ -361,7 +359,6 @@ def add_confidence(path: str | Path) -> dict[str, Any]:
     head, and the new file must answer the same coordinates as the old one on every sample
     before it replaces it."""
     import onnx
-    import onnxruntime as ort
 
     from training.nets import CoordConvLocate
 
@@ -384,8 +381,7 @@ def add_confidence(path: str | Path) -> dict[str, Any]:
         export_onnx(model, "locate", tmp, meta)
         summary = verify_onnx(tmp, "locate", reference=lambda x: reference_outputs(model, x))
         x = sample_inputs("locate")
-        before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        after = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        before, after = session(path), session(tmp)
         diff = float(
             np.abs(
                 before.run(["coords"], {"image": x})[0] - after.run(["coords"], {"image": x})[0]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from training import data, metrics
-from training.allocator import keep_freed_memory
+from training.cpu import keep_freed_memory
 from training.nets import (
     ARCHS,
     Arch,
@@ -312,7 +312,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # zero, to the same figures; a whole `ours` render run (seed 18) gave the same figures
     # both ways too. Flushing is process-wide state: it is put back for whatever runs next.
     flush_denormal = torch.set_flush_denormal(True)
-    keep_freed_memory()  # the kernel's page faults took most of a CPU run (training.allocator)
+    keep_freed_memory()  # the kernel's page faults took most of a CPU run (training.cpu)
     try:
         return _train(config, flush_denormal)
     finally:

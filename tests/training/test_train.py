@@ -29,7 +29,7 @@ def test_same_seed_gives_the_same_metrics(small_data) -> None:
     a, b = train(cfg), train(cfg)
     assert a["train"] == b["train"] and a["test"] == b["test"]
     assert [h["test"] for h in a["history"]] == [h["test"] for h in b["history"]]
-    assert a["freed_memory_kept"]  # training.allocator, said in the record
+    assert a["freed_memory_kept"]  # training.cpu, said in the record
     assert a["flush_denormal"]  # denormals flushed while training, and put back afterwards:
     assert float(torch.tensor(1e-40) * 1.0) != 0.0
 

@@ -1,4 +1,5 @@
-"""training.allocator: freed batches stay in the process instead of being faulted in again."""
+"""training.cpu: freed batches stay in the process instead of being faulted in again, and the
+sessions that check and judge models take torch's threads and never spin."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import MODELS, ROOT
 
 # Allocates and frees a 64 MiB tensor twenty times, as a batch loop does, and prints the page
 # faults that cost: each fresh block from the kernel faults in 16,384 pages.
 LOOP = """
 import resource, sys
 import torch
-from training.allocator import keep_freed_memory
+from training.cpu import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -40,3 +41,13 @@ def test_a_freed_batch_is_reused_without_faulting_its_pages_in_again() -> None:
     default, kept = faults("default"), faults("keep")
     assert default > 20 * 16_000, default  # the problem: every block faulted in afresh
     assert kept < 1_000, (default, kept)
+
+
+@pytest.mark.parametrize(("omp", "threads"), [("1", 1), ("3", 3), ("", 0)])
+def test_a_checking_session_takes_torchs_threads_and_never_spins(monkeypatch, omp, threads) -> None:
+    from training.cpu import session
+
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    options = session(MODELS / "pixel" / "1" / "model.onnx").get_session_options()
+    assert options.intra_op_num_threads == threads  # 0: onnxruntime's own, one per core
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
