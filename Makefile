@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: run test test-fast docs docs-check lint typecheck pytest bench-test docker-test browser perf-analyzer models reproduce bench gpu-check bench-peers compare profile soak clean help
+.PHONY: run test test-fast docs docs-check lint typecheck checks pytest pytest-parallel pytest-serial bench-test docker-test browser perf-analyzer models reproduce bench gpu-check bench-peers compare profile soak clean help
 
 help:
 	@echo "make run        install the serve and client extras (and tritonclient, for the README's"
@@ -82,8 +82,12 @@ perf-analyzer: $(PERF_VENV)/.done
 # commits and other projects (`make bench-test`).
 # Two test processes (pytest-xdist, a whole file to each: module fixtures are built once), then
 # the tests marked `serial` (timed against the clock) alone.
-pytest: $(VENV)/.all browser perf-analyzer
+pytest: pytest-parallel pytest-serial
+
+pytest-parallel: $(VENV)/.all browser perf-analyzer
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not docker and not bench and not serial"
+
+pytest-serial: $(VENV)/.all browser perf-analyzer
 	$(BIN)/python -m pytest -q -m "serial and not docker and not bench"
 
 # The tests of benchmarks/ itself: compare's worktree and its two servers, the peers' requests,
@@ -97,7 +101,18 @@ bench-test: $(VENV)/.all
 docker-test: $(VENV)/.all
 	$(BIN)/python -m pytest -q -s -m docker tests/system/test_docker.py
 
-test: docs-check lint typecheck pytest
+# ruff, mypy and the docs build run beside the parallel pass, at a lower priority: they fill what
+# the tests leave idle of the cores (about a minute of CPU), their output printed after it; the
+# timed tests run last, alone.
+test: $(VENV)/.all browser perf-analyzer
+	@nice -n 10 $(MAKE) --no-print-directory checks > $(VENV)/checks.log 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory pytest-parallel; tests=$$?; \
+	wait $$checks; status=$$?; cat $(VENV)/checks.log; \
+	if [ $$status -ne 0 ]; then echo "make test: ruff, mypy or the docs build failed (above)"; fi; \
+	[ $$tests -eq 0 ] && [ $$status -eq 0 ]
+	@$(MAKE) --no-print-directory pytest-serial
+
+checks: docs-check lint typecheck
 
 # The documentation site (mkdocs.yml, docs/): `make docs` regenerates the settings page from the
 # Settings model and builds site/ (served at /guide/); `make test` builds it --strict, offline.
