@@ -296,8 +296,10 @@ class Workers(ServeProcess):
         self.count = count
 
     def by_worker(self, limit: float = 60) -> dict[int, httpx.Client]:
-        """A keep-alive client held by each worker (new connections until every worker took
-        one); the key is the worker that answers on that connection."""
+        """A keep-alive client held by each ready worker (new connections until every worker
+        took one and said ready: /healthz answers while a worker still loads its start-up models,
+        and a test that changes the repository then would race that load); the key is the worker
+        that answers on that connection."""
         found: dict[int, httpx.Client] = {}
         spare: list[httpx.Client] = []
         deadline = time.monotonic() + limit
@@ -307,9 +309,14 @@ class Workers(ServeProcess):
             c = httpx.Client(base_url=self.url, timeout=60)
             try:
                 worker = c.get("/healthz").json()["worker"]
+                ready = c.get("/readyz").status_code == 200
             except httpx.TransportError:
                 c.close()
                 time.sleep(0.1)  # not listening yet
+                continue
+            if not ready and worker not in found:
+                c.close()
+                time.sleep(0.05)  # still loading: ask again
                 continue
             if worker in found:
                 spare.append(c)  # keep it open so that the next connection goes elsewhere

@@ -325,6 +325,7 @@ def other_variables() -> dict[str, str]:
             "COMPARE_ARGS": "a make variable (make compare)",
             "FUZZ_EXAMPLES": "tests/service/test_fuzz.py: examples per operation",
             "SO_REUSEPORT": "a socket option (the workers share the gRPC port)",
+            "OMP_NUM_THREADS": "OpenMP's own: torch's threads (tests/conftest.py, training/cpu.py)",
         }
     )
     return known
