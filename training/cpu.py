@@ -47,6 +47,13 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
+def _omp_threads() -> int:
+    """OMP_NUM_THREADS's first number (OpenMP allows a list per nesting level, "4,2"); 0, the
+    runtime's own choice, where it is unset or not a number."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
+
+
 def session(model: str | Path | bytes) -> Any:
     """An onnxruntime CPU session for checking or judging a model (not for serving it): as many
     threads as OpenMP is given (OMP_NUM_THREADS, torch's own setting; unset: one per core), and
@@ -57,7 +64,7 @@ def session(model: str | Path | bytes) -> Any:
 
     keep_freed_memory()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    options.intra_op_num_threads = _omp_threads()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

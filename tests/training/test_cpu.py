@@ -43,7 +43,7 @@ def test_a_freed_batch_is_reused_without_faulting_its_pages_in_again() -> None:
     assert kept < 1_000, (default, kept)
 
 
-@pytest.mark.parametrize(("omp", "threads"), [("1", 1), ("3", 3), ("", 0)])
+@pytest.mark.parametrize(("omp", "threads"), [("1", 1), ("3", 3), ("4,2", 4), ("", 0), ("many", 0)])
 def test_a_checking_session_takes_torchs_threads_and_never_spins(monkeypatch, omp, threads) -> None:
     from training.cpu import session
 
