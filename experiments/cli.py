@@ -333,10 +333,10 @@ def export_main(argv: Sequence[str]) -> int:
         from training.export import export_run
 
         info = export_run(a.run_dir, a.name, a.repo, a.version)
+        at = ", ".join(f"{n} samples at batch size {bs}" for bs, n in info["samples_at"].items())
         print(
             f"exported {info['path']} ({info['bytes'] / 1024:.0f} KiB), verified on "
-            f"{info['samples']} samples at batch sizes {info['batch_sizes']}: max |onnxruntime - "
-            f"torch| = {info['max_abs_diff']:.2e}"
+            f"{at}: max |onnxruntime - torch| = {info['max_abs_diff']:.2e}"
         )
 
     return _run(go)

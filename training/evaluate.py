@@ -171,7 +171,7 @@ def evaluate_locate(path: Path) -> dict[str, Any]:
     }
     clean_conf = conf
     for name, (imgs, _) in clean.items():
-        _, c = _run(s, imgs, ["coords", "confidence"])
+        c = conf if name == "clean" else _run(s, imgs, ["coords", "confidence"])[1]  # run above
         out["sets"][name] = {
             "images": len(imgs),
             "ok": float((c >= OK_THRESHOLD).mean()),

@@ -21,25 +21,34 @@ def runs(untrained_run):
     return untrained_run("pixel").parent
 
 
+def fewer_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every eighth sample for the verifications a test is not about: an export verifies every
+    sample against PyTorch (the costliest step of these tests), which the pixel export checks."""
+    import training.export as export
+
+    whole = export.sample_inputs
+    monkeypatch.setattr(export, "sample_inputs", lambda task, full=False: whole(task, full)[::8])
+
+
 @pytest.fixture(scope="module")
 def exported(runs, tmp_path_factory):
-    """One repository with each run exported once (pixel as version 3, locate as version 1), and
-    what each export returned: the tests read it, or copy what they change. An export verifies
-    every sample at two batch sizes against PyTorch: the costliest step of these tests."""
+    """One repository with each run exported once (pixel as version 3, verified on every sample;
+    locate as version 1, on every eighth), and what each export returned: the tests read it, or
+    copy what they change."""
     repo = tmp_path_factory.mktemp("exported")
-    infos = {
-        "pixel": export_run(runs / "pixel", "pixel", repo=repo, version=3),
-        "locate": export_run(runs / "locate", "locate", repo=repo, version=1),
-    }
+    infos = {"pixel": export_run(runs / "pixel", "pixel", repo=repo, version=3)}
+    with pytest.MonkeyPatch.context() as mp:
+        fewer_samples(mp)
+        infos["locate"] = export_run(runs / "locate", "locate", repo=repo, version=1)
     return repo, infos
 
 
-def test_export_writes_a_verified_model_and_config(runs, exported, tmp_path) -> None:
+def test_export_writes_a_verified_model_and_config(runs, exported, tmp_path, monkeypatch) -> None:
     repo, infos = exported
     info = infos["pixel"]
     path = repo / "pixel" / "3" / "model.onnx"
     assert info["path"] == str(path) and path.is_file()
-    assert info["max_abs_diff"] <= 1e-4 and info["batch_sizes"] == [1, 257]
+    assert info["max_abs_diff"] <= 1e-4 and info["samples_at"] == {1: 64, 257: 3136}
     assert path.stat().st_size < 200_000
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -54,6 +63,7 @@ def test_export_writes_a_verified_model_and_config(runs, exported, tmp_path) -> 
     assert 'name: "pixel"' in config and "dynamic_batching" in config
     # Without --version the next export goes one above the highest.
     shutil.copytree(repo / "pixel", tmp_path / "pixel")
+    fewer_samples(monkeypatch)
     again = export_run(runs / "pixel", "pixel", repo=tmp_path)
     assert again["path"].endswith("/4/model.onnx")
 
@@ -71,7 +81,8 @@ def test_a_model_of_another_task_is_refused_naming_the_mismatch(exported) -> Non
         verify_onnx(path, "render")
 
 
-def test_a_model_that_disagrees_with_pytorch_is_refused(exported) -> None:
+def test_a_model_that_disagrees_with_pytorch_is_refused(exported, monkeypatch) -> None:
+    fewer_samples(monkeypatch)
     path = exported[0] / "locate" / "1" / "model.onnx"
     with pytest.raises(ExportError, match="differs from PyTorch"):
         verify_onnx(path, "locate", reference=lambda x: verify_shift(x))
@@ -204,16 +215,17 @@ def test_a_grey_background_render_model_is_refused_though_its_iou_is_1(tmp_path)
     assert summary["iou"] == 1.0 and summary["background_mean"] == 0.0
 
 
-@pytest.mark.parametrize("path", sorted(MODELS.glob("render*/*/model.onnx")), ids=str)
-def test_the_shipped_render_models_pass_the_value_checks(path) -> None:
+# The CoordConv render models meet the goal's value bounds, stricter than this gate, where their
+# IoU is judged (tests/training/test_shipped_models.py, tests/service/test_full_canvas.py).
+@pytest.mark.parametrize("path", sorted(MODELS.glob("render-baseline/*/model.onnx")), ids=str)
+def test_the_shipped_render_baseline_passes_the_export_gate(path) -> None:
+    """The baseline misses squares (the poor model it is) and is still exported: its background
+    is dark."""
     from training import metrics
 
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    summary = verify_onnx(path, "render", full=meta["coordconv.split"] == "full")
+    summary = verify_onnx(path, "render")
     assert summary["background_mean"] <= metrics.BACKGROUND_MEAN_MAX
-    if meta["coordconv.arch"] == "coordconv":  # the goal's bounds too (a baseline misses squares)
-        assert metrics.render_value_problem(summary, summary["iou"]) is None, summary
-        assert summary["iou"] >= 0.99
+    assert metrics.render_value_problem(summary, summary["iou"], square=False) is None
 
 
 @pytest.fixture(scope="module")
