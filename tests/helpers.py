@@ -299,11 +299,13 @@ class Workers(ServeProcess):
         """A keep-alive client held by each ready worker (new connections until every worker
         took one and said ready: /healthz answers while a worker still loads its start-up models,
         and a test that changes the repository then would race that load); the key is the worker
-        that answers on that connection."""
+        that answers on that connection, asked again once all are found: a connection left idle
+        past the keep-alive timeout (a sibling slow to start) is closed by its worker, and the
+        client's next request may open one to another worker."""
         found: dict[int, httpx.Client] = {}
         spare: list[httpx.Client] = []
         deadline = time.monotonic() + limit
-        while len(found) < self.count:
+        while len(found) < self.count or self._moved(found):
             assert time.monotonic() < deadline, f"reached workers {sorted(found)} only"
             assert self.proc.poll() is None, self.output
             c = httpx.Client(base_url=self.url, timeout=60)
@@ -325,6 +327,15 @@ class Workers(ServeProcess):
         for c in spare:
             c.close()
         return found
+
+    @staticmethod
+    def _moved(found: dict[int, httpx.Client]) -> bool:
+        """Drops (and closes) the clients that now reach another worker than their key; True if
+        there were any."""
+        moved = [w for w, c in found.items() if c.get("/healthz").json()["worker"] != w]
+        for w in moved:
+            found.pop(w).close()
+        return bool(moved)
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
