@@ -7,6 +7,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +42,8 @@ def client(server: LiveServer) -> Iterator[httpx.Client]:
 def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """The run folder of a task trained for 0 epochs (export does not care how good a model is),
     trained on first use and shared by the session: read it, copy it to change it. A 0-epoch run
-    still evaluates the whole data set: a minute on 2 busy cores, once instead of per module."""
+    still evaluates its data set: every fourth sample here (`quarter_of_the_data`), so its
+    metrics.json describes that quarter; the export verifies on every sample all the same."""
     root = tmp_path_factory.mktemp("untrained")
     done: dict[str, Path] = {}
 
@@ -50,28 +52,35 @@ def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], P
             from experiments.recipe import train_config
             from training.train import train
 
-            train(train_config(task, epochs=0, out=str(root / task), progress=False))
+            with pytest.MonkeyPatch.context() as mp:
+                quarter_of_the_data(mp)
+                train(train_config(task, epochs=0, out=str(root / task), progress=False))
             done[task] = root / task
         return done[task]
 
     return run
 
 
-@pytest.fixture
-def small_data(monkeypatch):
-    """Every fourth sample of a task's train and test sets, for tests of bookkeeping (records,
-    resumes, reports, determinism), not of what a model learns."""
+def quarter_of_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fourth sample of a task's train and test sets (training.data.task_data)."""
     from training import data
 
     whole = data.task_data
 
-    def task_data(*args, **kwargs):
+    def task_data(*args: Any, **kwargs: Any) -> Any:
         d = whole(*args, **kwargs)
         return dataclasses.replace(
             d, **{f.name: getattr(d, f.name)[::4] for f in dataclasses.fields(d)}
         )
 
     monkeypatch.setattr(data, "task_data", task_data)
+
+
+@pytest.fixture
+def small_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fourth sample of a task's train and test sets, for tests of bookkeeping (records,
+    resumes, reports, determinism), not of what a model learns."""
+    quarter_of_the_data(monkeypatch)
 
 
 def _cuda_works() -> bool:
@@ -99,15 +108,36 @@ def tier(item: pytest.Item) -> str:
     return parts[0]
 
 
-# The costliest tiers first: with `-n 2` (make test) the long training tests start at once and the
-# many short ones fill in around them, instead of a long tail on one process at the end.
+# The longest files first, with the seconds each took in one `make test` (3 processes on 2 cores):
+# pytest-xdist hands out whole files in this order (--no-loadscope-reorder), so the short files
+# fill in around the long ones instead of one long file running alone at the end. The rest follow
+# by tier.
+LONGEST = {
+    "training/test_train.py": 203,
+    "service/test_full_canvas.py": 118,
+    "service/test_client.py": 115,
+    "training/test_export.py": 101,
+    "system/test_workers.py": 97,
+    "service/test_client_outputs.py": 89,
+    "system/test_first_hour.py": 86,
+    "system/test_control_storm.py": 77,
+    "system/test_shutdown.py": 75,
+    "training/test_reproduce.py": 59,
+    "system/test_ray.py": 49,
+    "training/test_layers.py": 46,
+}
 RUN_ORDER = ("training", "system", "service", "unit", "bench")
+
+
+def run_order(item: pytest.Item) -> tuple[int, int]:
+    path = Path(item.path).resolve().relative_to(HERE).as_posix()
+    return -LONGEST.get(path, 0), RUN_ORDER.index(tier(item))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, tier(item)))
-    items.sort(key=lambda item: RUN_ORDER.index(tier(item)))  # stable: file order kept within
+    items.sort(key=run_order)  # stable: the order within a file is kept
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_items and not _cuda_works():
         skip = pytest.mark.skip(reason="needs a working CUDA execution provider")

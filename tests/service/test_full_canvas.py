@@ -27,6 +27,8 @@ def test_render_v2_draws_every_centre_and_real_points() -> None:
     r = evaluate.evaluate_render(V2["render"])
     assert r["min_iou_centres"] >= 0.99, r
     assert r["min_iou_real"] >= 0.99, r
+    # dark around the square (what IoU at 0.5 cannot see), with the goal's bounds
+    assert r["value_problem"] is None, r
 
 
 def test_pixel_v2_classifies_every_centre() -> None:

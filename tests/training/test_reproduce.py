@@ -303,7 +303,7 @@ def test_ours_render_floor_is_explained_from_its_budget() -> None:
 
 
 def test_one_run_is_rerun_from_one_command_and_its_record_is_left_alone(
-    tmp_path, one_epoch, capsys
+    tmp_path, one_epoch, small_data, capsys
 ) -> None:
     from experiments import cli
 
@@ -395,7 +395,9 @@ def test_the_reference_budget_blocks_are_planned_on_new_seeds_pixel_first() -> N
     assert fixed["fixed_at"] < first_run
 
 
-def test_a_sufficiency_run_stops_after_its_streak_at_the_goal_and_says_so(monkeypatch) -> None:
+def test_a_sufficiency_run_stops_after_its_streak_at_the_goal_and_says_so(
+    monkeypatch, small_data
+) -> None:
     from training import metrics
     from training import train as training
 

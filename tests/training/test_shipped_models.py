@@ -59,29 +59,34 @@ def test_evaluation_needs_no_torch() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("subset", ["quadrant", "all"])
-def test_pixel_is_100_percent_accurate(subset, quadrant_test) -> None:
+# One pass over all 3136 samples each, judged on the held-out quadrant and on all of them.
+
+
+def test_pixel_is_100_percent_accurate(quadrant_test) -> None:
     c = data.centres()
-    idx = quadrant_test if subset == "quadrant" else np.arange(len(c))
-    heat = run(session("pixel"), c[idx])
-    assert metrics.accuracy(heat, data.pixel_index(c[idx])) == 1.0
+    heat, truth = run(session("pixel"), c), data.pixel_index(c)
+    assert metrics.accuracy(heat[quadrant_test], truth[quadrant_test]) == 1.0
+    assert metrics.accuracy(heat, truth) == 1.0
 
 
-@pytest.mark.parametrize("subset", ["quadrant", "all"])
-def test_render_iou_at_least_0_99(subset, quadrant_test) -> None:
+def test_render_iou_at_least_0_99_and_dark_around_the_square(quadrant_test) -> None:
     c = data.centres()
-    idx = quadrant_test if subset == "quadrant" else np.arange(len(c))
-    images = run(session("render"), c[idx])
-    assert metrics.mean_iou(images, data.squares(c[idx])) >= 0.99
+    images, truth = run(session("render"), c), data.squares(c)
+    assert metrics.mean_iou(images[quadrant_test], truth[quadrant_test]) >= 0.99
+    iou = metrics.mean_iou(images, truth)
+    assert iou >= 0.99
+    # What IoU at 0.5 cannot see (a grey wash), with the goal's bounds: `coordconv export`'s
+    # gate checks the background alone.
+    values = metrics.render_values(images, truth)
+    assert metrics.render_value_problem(values, iou) is None, values
 
 
-@pytest.mark.parametrize("subset", ["quadrant", "all"])
 @pytest.mark.parametrize("kind", ["squares", "onehots"])
-def test_locate_mean_error_at_most_half_a_pixel(subset, kind, quadrant_test) -> None:
+def test_locate_mean_error_at_most_half_a_pixel(kind, quadrant_test) -> None:
     c = data.centres()
-    idx = quadrant_test if subset == "quadrant" else np.arange(len(c))
-    images = getattr(data, kind)(c[idx])
-    assert metrics.mean_error_px(run(session("locate"), images), c[idx]) <= 0.5
+    xy = run(session("locate"), getattr(data, kind)(c))
+    assert metrics.mean_error_px(xy[quadrant_test], c[quadrant_test]) <= 0.5
+    assert metrics.mean_error_px(xy, c) <= 0.5
 
 
 @pytest.mark.parametrize("name", SHIPPED)
