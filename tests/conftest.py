@@ -108,7 +108,7 @@ def tier(item: pytest.Item) -> str:
     return parts[0]
 
 
-# The longest files first, with the seconds each took in one `make test` (3 processes on 2 cores):
+# The longest files first, with the seconds each took in one pass (3 processes on 2 cores):
 # pytest-xdist hands out whole files in this order (--no-loadscope-reorder), so the short files
 # fill in around the long ones instead of one long file running alone at the end. The rest follow
 # by tier.
