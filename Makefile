@@ -6,10 +6,11 @@ BIN    := $(VENV)/bin
 # pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
-# uv installs into the venv what pip did, from the same registry: a fresh clone's install took
-# 2 min with pip, 15 s with uv. Where pip is told of wheels on disk (PIP_FIND_LINKS: the CPU torch
-# on the development machines), uv looks there too.
-UV     = $(1)/bin/uv pip install -q --python $(1)/bin/python $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
+# uv installs into the venv what pip did, from the same registry, bytecode compiled as pip does
+# (where PYTHONDONTWRITEBYTECODE is set, as on CI, every process would otherwise compile every
+# module it imports: the suite took 30% longer). Where pip is told of wheels on disk
+# (PIP_FIND_LINKS: the CPU torch on the development machines), uv looks there too.
+UV     = $(1)/bin/uv pip install -q --compile-bytecode --python $(1)/bin/python $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
 
 .PHONY: run test test-fast docs docs-check lint typecheck checks pytest pytest-parallel pytest-serial bench-test docker-test browser perf-analyzer models reproduce bench gpu-check bench-peers compare profile soak clean help
 
