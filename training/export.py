@@ -178,6 +178,10 @@ def verify_onnx(
         return summary
     ref = reference(x)
     references = list(ref) if isinstance(ref, tuple | list) else [ref]
+    if any(len(r) != len(x) for r in references):  # compared row by row below
+        raise ExportError(
+            f"{path}: the reference gave {[len(r) for r in references]} rows for {len(x)} samples"
+        )
     worst = 0.0
     for bs in batch_sizes:
         runs, rows = run_at(bs), which[bs]

@@ -88,6 +88,15 @@ def test_a_model_that_disagrees_with_pytorch_is_refused(exported, monkeypatch) -
         verify_onnx(path, "locate", reference=lambda x: verify_shift(x))
 
 
+def test_a_reference_with_other_rows_than_the_samples_is_refused(exported, monkeypatch) -> None:
+    import numpy as np
+
+    fewer_samples(monkeypatch)
+    path = exported[0] / "locate" / "1" / "model.onnx"
+    with pytest.raises(ExportError, match=r"the reference gave \[3\] rows for 784 samples"):
+        verify_onnx(path, "locate", reference=lambda x: np.zeros((3, 2), np.float32))
+
+
 def verify_shift(x):
     import numpy as np
 
