@@ -19,7 +19,7 @@ from service.metrics import Metrics
 from service.models.batcher import Batcher
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
-from tests.helpers import live_server, metric, wait_for
+from tests.helpers import TLS, live_server, metric, wait_for
 from training import data, metrics
 
 
@@ -29,7 +29,7 @@ def counter(text: str, name: str, model: str, version: str = "2") -> float:
 
 
 async def concurrent_renders(url: str, coords: np.ndarray) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=60, verify=TLS) as c:
         return await asyncio.gather(
             *[
                 c.post("/v1/render", json={"coords": [p], "format": "array"})
@@ -42,7 +42,7 @@ def test_concurrent_single_item_requests_are_batched_and_get_their_own_rows() ->
     coords = data.centres()[np.random.default_rng(0).choice(3136, 32, replace=False)]
     with live_server(("render",), max_queue_delay_us=50_000) as live:
         answers = asyncio.run(concurrent_renders(live.url, coords))
-        text = httpx.get(live.url + "/metrics").text
+        text = httpx.get(live.url + "/metrics", verify=TLS).text
     images = np.stack([np.asarray(r.json()["images"][0], np.float32) for r in answers])
     assert all(r.status_code == 200 for r in answers)
     ious = metrics.iou(images, data.squares(coords))
@@ -57,7 +57,7 @@ def test_batching_off_runs_one_item_per_call() -> None:
     coords = data.centres()[:8]
     with live_server(("render",), max_queue_delay_us=0, max_batch_size=1) as live:
         answers = asyncio.run(concurrent_renders(live.url, coords))
-        text = httpx.get(live.url + "/metrics").text
+        text = httpx.get(live.url + "/metrics", verify=TLS).text
     assert all(r.status_code == 200 for r in answers)
     assert counter(text, "coordconv_execution_count_total", "render") == 8
 
@@ -68,14 +68,14 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
 
         def first() -> None:  # 4 items wait 2 s for a batch that never fills
             results["first"] = httpx.post(
-                live.url + "/v1/render", json={"coords": [[10, 10]] * 4}, timeout=30
+                live.url + "/v1/render", json={"coords": [[10, 10]] * 4}, timeout=30, verify=TLS
             )
 
         t = threading.Thread(target=first)
         t.start()
         wait_for(lambda: metric(live.url, "coordconv_queue_items", model="render") >= 4)
         start = time.monotonic()
-        r = httpx.post(live.url + "/v1/render", json={"coords": [[20, 20]]}, timeout=30)
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[20, 20]]}, timeout=30, verify=TLS)
         elapsed = time.monotonic() - start
         t.join()
     assert r.status_code == 503
@@ -87,7 +87,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once() -> None:
 
 def test_a_request_queued_past_the_timeout_gets_503() -> None:
     with live_server(("render",), request_timeout_s=0.3, max_queue_delay_us=3_000_000) as live:
-        r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10]]}, timeout=30)
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10]]}, timeout=30, verify=TLS)
     assert r.status_code == 503
     assert "waited more than 0.3 s" in r.json()["detail"]
     assert "retry-after" in r.headers
@@ -244,12 +244,17 @@ def test_a_client_that_hangs_up_over_http_is_never_run() -> None:
             )
             # queued, waiting for its batch to fill
             wait_for(lambda: metric(live.url, "coordconv_queue_items", model="render") >= 3)
-        wait_for(lambda: 'route="/v1/render",status="499"' in httpx.get(live.url + "/metrics").text)
+        wait_for(
+            lambda: (
+                'route="/v1/render",status="499"'
+                in httpx.get(live.url + "/metrics", verify=TLS).text
+            )
+        )
         # A request sent after the hang-up runs in a batch no earlier than the hung-up one would
         # have: once it is answered, the hung-up rows had their chance to run.
-        r = httpx.post(live.url + "/v1/render", json={"coords": [[40, 40]]}, timeout=30)
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[40, 40]]}, timeout=30, verify=TLS)
         assert r.status_code == 200
-        text = httpx.get(live.url + "/metrics").text
+        text = httpx.get(live.url + "/metrics", verify=TLS).text
     assert counter(text, "coordconv_inference_count_total", "render") == 1  # its row only
 
 

@@ -23,7 +23,7 @@ import tritonclient.http as triton
 
 from service.models.cache import ENTRY_OVERHEAD, ResponseCache
 from service.models.statistics import ModelStats
-from tests.helpers import MODELS, live_server, wait_for
+from tests.helpers import MODELS, TLS, live_server, wait_for
 
 IMAGE_BYTES = 64 * 64 * 4
 ENTRY = IMAGE_BYTES + 8 + ENTRY_OVERHEAD  # a render answer for one point
@@ -178,11 +178,11 @@ def test_hits_and_misses_per_item_over_http_and_grpc(cached) -> None:
     assert stats.inference_stats.success.count == 3  # requests, hits included (as Triton)
 
     # /v1 too: one cache below every protocol.
-    r = httpx.post(live.url + "/v1/render", json={"coords": [a, c], "format": "array"})
+    r = httpx.post(live.url + "/v1/render", json={"coords": [a, c], "format": "array"}, verify=TLS)
     assert r.status_code == 200
     np.testing.assert_array_equal(np.asarray(r.json()["images"], np.float32), second[[0, 2]])
     assert cache_counts(tc) == (7, 3, 3)
-    text = httpx.get(live.url + "/metrics").text
+    text = httpx.get(live.url + "/metrics", verify=TLS).text
     counted = re.search(
         r'^coordconv_inference_count_total\{model="render",version="2"\} (\S+)$', text, re.M
     )

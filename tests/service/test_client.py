@@ -25,7 +25,7 @@ from client import CoordConvClient
 from client.api import ClientError, backoff
 from client.batch import run
 from client.files import read_coords, read_images
-from tests.helpers import ROOT, LiveServer, free_port, wait_for
+from tests.helpers import ROOT, TLS, LiveServer, free_port, wait_for
 from training import data, metrics
 
 
@@ -455,7 +455,7 @@ def test_a_refused_job_stops_at_once_without_splitting(tmp_path) -> None:
         code, err = run_cli(
             *render_args(coords, tmp_path / "o.npy", live.url, "--quiet", "--api-key", "wrong")
         )
-        text = httpx.get(live.url + "/metrics").text
+        text = httpx.get(live.url + "/metrics", verify=TLS).text
     assert code == 2 and "the service refused the job (HTTP 401: invalid API key)" in err
     sent = sum(
         float(line.rsplit(" ", 1)[1])

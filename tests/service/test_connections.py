@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import LiveServer, live_server, metric, wait_for
+from tests.helpers import TLS, LiveServer, live_server, metric, wait_for
 from training import data
 
 
@@ -74,7 +74,7 @@ def test_many_idle_and_slow_header_connections_do_not_block_anyone(quick) -> Non
     with (
         sockets(quick.port, 400),
         sockets(quick.port, 100, b"GET /healthz HTTP/1.1\r\n"),
-        httpx.Client(base_url=quick.url, timeout=10) as c,
+        httpx.Client(base_url=quick.url, timeout=10, verify=TLS) as c,
     ):
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 200
@@ -105,7 +105,7 @@ def test_a_body_that_never_ends_gets_408_and_frees_its_slot() -> None:
         status, body = status_and_body(read_all(s))
         assert status == 408 and "request body not received in time" in body["detail"]
         # The one request slot is free again.
-        r = httpx.post(live.url + "/v1/render", json={"coords": [[5, 5]]}, timeout=10)
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[5, 5]]}, timeout=10, verify=TLS)
         assert r.status_code == 200
 
 
@@ -134,7 +134,7 @@ def test_health_routes_are_never_refused_for_capacity() -> None:
         holder.start()
         # the only inference slot is taken, waiting for its batch
         wait_for(lambda: metric(live.url, "coordconv_queue_items", model="render") >= 1)
-        with httpx.Client(base_url=live.url, timeout=5) as c:
+        with httpx.Client(base_url=live.url, timeout=5, verify=TLS) as c:
             for path in ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
                 assert c.get(path).status_code == 200, path
                 assert c.head(path).status_code == 200, path
@@ -149,7 +149,7 @@ def test_health_routes_are_never_refused_for_capacity() -> None:
 def test_the_connection_cap_evicts_idle_connections_first() -> None:
     with live_server(("render",), max_connections=20, header_timeout_s=30) as live:
         with sockets(live.port, 20):  # idle: evicted to make room
-            r = httpx.get(live.url + "/healthz", timeout=5)
+            r = httpx.get(live.url + "/healthz", timeout=5, verify=TLS)
             assert r.status_code == 200
         time.sleep(0.2)
         # Connections in the middle of a request are not idle: at the cap, a new one gets 503.
@@ -180,7 +180,7 @@ def test_a_client_that_never_reads_its_answer_is_cut_off(quick) -> None:
         )
     received = read_all(s, limit=5)
     assert len(received) < 40_000_000  # the server dropped the rest instead of holding it
-    r = httpx.get(quick.url + "/healthz", timeout=5)
+    r = httpx.get(quick.url + "/healthz", timeout=5, verify=TLS)
     assert r.status_code == 200
 
 
@@ -196,12 +196,13 @@ def test_a_large_body_is_parsed_off_the_event_loop(quick) -> None:
             content=payload,
             headers={"Content-Type": "application/json"},
             timeout=60,
+            verify=TLS,
         )
 
     t = threading.Thread(target=send)
     t.start()
     worst = 0.0
-    with httpx.Client(base_url=quick.url, timeout=10) as c:
+    with httpx.Client(base_url=quick.url, timeout=10, verify=TLS) as c:
         while t.is_alive():
             t0 = time.monotonic()
             assert c.get("/healthz").status_code == 200
@@ -380,7 +381,9 @@ def test_a_client_that_hangs_up_on_pipelined_requests_costs_one_line_at_most(
     assert len(mentions) <= 1, [r.getMessage() for r in mentions]
     assert all(r.levelno <= logging.INFO for r in mentions)
     # The server still answers: a new client, and one that pipelines and reads its answers.
-    r = httpx.post(on_uvloop.url + "/v1/render", json={"coords": [[10, 20]]}, timeout=10)
+    r = httpx.post(
+        on_uvloop.url + "/v1/render", json={"coords": [[10, 20]]}, timeout=10, verify=TLS
+    )
     assert r.status_code == 200
     with connect(on_uvloop.port) as s:
         s.sendall(request_bytes * 5)

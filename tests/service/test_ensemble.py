@@ -24,7 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import MODELS, live_server, wait_for
+from tests.helpers import MODELS, TLS, live_server, wait_for
 
 POINTS = np.array([[10, 20], [40.4, 33.6], [4, 59], [63, 0]], np.float32)
 
@@ -119,7 +119,7 @@ def test_roundtrip_over_http_and_grpc(live) -> None:
     assert tc.is_model_ready("roundtrip") and gc.is_model_ready("roundtrip")
     index = {(e["name"], e["version"]): e["state"] for e in tc.get_model_repository_index()}
     assert index[("roundtrip", "1")] == "READY"
-    listed = {m["name"]: m for m in httpx.get(live.url + "/v1/models").json()["models"]}
+    listed = {m["name"]: m for m in httpx.get(live.url + "/v1/models", verify=TLS).json()["models"]}
     assert listed["roundtrip"]["task"] == "ensemble"
     assert listed["roundtrip"]["provider"] == listed["render"]["provider"]
     tc.close()
@@ -127,7 +127,7 @@ def test_roundtrip_over_http_and_grpc(live) -> None:
 
 
 def test_ensemble_requests_are_checked_like_any_other(live) -> None:
-    with httpx.Client(base_url=live.url) as c:
+    with httpx.Client(base_url=live.url, verify=TLS) as c:
         r = c.post("/v1/render", json={"coords": [[1, 2]], "model": "roundtrip"})
         assert r.status_code == 400 and "does 'ensemble'" in r.json()["detail"]
 
@@ -169,7 +169,7 @@ def test_loading_an_ensemble_loads_its_steps_and_a_missing_step_is_a_503(tmp_pat
         entry = next(e for e in tc.get_model_repository_index() if e["name"] == "roundtrip")
         assert entry["state"] == "UNAVAILABLE" and "step 1 (locate)" in entry["reason"]
         body = {"inputs": [{"name": "coords", "shape": [1, 2], "datatype": "FP32", "data": [9, 9]}]}
-        r = httpx.post(live.url + "/v2/models/roundtrip/infer", json=body)
+        r = httpx.post(live.url + "/v2/models/roundtrip/infer", json=body, verify=TLS)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"] == (
             "ensemble 'roundtrip': step 1 (locate) is not available: unknown model 'locate'; "

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import MODELS, live_server
+from tests.helpers import MODELS, TLS, live_server
 from training import data
 
 INPUTS = {
@@ -68,7 +68,7 @@ def test_health_metadata_config_and_statistics(gc, live) -> None:
         cfg = gc.get_model_config(name).config
         assert cfg.name == name and cfg.max_batch_size == 64
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
-    http_cfg = httpx.get(live.url + "/v2/models/render/config").json()
+    http_cfg = httpx.get(live.url + "/v2/models/render/config", verify=TLS).json()
     assert (
         http_cfg["max_batch_size"]
         == gc.get_model_config("render", as_json=True)["config"]["max_batch_size"]
@@ -105,7 +105,9 @@ def test_raw_and_typed_contents_equal_the_http_answers(gc, live, name) -> None:
         ],
         "outputs": [{"name": out_name, "parameters": {"binary_data": False}}],
     }
-    http = httpx.post(f"{live.url}/v2/models/{name}/infer", json=body, timeout=60).json()
+    http = httpx.post(
+        f"{live.url}/v2/models/{name}/infer", json=body, timeout=60, verify=TLS
+    ).json()
     want = np.asarray(http["outputs"][0]["data"], np.float32).reshape(raw.shape)
     np.testing.assert_allclose(raw, want, atol=1e-6)
     np.testing.assert_allclose(typed, want, atol=1e-6)
@@ -267,7 +269,7 @@ def test_auth_repository_control_and_metrics(tmp_path) -> None:
         x.set_data_from_numpy(np.array([[10, 20]], np.float32))
         c.infer("render", [x], headers=key)
         c.close()
-        metrics = httpx.get(server.url + "/metrics").text
+        metrics = httpx.get(server.url + "/metrics", verify=TLS).text
     assert 'protocol="grpc"' in metrics and 'status="UNAUTHENTICATED"' in metrics
     assert 'route="/inference.GRPCInferenceService/ModelInfer"' in metrics
 
@@ -279,7 +281,7 @@ def test_http_and_grpc_clients_share_batches() -> None:
 
         async def go() -> tuple[list[np.ndarray], list[np.ndarray]]:
             aio = tgrpc_aio.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-            async with httpx.AsyncClient(base_url=server.url, timeout=60) as h:
+            async with httpx.AsyncClient(base_url=server.url, timeout=60, verify=TLS) as h:
 
                 async def via_http(p: np.ndarray) -> np.ndarray:
                     r = await h.post("/v1/render", json={"coords": [p.tolist()], "format": "array"})
@@ -297,9 +299,9 @@ def test_http_and_grpc_clients_share_batches() -> None:
             return out[:16], out[16:]
 
         http, grpc_out = asyncio.run(go())
-        stats = httpx.get(server.url + "/v2/models/render/versions/2/stats").json()["model_stats"][
-            0
-        ]
+        stats = httpx.get(server.url + "/v2/models/render/versions/2/stats", verify=TLS).json()[
+            "model_stats"
+        ][0]
     from training import metrics
 
     images = np.stack([*http, *grpc_out])

@@ -22,7 +22,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import MODELS, LiveServer, live_server
+from tests.helpers import MODELS, TLS, LiveServer, live_server
 
 COORDS = np.array([[10, 20], [40.5, 33]], np.float32)
 
@@ -225,7 +225,9 @@ def test_a_hanging_read_fails_its_load_and_nothing_else_waits(
             errors: list[str] = []
 
             def load() -> None:  # httpx: one tritonclient may not be shared by threads
-                r = httpx.post(live.url + "/v2/repository/models/locate/load", timeout=60)
+                r = httpx.post(
+                    live.url + "/v2/repository/models/locate/load", timeout=60, verify=TLS
+                )
                 assert r.status_code == 400
                 errors.append(r.json()["error"])
 
@@ -273,7 +275,7 @@ def test_concurrent_control_calls_apply_in_order(
     answers: dict[str, int] = {}
 
     def call(what: str, path: str, body: dict[str, Any]) -> None:
-        r = httpx.post(live.url + path, json=body, timeout=120)
+        r = httpx.post(live.url + path, json=body, timeout=120, verify=TLS)
         answers[what] = r.status_code
 
     calls = [

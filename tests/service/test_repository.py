@@ -20,7 +20,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import MODELS, live_server, wait_for
+from tests.helpers import MODELS, TLS, live_server, wait_for
 from training import data
 
 
@@ -93,7 +93,9 @@ def test_explicit_mode_index_load_unload_and_readiness(explicit) -> None:
 
     tc.unload_model("locate")
     assert not tc.is_model_ready("locate")
-    r = httpx.post(live.url + "/v1/locate", json={"images": [data.squares([[9, 9]])[0].tolist()]})
+    r = httpx.post(
+        live.url + "/v1/locate", json={"images": [data.squares([[9, 9]])[0].tolist()]}, verify=TLS
+    )
     assert r.status_code == 404
     assert r.json()["detail"] == "unknown model 'locate'; loaded models: render"
     with pytest.raises(InferenceServerException, match="is not loaded"):
@@ -120,7 +122,7 @@ def test_versions_side_by_side(explicit) -> None:
     np.testing.assert_allclose(latest, v2, atol=1e-5)
 
     # The product API takes a version too and names the one that answered.
-    with httpx.Client(base_url=live.url) as c:
+    with httpx.Client(base_url=live.url, verify=TLS) as c:
         r = c.post("/v1/render", json={"coords": [[10, 20]], "version": 1, "format": "array"})
         assert r.status_code == 200 and r.headers["x-model-version"] == "1"
         assert r.json()["version"] == "1"
@@ -172,7 +174,7 @@ def test_config_pbtxt_is_honoured(tmp_path) -> None:
             "  default_queue_policy { max_queue_size: 12 }",
         )
     )
-    with live_server(model_dir=repo) as live, httpx.Client(base_url=live.url) as c:
+    with live_server(model_dir=repo) as live, httpx.Client(base_url=live.url, verify=TLS) as c:
         cfg = c.get("/v2/models/render/config").json()
         assert cfg["max_batch_size"] == 8
         assert cfg["dynamic_batching"]["preferred_batch_size"] == [4]
@@ -246,7 +248,7 @@ def test_a_broken_load_is_one_clear_line_and_the_serving_set_stays(explicit, fau
 def test_traversal_in_raw_http_paths_is_refused(explicit) -> None:
     live, _, _ = explicit
     for path in ("/v2/repository/models/..%2F..%2Fetc/load", "/v2/repository/models/.hidden/load"):
-        r = httpx.post(live.url + path)
+        r = httpx.post(live.url + path, verify=TLS)
         assert r.status_code == 400 and "invalid model name" in r.json()["error"]
 
 
@@ -275,7 +277,7 @@ def test_not_strict_derives_a_missing_config_from_the_graph(tmp_path) -> None:
     shutil.copytree(MODELS / "locate", repo / "locate")
     (repo / "locate" / "config.pbtxt").unlink()
     with live_server(model_dir=repo, strict_model_config=False) as live:
-        cfg = httpx.get(live.url + "/v2/models/locate/config").json()
+        cfg = httpx.get(live.url + "/v2/models/locate/config", verify=TLS).json()
     assert cfg["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": [64, 64]}]
     assert cfg["max_batch_size"] == 64  # MAX_BATCH_SIZE, where the config is silent
 
@@ -297,7 +299,7 @@ class Load:
 
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=self.clients)
-        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits) as c:
+        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits, verify=TLS) as c:
             await asyncio.gather(*(self._client(c, i) for i in range(self.clients)))
 
     async def _client(self, c: httpx.AsyncClient, i: int) -> None:
@@ -391,9 +393,9 @@ def test_reload_under_load_poll_mode_fails_nothing(tmp_path) -> None:
             wait_for(
                 lambda: (
                     infer(tc)[0].max() > 0
-                    and httpx.post(live.url + "/v1/render", json={"coords": [[5, 5]]}).headers[
-                        "x-model-sha256"
-                    ]
+                    and httpx.post(
+                        live.url + "/v1/render", json={"coords": [[5, 5]]}, verify=TLS
+                    ).headers["x-model-sha256"]
                     == sha256_of(RENDER_V1)
                 )
             )  # a changed file, reloaded

@@ -41,7 +41,7 @@ from service.errors import Forbidden, Unauthorized
 from service.http import v2
 from service.http.dispatch import FastRoute
 from service.settings import Settings
-from tests.helpers import MODELS, ROOT, LiveServer, live_server
+from tests.helpers import MODELS, ROOT, TLS, LiveServer, live_server
 
 INFERENCE_KEYS = ("inference-old-key", "inference-new-key")
 ADMIN_KEYS = ("admin-old-key", "admin-new-key")
@@ -406,9 +406,11 @@ def test_https_and_grpc_over_tls_with_a_certificate_made_here(pki: Pki) -> None:
         ) as c:
             assert c.get("/healthz").status_code == 200  # the DNS name of the certificate too
         with pytest.raises(httpx.TransportError):  # plain HTTP to the TLS port
-            httpx.get(f"http://127.0.0.1:{live.port}/readyz", timeout=5)
+            httpx.get(f"http://127.0.0.1:{live.port}/readyz", timeout=5, verify=TLS)
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            httpx.get(https + "/readyz", timeout=5)  # the system's CAs do not know this one
+            httpx.get(
+                https + "/readyz", timeout=5, verify=TLS
+            )  # the system's CAs do not know this one
 
         url = f"127.0.0.1:{live.grpc_port}"
         g = tgrpc.InferenceServerClient(url, ssl=True, root_certificates=str(pki.ca))

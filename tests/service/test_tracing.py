@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import ProxyTracerProvider, SpanKind, StatusCode
 
 from service.metrics import tracing
-from tests.helpers import free_port, live_server
+from tests.helpers import TLS, free_port, live_server
 
 TRACE_IDS = (0x0AF7651916CD43DD8448EB211C80319C, 0x1AF7651916CD43DD8448EB211C80319C, 0x2AF7)
 PARENT = 0x00F067AA0BA902B7
@@ -108,6 +108,7 @@ def test_three_protocols_in_one_batch(spans: InMemorySpanExporter) -> None:
                 json={"coords": x.tolist(), "format": "array"},
                 headers={"traceparent": traceparent(TRACE_IDS[0])},
                 timeout=30,
+                verify=TLS,
             )
             assert r.status_code == 200, r.text
 
@@ -205,7 +206,7 @@ def test_stream_messages_are_requests_of_their_own(spans: InMemorySpanExporter) 
 
 def test_a_request_refused_in_the_queue_says_why(spans: InMemorySpanExporter) -> None:
     with live_server(("render",), request_timeout_s=0.3, max_queue_delay_us=3_000_000) as live:
-        r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10]]}, timeout=30)
+        r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10]]}, timeout=30, verify=TLS)
         assert r.status_code == 503
         got = finished(spans)
     (server,) = [s for s in got if s.kind is SpanKind.SERVER]
@@ -233,12 +234,15 @@ def test_off_by_default_and_probes_are_not_traced(
     tracing.use(provider)
     with live_server(("render",)) as live:
         for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready"):
-            assert httpx.get(live.url + path).status_code == 200
+            assert httpx.get(live.url + path, verify=TLS).status_code == 200
         c = tgrpc.InferenceServerClient(f"127.0.0.1:{live.grpc_port}")
         assert c.is_server_live() and c.is_server_ready()
         c.close()
         tracing.use(None)
-        assert httpx.post(live.url + "/v1/render", json={"coords": [[1, 1]]}).status_code == 200
+        assert (
+            httpx.post(live.url + "/v1/render", json={"coords": [[1, 1]]}, verify=TLS).status_code
+            == 200
+        )
     assert finished(spans) == []
 
 
@@ -379,11 +383,16 @@ def test_a_request_sampled_out_costs_the_batcher_no_spans(spans: InMemorySpanExp
     x = {"coords": [[10, 20]]}
     with live_server(("render",)) as live:
         unsampled = f"00-{TRACE_IDS[0]:032x}-{PARENT:016x}-00"
-        r = httpx.post(live.url + "/v1/render", json=x, headers={"traceparent": unsampled})
+        r = httpx.post(
+            live.url + "/v1/render", json=x, headers={"traceparent": unsampled}, verify=TLS
+        )
         assert r.status_code == 200
         assert finished(spans) == []
         r = httpx.post(
-            live.url + "/v1/render", json=x, headers={"traceparent": traceparent(TRACE_IDS[1])}
+            live.url + "/v1/render",
+            json=x,
+            headers={"traceparent": traceparent(TRACE_IDS[1])},
+            verify=TLS,
         )
         assert r.status_code == 200
         got = finished(spans)

@@ -37,7 +37,7 @@ from service.metrics.system import Gpus, SystemCollector
 from service.models.batcher import Batcher
 from service.models.config import Scheduling
 from service.models.statistics import ModelStats
-from tests.helpers import live_server, metric, png_b64, wait_for
+from tests.helpers import TLS, live_server, metric, png_b64, wait_for
 from training import data
 
 # Triton's families (docs/user_guide/metrics.md) and their types as Triton declares them.
@@ -91,12 +91,12 @@ class Scrape:
 
 
 def scrape(url: str) -> Scrape:
-    return Scrape(httpx.get(url + "/metrics", timeout=30).text)
+    return Scrape(httpx.get(url + "/metrics", timeout=30, verify=TLS).text)
 
 
 def stats_of(url: str) -> dict[tuple[str, str], dict[str, Any]]:
     """The statistics extension's entries of every served model version, ensembles included."""
-    entries = httpx.get(url + "/v2/models/stats", timeout=30).json()["model_stats"]
+    entries = httpx.get(url + "/v2/models/stats", timeout=30, verify=TLS).json()["model_stats"]
     return {(e["name"], e["version"]): e for e in entries}
 
 
@@ -140,12 +140,13 @@ def test_triton_metrics_after_a_known_workload_agree_with_what_was_sent(tmp_path
         http = thttp.InferenceServerClient(f"127.0.0.1:{live.port}")
         grpc = tgrpc.InferenceServerClient(f"127.0.0.1:{live.grpc_port}")
         # /v1: render 3 items (version 2, the highest), locate 1 image (version 1, asked for)
-        r = httpx.post(live.url + "/v1/render", json={"coords": coords[:3].tolist()})
+        r = httpx.post(live.url + "/v1/render", json={"coords": coords[:3].tolist()}, verify=TLS)
         assert r.status_code == 200 and r.headers["x-model-version"] == "2"
         image = data.squares(coords[:1])[0]
         r = httpx.post(
             live.url + "/v1/locate",
             json={"images": [png_b64(image)], "model": "locate", "version": "1"},
+            verify=TLS,
         )
         assert r.status_code == 200 and r.headers["x-model-version"] == "1", r.text
         # /v2 over HTTP: 2 items; gRPC: 1 item
@@ -169,7 +170,10 @@ def test_triton_metrics_after_a_known_workload_agree_with_what_was_sent(tmp_path
         g.set_data_from_numpy(bad)
         with pytest.raises(InferenceServerException):
             grpc.infer("render", [g], model_version="2")
-        assert httpx.post(live.url + "/v1/render", json={"coords": [[10, 99]]}).status_code == 400
+        assert (
+            httpx.post(live.url + "/v1/render", json={"coords": [[10, 99]]}, verify=TLS).status_code
+            == 400
+        )
         s = scrape(live.url)
         stats = stats_of(live.url)
         http.close()
@@ -253,7 +257,7 @@ def test_rejected_cancelled_and_pending() -> None:
 
         def waits() -> None:  # 3 items wait for a batch that does not fill, then time out
             results["timeout"] = httpx.post(
-                live.url + "/v1/render", json={"coords": [[10, 10]] * 3}, timeout=30
+                live.url + "/v1/render", json={"coords": [[10, 10]] * 3}, timeout=30, verify=TLS
             )
 
         t = threading.Thread(target=waits)
@@ -270,7 +274,9 @@ def test_rejected_cancelled_and_pending() -> None:
             )
             wait_for(queued(4))
             during = scrape(live.url)
-        full = httpx.post(live.url + "/v1/render", json={"coords": [[1, 1]] * 2}, timeout=30)
+        full = httpx.post(
+            live.url + "/v1/render", json={"coords": [[1, 1]] * 2}, timeout=30, verify=TLS
+        )
         t.join()
         wait_for(  # the hang-up noticed
             lambda: metric(live.url, "nv_inference_request_failure", reason="CANCELED")
@@ -492,14 +498,16 @@ def test_cpu_and_gpu_gauges(tmp_path: Path) -> None:
 
 def test_cache_metrics_follow_the_statistics() -> None:
     with live_server(("render",), cache_size_bytes=1 << 24) as live:
-        config = httpx.get(live.url + "/v2/models/render/config").json()
+        config = httpx.get(live.url + "/v2/models/render/config", verify=TLS).json()
         # The shipped render config enables the cache; were that to change, this test would
         # check nothing: fail, and serve it a config that does.
         assert config.get("response_cache", {}).get("enable"), (
             "models/render/config.pbtxt no longer enables the response cache, which this test needs"
         )
         for _ in range(3):  # a miss, then hits
-            r = httpx.post(live.url + "/v1/render", json={"coords": [[10, 10], [20, 30]]})
+            r = httpx.post(
+                live.url + "/v1/render", json={"coords": [[10, 10], [20, 30]]}, verify=TLS
+            )
             assert r.status_code == 200
         s = scrape(live.url)
         stats = stats_of(live.url)
@@ -556,7 +564,10 @@ def test_the_grafana_dashboard_queries_only_what_metrics_exposes(
     monkeypatch.setattr(system, "_gpus", Gpus(FakeNvml()))
     monkeypatch.setattr(system, "_gpus_tried", True)
     with live_server() as live:
-        assert httpx.post(live.url + "/v1/render", json={"coords": [[5, 5]]}).status_code == 200
+        assert (
+            httpx.post(live.url + "/v1/render", json={"coords": [[5, 5]]}, verify=TLS).status_code
+            == 200
+        )
         s = scrape(live.url)
     exposed = {n for n, _, _ in s.samples}
     assert wanted - exposed == set()

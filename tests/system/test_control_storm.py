@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.http as triton
 
-from tests.helpers import MODELS, serve_process
+from tests.helpers import MODELS, TLS, serve_process
 
 PROBE = """
 import sys, time, httpx
@@ -116,7 +116,7 @@ def test_a_storm_of_control_calls_beside_inference_breaks_nothing() -> None:
 
         def control(seed: int) -> None:
             rng = random.Random(seed)
-            with httpx.Client(base_url=url, timeout=120) as c:
+            with httpx.Client(base_url=url, timeout=120, verify=TLS) as c:
                 while time.monotonic() < stop:
                     name = rng.choice(["render", "locate", "pixel"])
                     op = rng.choice(["load", "unload", "override"])
@@ -134,7 +134,7 @@ def test_a_storm_of_control_calls_beside_inference_breaks_nothing() -> None:
                             other.append(f"{op} {name}: {r.status_code} {r.text[:200]}")
 
         def infer() -> None:
-            with httpx.Client(base_url=url, timeout=120) as c:
+            with httpx.Client(base_url=url, timeout=120, verify=TLS) as c:
                 while time.monotonic() < stop:
                     r = c.post("/v1/render", json={"coords": points.tolist(), "format": "array"})
                     with lock:

@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, TLS, free_port
 from training import data, metrics
 
 pytestmark = [pytest.mark.docker]
@@ -240,7 +240,7 @@ def project(serving_image: str, checkout: Path) -> Iterator[Project]:
         while time.monotonic() - t0 < 120:
             if ready is None:
                 try:
-                    if httpx.get(p.url + "/readyz", timeout=2).status_code == 200:
+                    if httpx.get(p.url + "/readyz", timeout=2, verify=TLS).status_code == 200:
                         ready = time.monotonic() - t0
                 except httpx.TransportError:
                     pass
@@ -287,7 +287,10 @@ def test_the_cpu_profile_runs_hardened_and_serves_render_and_v2_through_its_port
 
     coords = data.centres()[[0, 500, 3000]]
     r = httpx.post(
-        project.url + "/v1/render", json={"coords": coords.tolist(), "format": "array"}, timeout=10
+        project.url + "/v1/render",
+        json={"coords": coords.tolist(), "format": "array"},
+        timeout=10,
+        verify=TLS,
     )
     assert r.status_code == 200, r.text
     images = np.asarray(r.json()["images"], np.float32)
@@ -297,14 +300,17 @@ def test_the_cpu_profile_runs_hardened_and_serves_render_and_v2_through_its_port
             {"name": "coords", "shape": [3, 2], "datatype": "FP32", "data": coords.ravel().tolist()}
         ]
     }
-    r = httpx.post(project.url + "/v2/models/render/infer", json=body, timeout=10)
+    r = httpx.post(project.url + "/v2/models/render/infer", json=body, timeout=10, verify=TLS)
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     assert out["shape"] == [3, 64, 64]
     v2 = np.asarray(out["data"], np.float32).reshape(3, 64, 64)
     assert metrics.iou(v2, data.squares(coords)).min() >= 0.99
     # Both workers answer through the published port (each new connection goes to one of them).
-    workers = {httpx.get(project.url + "/healthz", timeout=10).json()["worker"] for _ in range(60)}
+    workers = {
+        httpx.get(project.url + "/healthz", timeout=10, verify=TLS).json()["worker"]
+        for _ in range(60)
+    }
     assert workers == {0, 1}
     FIGURES["workers"] = len(workers)
 
@@ -332,7 +338,7 @@ def _hammer(url: str, client_id: int, stop_at: float) -> list[tuple[str, int | s
     status or the transport error's name) for each."""
     seen: list[tuple[str, int | str]] = []
     coords = data.centres()[client_id::97][:8]
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, verify=TLS) as client:
         n = 0
         while time.monotonic() < stop_at:
             rid = f"c{client_id:02d}-{n:05d}"

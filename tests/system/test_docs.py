@@ -42,7 +42,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import ROOT, LiveServer, live_server
+from tests.helpers import ROOT, TLS, LiveServer, live_server
 
 BIN = Path(sys.executable).parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -467,7 +467,9 @@ def guide_answers(live: LiveServer, site: Path, paths: list[str]) -> list[httpx.
 
     async def fetch() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://demo", verify=TLS
+        ) as client:
             links = re.findall(r'<a href="(/guide/[^"]*)"', (await client.get("/")).text)
             assert links, "the demo page links to the documentation"
             return [await client.get(links[0] + path) for path in paths]
@@ -500,7 +502,7 @@ def test_without_a_built_site_the_guide_is_a_clear_404(tmp_path: Path, live: Liv
 
 def test_the_live_server_serves_the_guide_where_this_checkout_has_it(live: LiveServer) -> None:
     """The shipped app: /guide/ is the site `make docs` built, or the 404 that says so."""
-    answer = httpx.get(f"{live.url}/guide/", timeout=30)
+    answer = httpx.get(f"{live.url}/guide/", timeout=30, verify=TLS)
     if (ROOT / "site" / "index.html").is_file():
         assert answer.status_code == 200
     else:

@@ -29,7 +29,7 @@ import tritonclient.grpc.aio as tgrpc_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import serve_process
+from tests.helpers import TLS, serve_process
 
 DRAIN_DELAY_S = 2.0
 LB_LAG_S = 1.5  # readiness false -> no new requests (< DRAIN_DELAY_S)
@@ -64,7 +64,7 @@ def wait_ready(url: str, workers: int) -> None:
     """/readyz 200 from every worker (their /healthz names them)."""
     deadline = time.monotonic() + 120
     seen: set[int] = set()
-    with httpx.Client(base_url=url, timeout=2) as c:
+    with httpx.Client(base_url=url, timeout=2, verify=TLS) as c:
         while time.monotonic() < deadline:
             try:
                 if c.get("/readyz").status_code == 200:
@@ -89,7 +89,7 @@ def test_sigterm_keeps_answering_for_the_drain_delay_while_not_ready(workers: in
         grpc_url = f"127.0.0.1:{proc.grpc_port}"  # type: ignore[attr-defined]
         wait_ready(url, workers)
         # Each probe on its own client and thread: its times are its own.
-        http = [httpx.Client(base_url=url, timeout=2) for _ in range(3)]
+        http = [httpx.Client(base_url=url, timeout=2, verify=TLS) for _ in range(3)]
         triton = tgrpc.InferenceServerClient(grpc_url)
         channel = grpc.insecure_channel(grpc_url)
         health = health_pb2_grpc.HealthStub(channel)
@@ -180,7 +180,7 @@ def test_sigterm_keeps_answering_for_the_drain_delay_while_not_ready(workers: in
             nonlocal t_signal
             limits = httpx.Limits(max_connections=HTTP_CLIENTS + SLOW)
             aio = [tgrpc_aio.InferenceServerClient(grpc_url) for _ in range(GRPC_CLIENTS)]
-            async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+            async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, verify=TLS) as c:
                 load = [asyncio.ensure_future(http_client(c)) for _ in range(HTTP_CLIENTS)]
                 load += [asyncio.ensure_future(grpc_client(g)) for g in aio]
                 await asyncio.sleep(1.0)  # under load before the signal
@@ -288,7 +288,7 @@ def test_no_request_is_reset_as_the_listener_closes(workers: int) -> None:
         wait_ready(url, workers)
 
         def client() -> None:
-            with httpx.Client(base_url=url, timeout=30) as c:
+            with httpx.Client(base_url=url, timeout=30, verify=TLS) as c:
                 while not stop.is_set():
                     try:
                         r = c.post("/v1/render", json={"coords": [[10, 20]]})

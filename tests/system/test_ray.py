@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import MODELS, free_port
+from tests.helpers import MODELS, TLS, free_port
 from training import data, metrics
 
 ray = pytest.importorskip("ray")
@@ -48,7 +48,7 @@ def test_two_replicas_serve_concurrent_requests_correctly(ray_url) -> None:
 
     async def go() -> list[httpx.Response]:
         async with httpx.AsyncClient(
-            base_url=ray_url, timeout=60, limits=httpx.Limits(max_connections=16)
+            base_url=ray_url, timeout=60, limits=httpx.Limits(max_connections=16), verify=TLS
         ) as c:
             sem = asyncio.Semaphore(16)
 
@@ -68,8 +68,8 @@ def test_two_replicas_serve_concurrent_requests_correctly(ray_url) -> None:
 
 
 def test_errors_and_v2_are_the_same_through_ray(ray_url) -> None:
-    r = httpx.post(ray_url + "/v1/render", json={"coords": [[99, 1]]}, timeout=30)
+    r = httpx.post(ray_url + "/v1/render", json={"coords": [[99, 1]]}, timeout=30, verify=TLS)
     assert r.status_code == 400 and "outside the canvas" in r.json()["detail"]
-    r = httpx.get(ray_url + "/v2/models/locate", timeout=30)
+    r = httpx.get(ray_url + "/v2/models/locate", timeout=30, verify=TLS)
     assert r.status_code == 200 and r.json()["inputs"][0]["name"] == "image"
     assert "x-replica" in r.headers

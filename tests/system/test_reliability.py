@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, serve_process
+from tests.helpers import ROOT, TLS, serve_process
 from training import data, metrics
 
 
@@ -27,7 +27,7 @@ async def until_queued(url: str, items: int, timeout_s: float) -> None:
     """Wait until `items` render requests wait in the queue (the server accepted them all), so a
     signal sent next meets them in flight, however slowly this machine set up the clients."""
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         while time.monotonic() < deadline:
             text = (await client.get(url + "/metrics")).text
             queued = sum(
@@ -43,7 +43,7 @@ async def until_queued(url: str, items: int, timeout_s: float) -> None:
 
 async def burst(url: str, coords: np.ndarray) -> list[tuple[int, dict, float, dict]]:
     limits = httpx.Limits(max_connections=len(coords))
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, verify=TLS) as c:
 
         async def one(p: list[float]) -> tuple[int, dict, float, dict]:
             t0 = time.monotonic()
@@ -70,7 +70,7 @@ def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() 
         results += asyncio.run(burst(url, coords))  # and again: nothing accumulates
         after = rss_kib(proc.pid)
         assert proc.poll() is None  # still up
-        assert httpx.get(url + "/readyz").status_code == 200
+        assert httpx.get(url + "/readyz", verify=TLS).status_code == 200
     ok = [(i, r) for i, r in enumerate(results) if r[0] == 200]
     shed = [r for r in results if r[0] == 503]
     assert len(ok) + len(shed) == len(results)  # nothing else, no 500
@@ -145,23 +145,32 @@ def test_v2_routes_need_the_key_and_errors_leak_nothing() -> None:
             ("POST", "/v2/models/render/infer"),
             ("POST", "/v2/models/render/versions/1/infer"),
         ]:
-            r = httpx.request(method, url + path, json=body if method == "POST" else None)
+            r = httpx.request(
+                method, url + path, json=body if method == "POST" else None, verify=TLS
+            )
             assert r.status_code == 401, path
             assert "error" in r.json()
             ok = httpx.request(
-                method, url + path, json=body if method == "POST" else None, headers=headers
+                method,
+                url + path,
+                json=body if method == "POST" else None,
+                headers=headers,
+                verify=TLS,
             )
             assert ok.status_code == 200, (path, ok.text)
-        assert httpx.get(url + "/v2/health/live").status_code == 200
+        assert httpx.get(url + "/v2/health/live", verify=TLS).status_code == 200
         # Error bodies carry no traceback and no server paths.
         for r in (
-            httpx.post(url + "/v1/render", content=b"{bad", headers=headers),
+            httpx.post(url + "/v1/render", content=b"{bad", headers=headers, verify=TLS),
             httpx.post(
                 url + "/v1/locate",
                 content=b"\x93NUMPY\x01\x00garbage",
                 headers={**headers, "Content-Type": "application/x-npy"},
+                verify=TLS,
             ),
-            httpx.post(url + "/v2/models/render/infer", content=b"[1]", headers=headers),
+            httpx.post(
+                url + "/v2/models/render/infer", content=b"[1]", headers=headers, verify=TLS
+            ),
         ):
             text = r.text
             assert 400 <= r.status_code < 500
@@ -175,7 +184,7 @@ def test_v2_routes_need_the_key_and_errors_leak_nothing() -> None:
 
 def test_json_logs_are_one_object_per_line_with_the_request_id() -> None:
     with serve_process(log_format="json") as (proc, url):
-        httpx.get(url + "/healthz", headers={"X-Request-ID": "trace-42"})
+        httpx.get(url + "/healthz", headers={"X-Request-ID": "trace-42"}, verify=TLS)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
         out = proc.all_output()  # type: ignore[attr-defined]

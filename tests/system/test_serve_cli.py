@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import MODELS, ServeProcess, free_port
+from tests.helpers import MODELS, TLS, ServeProcess, free_port
 
 
 @pytest.mark.serial  # timed: runs alone, after the parallel pass
@@ -24,7 +24,7 @@ def test_serve_is_ready_quickly_and_says_once_that_it_runs_on_cpu() -> None:
     try:
         p.wait_ready(timeout=30)
         elapsed = time.monotonic() - t0
-        r = httpx.post(p.url + "/v1/render", json={"coords": [[9, 9]]})
+        r = httpx.post(p.url + "/v1/render", json={"coords": [[9, 9]]}, verify=TLS)
         assert r.status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)

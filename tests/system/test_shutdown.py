@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.helpers import MODELS, ServeProcess, free_port, wait_for
+from tests.helpers import MODELS, TLS, ServeProcess, free_port, wait_for
 
 DRAIN_DELAY_S, GRACE_S = 1.0, 3.0
 # Past DRAIN_DELAY_S + GRACE_S: the interpreter's own exit (closing sessions, threads) on a
@@ -82,7 +82,7 @@ def report(case: str, code: int, seconds: float) -> None:
 
 
 def loading(url: str, name: str) -> bool:
-    index = httpx.post(url + "/v2/repository/index", json={}, timeout=5).json()
+    index = httpx.post(url + "/v2/repository/index", json={}, timeout=5, verify=TLS).json()
     return any(e["name"] == name and e["state"] == "LOADING" for e in index)
 
 
@@ -110,6 +110,7 @@ def test_sigterm_during_a_load_answers_it_503_and_exits_in_time(
                 p.url + "/v2/repository/models/render/load",
                 json={"parameters": {"config": json.dumps(render)}},
                 timeout=120,
+                verify=TLS,
             )
 
         loader = threading.Thread(target=load)
@@ -117,7 +118,7 @@ def test_sigterm_during_a_load_answers_it_503_and_exits_in_time(
         wait_for(lambda: loading(p.url, "render"), timeout=60)
         # A control call on another model meanwhile does not wait behind the warm-up.
         started = time.monotonic()
-        unload = httpx.post(p.url + "/v2/repository/models/locate/unload", timeout=60)
+        unload = httpx.post(p.url + "/v2/repository/models/locate/unload", timeout=60, verify=TLS)
         assert unload.status_code == 200 and time.monotonic() - started < 5, unload.text
         code, seconds = p.terminate()
         loader.join(30)
@@ -199,7 +200,9 @@ def test_sigterm_with_a_dead_or_silent_trace_collector_exits_in_time(
     }
     with serving(repository(tmp_path), env=otel) as p:
         for i in range(5):
-            r = httpx.post(p.url + "/v1/render", json={"coords": [[10 + i, 20]]}, timeout=30)
+            r = httpx.post(
+                p.url + "/v1/render", json={"coords": [[10 + i, 20]]}, timeout=30, verify=TLS
+            )
             assert r.status_code == 200
         code, seconds = p.terminate()
     report(f"with an OTLP/{protocol} collector that {collector}", code, seconds)
@@ -219,7 +222,7 @@ def test_sigterm_under_load_answers_every_request_right_and_exits_in_time(tmp_pa
 
         def client(seed: int) -> None:
             rng = np.random.default_rng(seed)
-            with httpx.Client(base_url=p.url, timeout=30) as c:
+            with httpx.Client(base_url=p.url, timeout=30, verify=TLS) as c:
                 while not stop.is_set():
                     point = rng.integers(0, 64, 2).astype(np.float32)
                     try:
