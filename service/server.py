@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.dataplane.auth import KeyRing
 from service.dataplane.plane import DataPlane
 from service.errors import RepositoryError, Unavailable
-from service.grpc.server import GrpcFrontEnd
+from service.grpc.server import GrpcFrontEnd, GrpcListenError
 from service.http.app import create_app
 from service.http.connections import protocol_class, raise_fd_limit
 from service.http.listeners import close_gently
@@ -352,7 +352,7 @@ def serve(
         try:
             await server.start()  # on a failure it has closed what it started
             started = True
-        except RepositoryError as exc:
+        except (RepositoryError, GrpcListenError) as exc:
             if not signals:
                 print(f"coordconv serve: {exc}", file=sys.stderr)
                 return 1

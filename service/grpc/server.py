@@ -42,6 +42,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+class GrpcListenError(OSError):
+    """The gRPC port could not be bound: one line from `coordconv serve`, exit 1."""
+
+
 class GrpcFrontEnd:
     """The gRPC server, on the event loop that serves HTTP (service/server.py starts and drains
     both)."""
@@ -74,13 +78,21 @@ class GrpcFrontEnd:
         )
         self.address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(self.address)
-        else:
-            self.port = self.server.add_secure_port(self.address, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(self.address)
+            else:
+                self.port = self.server.add_secure_port(self.address, credentials)
+        except RuntimeError:  # grpcio's word for a port it cannot bind
+            self.port = 0
         self.tls = credentials is not None
         if self.port == 0:
-            raise OSError(f"cannot listen for gRPC on {self.address}")
+            # `coordconv serve` checks the port before it starts; it can still be taken before
+            # the bind (by another process, or as the local port of an outgoing connection).
+            raise GrpcListenError(
+                f"gRPC: cannot listen on {self.address} (is the port in use?); "
+                "--grpc-port 0 switches gRPC off"
+            )
         self.plane = plane
 
     async def start(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import MODELS, TLS, ServeProcess, free_port
+from tests.helpers import MODELS, TLS, ServeProcess, free_port, repository
 
 
 @pytest.mark.serial  # timed: runs alone, after the parallel pass
@@ -123,6 +123,34 @@ def test_a_port_in_use_is_one_clear_line() -> None:
     assert proc.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_grpc_port_taken_after_the_start_up_check_is_one_line(tmp_path: Path) -> None:
+    """The port was free when `coordconv serve` checked it and is taken before the gRPC bind
+    (another process, or an outgoing connection's local port: a CI run met this): serving
+    starts past the check here, on a port already taken."""
+    import socket
+
+    repo = repository(tmp_path / "models", models=["render"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code = (
+            "import sys\n"
+            "from service.server import serve\n"
+            "from service.settings import Settings\n"
+            f"sys.exit(serve(Settings(port=0, grpc_port={port}, model_dir={str(repo)!r})))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"coordconv serve: gRPC: cannot listen on 127.0.0.1:{port} (is the port in use?); "
+        "--grpc-port 0 switches gRPC off"
+    )
 
 
 def test_require_gpu_refuses_to_start_without_cuda() -> None:
