@@ -9,6 +9,7 @@ import base64
 import contextlib
 import io
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,10 +39,30 @@ TLS = httpx.create_ssl_context()
 SCHEDULING = {"max_batch_size", "max_queue_delay_us", "max_queue_size", "request_timeout_s"}
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' local ports."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, for a server the test starts next, below the kernel's range of local
+    ports for outgoing connections: the server binds it seconds later, and meanwhile any
+    connection the tests open could take a port of that range (a worker's gRPC port once was
+    taken so, between the pick and the bind)."""
+    low = _ephemeral_low()
+    pick = random.SystemRandom()  # not the `random` that tests seed
+    for _ in range(100):
+        port = pick.randrange(10_000, low) if low > 11_000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise AssertionError("no free port below the local-port range after 100 tries")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30, interval: float = 0.02) -> float:
