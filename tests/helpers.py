@@ -196,7 +196,8 @@ def live_server(models: Iterable[str] | None = None, **overrides: Any) -> Iterat
 class ServeProcess:
     """`coordconv serve` as a process on free ports (`port`, `grpc_port`): options `args`,
     `settings` as environment (COORDCONV_<NAME>; OTEL_* names as they are), `env` last, as given.
-    Scheduling settings serve a copy of the models whose configs leave them to settings. Its
+    `models` serves a copy of just those shipped models; scheduling settings, a copy whose
+    configs leave them to settings. Its
     output is always read as it comes (`lines`, `wait_line`: a test waits for a line instead of
     sleeping; `all_output` once it has exited): an unread pipe fills after about 340 access-log
     lines and blocks the server's writes, which hangs every request."""
@@ -206,6 +207,7 @@ class ServeProcess:
         *args: str,
         env: dict[str, str] | None = None,
         settings: Mapping[str, object] | None = None,
+        models: Iterable[str] | None = None,
     ) -> None:
         settings = settings or {}
         self.port, self.grpc_port = free_port(), free_port()
@@ -217,9 +219,11 @@ class ServeProcess:
             "COORDCONV_LOG_LEVEL": "info",
         }
         self.own_repository: Path | None = None  # a copy made here, removed once it has exited
-        if SCHEDULING & set(settings) and "model_dir" not in settings:
-            self.own_repository = repository(silent=True)
+        silent = bool(SCHEDULING & set(settings))
+        if (silent or models is not None) and "model_dir" not in settings:
+            self.own_repository = repository(models=models, silent=silent)
             environ["COORDCONV_MODEL_DIR"] = str(self.own_repository)
+        if silent and "model_dir" not in settings:
             environ["COORDCONV_STRICT_MODEL_CONFIG"] = "false"  # max_batch_size 0: the settings'
         for key, value in settings.items():
             environ[key if key.startswith("OTEL_") else f"COORDCONV_{key.upper()}"] = str(value)
@@ -371,11 +375,13 @@ class Workers(ServeProcess):
 
 
 @contextlib.contextmanager
-def serve_process(**settings: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def serve_process(
+    models: Iterable[str] | None = None, **settings: object
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`coordconv serve` with `settings`, ready: (the process, its URL); its gRPC port on
     `proc.grpc_port`, all its output from `proc.all_output()` once it has exited. Killed on the
-    way out."""
-    p = ServeProcess(settings=settings)
+    way out. `models`: a copy of just those shipped models (all of them when None)."""
+    p = ServeProcess(settings=settings, models=models)
     p.proc.grpc_port = p.grpc_port  # type: ignore[attr-defined]
     p.proc.all_output = p.all_output  # type: ignore[attr-defined]
     try:

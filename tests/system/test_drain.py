@@ -84,7 +84,7 @@ def wait_ready(url: str, workers: int) -> None:
 def test_sigterm_keeps_answering_for_the_drain_delay_while_not_ready(workers: int) -> None:
     coords = np.array([[10.0, 20.0]], np.float32)
     with serve_process(
-        drain_delay_s=DRAIN_DELAY_S, grace_s=10, workers=workers, log_level="warning"
+        ("render",), drain_delay_s=DRAIN_DELAY_S, grace_s=10, workers=workers, log_level="warning"
     ) as (proc, url):
         grpc_url = f"127.0.0.1:{proc.grpc_port}"  # type: ignore[attr-defined]
         wait_ready(url, workers)
@@ -281,7 +281,9 @@ def test_no_request_is_reset_as_the_listener_closes(workers: int) -> None:
     stop = threading.Event()
     # Warning level: hundreds of requests, no access-log line needed (the launcher reads the
     # pipe; unread, it filled after about 340 lines and hung the workers in CI).
-    with serve_process(drain_delay_s=1, grace_s=3, workers=workers, log_level="warning") as (
+    with serve_process(
+        ("render",), drain_delay_s=1, grace_s=3, workers=workers, log_level="warning"
+    ) as (
         proc,
         url,
     ):

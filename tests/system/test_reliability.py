@@ -62,7 +62,7 @@ def test_a_burst_of_ten_times_capacity_is_shed_with_503_and_the_rest_is_right() 
     # Accepted requests wait 5 s for a batch that never fills; refusals must come long before
     # (the client's own work on 200 requests takes seconds on a busy 2-core machine).
     with serve_process(
-        max_queue_size=capacity, max_queue_delay_us=5_000_000, max_batch_size=64
+        ("render",), max_queue_size=capacity, max_queue_delay_us=5_000_000, max_batch_size=64
     ) as (proc, url):
         before = rss_kib(proc.pid)
         results = asyncio.run(burst(url, coords))
@@ -93,7 +93,7 @@ def test_sigterm_drains_http_and_grpc_together_and_exits_0() -> None:
     import tritonclient.grpc.aio as tgrpc
 
     coords = data.centres()[:12]
-    with serve_process(max_queue_delay_us=4_000_000, grace_s=10) as (proc, url):
+    with serve_process(("render",), max_queue_delay_us=4_000_000, grace_s=10) as (proc, url):
         port = int(url.rsplit(":", 1)[1])
         grpc_port = proc.grpc_port  # type: ignore[attr-defined]
 
@@ -183,7 +183,7 @@ def test_v2_routes_need_the_key_and_errors_leak_nothing() -> None:
 
 
 def test_json_logs_are_one_object_per_line_with_the_request_id() -> None:
-    with serve_process(log_format="json") as (proc, url):
+    with serve_process(("render",), log_format="json") as (proc, url):
         httpx.get(url + "/healthz", headers={"X-Request-ID": "trace-42"}, verify=TLS)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -197,7 +197,7 @@ def test_json_logs_are_one_object_per_line_with_the_request_id() -> None:
 @pytest.mark.parametrize("limit", [2])
 def test_concurrency_limit_answers_503_with_retry_after(limit) -> None:
     coords = data.centres()[:20]
-    with serve_process(max_concurrency=limit, max_queue_delay_us=300_000) as (_, url):
+    with serve_process(("render",), max_concurrency=limit, max_queue_delay_us=300_000) as (_, url):
         results = asyncio.run(burst(url, coords))
     statuses = [r[0] for r in results]
     assert set(statuses) <= {200, 503} and statuses.count(503) >= 10
@@ -209,7 +209,7 @@ def test_requests_still_queued_when_the_drain_runs_out_get_503_not_500() -> None
     coords = data.centres()[:6]
     # Batches wait 20 s to fill, far past GRACE_S = 2: nothing queued can finish in time.
     with serve_process(
-        max_queue_delay_us=20_000_000, limit_queue_delay_us=30_000_000, grace_s=2
+        ("render",), max_queue_delay_us=20_000_000, limit_queue_delay_us=30_000_000, grace_s=2
     ) as (proc, url):
 
         async def scenario() -> list[tuple[int, dict, float, dict]]:
