@@ -18,13 +18,6 @@ UV     = $(1)/bin/uv pip install -q --python $(1)/bin/python $(foreach d,$(PIP_F
 # run without it; the bytecode goes to __pycache__ folders, which git ignores.
 unexport PYTHONDONTWRITEBYTECODE
 
-# The tests' processes back malloc's large blocks with transparent huge pages (glibc 2.35 and
-# later; elsewhere the name is ignored): the servers they start load and warm models, and training
-# fills large tensors, and both spent a good part of their CPU in the kernel faulting in 4 KiB
-# pages (a `coordconv serve` start: 272,000 page faults, 37,000 with it). Side by side on the
-# heaviest files: system tests 146 -> 118 CPU s; training, export and full canvas 180 -> 146 s.
-TEST_ENV := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
-
 .PHONY: run test test-fast docs docs-check lint typecheck checks pytest pytest-parallel pytest-serial bench-test docker-test browser perf-analyzer models reproduce bench gpu-check bench-peers compare profile soak clean help
 
 help:
@@ -106,16 +99,16 @@ perf-analyzer: $(PERF_VENV)/.done
 pytest: pytest-parallel pytest-serial
 
 pytest-parallel: $(VENV)/.all browser perf-analyzer
-	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
 	    -m "not docker and not bench and not serial"
 
 pytest-serial: $(VENV)/.all browser perf-analyzer
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "serial and not docker and not bench"
+	$(BIN)/python -m pytest -q -m "serial and not docker and not bench"
 
 # The tests of benchmarks/ itself: compare's worktree and its two servers, the peers' requests,
 # gpu-check's sections (tests/bench).
 bench-test: $(VENV)/.all
-	$(TEST_ENV) $(BIN)/python -m pytest -q tests/bench
+	$(BIN)/python -m pytest -q tests/bench
 
 # The images built and run on a Docker engine: the serving image, compose's cpu, client and trainer
 # profiles, `stop` under load (tests/system/test_docker.py; figures in runs/docker-test.json). Skipped,
@@ -151,7 +144,7 @@ FAST_TESTS := tests/unit tests/service/test_service_api.py tests/service/test_v2
 	tests/service/test_grpc.py tests/service/test_service_errors.py \
 	tests/service/test_dispatch.py tests/service/test_offload.py
 test-fast: lint typecheck
-	$(TEST_ENV) $(BIN)/python -m pytest -q $(FAST_TESTS)
+	$(BIN)/python -m pytest -q $(FAST_TESTS)
 
 models: $(VENV)/.all
 	$(BIN)/coordconv models --repo models
