@@ -108,45 +108,35 @@ def tier(item: pytest.Item) -> str:
     return parts[0]
 
 
-# The longest files first, with the seconds each took in one busy pass (2 processes, a training
-# campaign beside them): pytest-xdist hands out whole files in this order (--no-loadscope-reorder),
-# so the short files fill in around the long ones instead of one long file running alone at the
-# end. The rest follow interleaved across the tiers (the first file of each tier, then the second
-# of each, ...): the system tests mostly wait on the processes they start, and when both test
-# processes ran system files together the cores stood 15-20% idle.
+# The longest files first, with the seconds each took in one pass (3 processes on 2 cores):
+# pytest-xdist hands out whole files in this order (--no-loadscope-reorder), so the short files
+# fill in around the long ones instead of one long file running alone at the end. The rest follow
+# by tier.
 LONGEST = {
-    "training/test_train.py": 125,
-    "service/test_client.py": 109,
-    "system/test_control_storm.py": 91,
-    "service/test_full_canvas.py": 90,
-    "system/test_shutdown.py": 80,
-    "service/test_client_outputs.py": 68,
-    "system/test_first_hour.py": 66,
-    "training/test_export.py": 65,
-    "system/test_workers.py": 50,
+    "training/test_train.py": 203,
+    "service/test_full_canvas.py": 118,
+    "service/test_client.py": 115,
+    "training/test_export.py": 101,
+    "system/test_workers.py": 97,
+    "service/test_client_outputs.py": 89,
+    "system/test_first_hour.py": 86,
+    "system/test_control_storm.py": 77,
+    "system/test_shutdown.py": 75,
+    "training/test_reproduce.py": 59,
     "system/test_ray.py": 49,
-    "training/test_reproduce.py": 37,
+    "training/test_layers.py": 46,
 }
 RUN_ORDER = ("training", "system", "service", "unit", "bench")
 
 
-def relative(item: pytest.Item) -> str:
-    return Path(item.path).resolve().relative_to(HERE).as_posix()
+def run_order(item: pytest.Item) -> tuple[int, int]:
+    path = Path(item.path).resolve().relative_to(HERE).as_posix()
+    return -LONGEST.get(path, 0), RUN_ORDER.index(tier(item))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    files: dict[str, list[str]] = {}
     for item in items:
         item.add_marker(getattr(pytest.mark, tier(item)))
-        paths = files.setdefault(tier(item), [])
-        if relative(item) not in paths:
-            paths.append(relative(item))
-    rank = {path: i for paths in files.values() for i, path in enumerate(sorted(paths))}
-
-    def run_order(item: pytest.Item) -> tuple[int, int, int]:
-        path = relative(item)
-        return -LONGEST.get(path, 0), rank[path], RUN_ORDER.index(tier(item))
-
     items.sort(key=run_order)  # stable: the order within a file is kept
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_items and not _cuda_works():
