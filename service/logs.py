@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 LOG_FIELDS = (
     "request_id",
@@ -46,9 +46,26 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{' '.join(tags)}]" if tags else text
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is at each record, not as it was when logging was set up: a
+    server started in-process under a replaced stderr (pytest's capture, a redirect) that outlives
+    it would otherwise write to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure_logging(level: str, fmt: str, worker: int | None = None) -> None:
     """One handler on stderr, text or JSON; with `worker`, each line names the worker process."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if worker is not None:
 
         def tag(record: logging.LogRecord) -> bool:
