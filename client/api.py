@@ -3,11 +3,15 @@
 Retries (one tenacity policy, `_Base._policy`, for both clients) use exponential backoff with
 full jitter, on connection errors, timeouts, 429 and 503
 (honouring `Retry-After`) and other 5xx; a 4xx answer is final and raised as `ClientError`.
-A request is retried `retries` times, and beyond that for as long as `retry_window` seconds
-have not passed since its first attempt (default 120 s: longer than a server's drain and
-restart), so a service that says "retry after" is waited for. That applies only to a service
-that has answered this client before: an address that was never reached (connection refused,
-no such host, a connect timeout) raises `Unreachable` at once, as there is nothing to wait for.
+A request is retried `retries` times, and beyond that until the service has been failing for
+`retry_window` seconds (default 120 s: longer than a server's drain and restart), so a service
+that says "retry after" is waited for. The outage is one clock for all of a client's requests:
+it starts at the first failed attempt and stops at the next answer, and a request that starts
+when it has already lasted the window makes one attempt, without retries, so a job whose service
+went away for good ends within about one window, not one window per request. That applies only
+to a service that has answered this client before: an address that was never reached
+(connection refused, no such host, a connect timeout) raises `Unreachable` at once, as there is
+nothing to wait for.
 The URL needs its scheme (`http://` or `https://`); one without is a ValueError, never guessed.
 Arrays travel as NPY both ways, the cheapest encoding for the service.
 """
@@ -19,6 +23,7 @@ import os
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -202,6 +207,9 @@ class _Base:
         self.retry_window = retry_window
         self.on_retry: Callable[[int, str], None] | None = None  # (attempt, reason) hook
         self.answered = False  # has the service ever answered? (then errors are waited out)
+        # When the current outage began: the first failed attempt since the last answer (200 or
+        # a final 4xx), shared by every request of this client; None while the service answers.
+        self.failing_since: float | None = None
 
     def _probed(self, error: httpx.TransportError | None, within: float) -> None:
         if error is not None:
@@ -219,34 +227,56 @@ class _Base:
         if response is not None:
             self.answered = True
             if response.status_code == 200:
+                self.failing_since = None
                 return response
             if not retryable(response.status_code):
+                self.failing_since = None
                 raise ClientError(response.status_code, _error_message(response))
+            self._failing()
             reason = f"HTTP {response.status_code}: {_error_message(response)}"
             raise _Again(reason, response.headers.get("retry-after"))
         if not self.answered and isinstance(error, _NEVER_REACHED):
             raise Unreachable(self.url, _reason(error))
+        self._failing()
         raise _Again(f"{type(error).__name__}: {error}")
+
+    def _failing(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+
+    def outage_seconds(self) -> float:
+        """How long the service has been failing every attempt (0 while it answers)."""
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     def _policy(self) -> dict[str, Any]:
         """The retry policy of both clients: attempt after attempt while `retries` are left or
-        `retry_window` has not passed since the first, each wait `backoff` (Retry-After
-        honoured); then ClientError saying how many attempts in how long, and why."""
+        the outage (or this request's own failures) has not lasted `retry_window`, each wait
+        `backoff` (Retry-After honoured); one attempt alone for a request started when the
+        outage had already lasted the window; then ClientError saying how many attempts, for
+        how long, and why."""
+
+        def failing_for(state: RetryCallState) -> float:
+            """The longer of the outage and this request's own failures (one request a server
+            keeps failing while it answers others is bounded as well)."""
+            return max(self.outage_seconds(), state.seconds_since_start or 0.0)
 
         def stop(state: RetryCallState) -> bool:
+            began = self.failing_since
+            if began is not None and began + self.retry_window <= state.start_time:
+                return True  # the outage had lasted the window when this request started
             spent = state.attempt_number > self.retries
-            return spent and (state.seconds_since_start or 0.0) >= self.retry_window
+            return spent and failing_for(state) >= self.retry_window
 
         def before_sleep(state: RetryCallState) -> None:
             if self.on_retry:
                 self.on_retry(state.attempt_number, _again(state).reason)
 
         def give_up(state: RetryCallState) -> None:
-            elapsed = min(state.seconds_since_start or 0.0, 1e9)
+            n = state.attempt_number
             raise ClientError(
                 0,
-                f"gave up after {state.attempt_number} attempts in {elapsed:.0f} s: "
-                f"{_again(state).reason}",
+                f"gave up after {n} attempt{'s' if n > 1 else ''} ({failing_for(state):.0f} s "
+                f"of failures): {_again(state).reason}",
             )
 
         return {

@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
             type=_seconds(False),
             default=DEFAULT_RETRY_WINDOW,
             help="keep retrying a request to a service that answered before (honouring "
-            f"Retry-After) for this many seconds (default {DEFAULT_RETRY_WINDOW:g}), even past "
-            "--retries",
+            "Retry-After), even past --retries, until the service has been failing for this "
+            f"many seconds (default {DEFAULT_RETRY_WINDOW:g}); one outage for the whole job: "
+            "later requests then make one attempt each",
         )
         s.add_argument("--timeout", type=_seconds(True), default=30.0, help="seconds per request")
         s.add_argument(
