@@ -102,8 +102,11 @@ pytest-parallel: $(VENV)/.all browser perf-analyzer
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
 	    -m "not docker and not bench and not serial"
 
+# Only the files that mark a test serial are collected (tests/conftest.py refuses a serial test
+# marked otherwise).
+SERIAL_FILES = $(shell grep -rl --include='test_*.py' 'pytest.mark.serial' tests)
 pytest-serial: $(VENV)/.all browser perf-analyzer
-	$(BIN)/python -m pytest -q -m "serial and not docker and not bench"
+	$(BIN)/python -m pytest -q -m "serial and not docker and not bench" $(SERIAL_FILES)
 
 # The tests of benchmarks/ itself: compare's worktree and its two servers, the peers' requests,
 # gpu-check's sections (tests/bench).

@@ -38,6 +38,14 @@ def client(server: LiveServer) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[LiveServer]:
+    """render and locate, each request waiting 20 ms for its batch to fill, so a batch client
+    can be killed midway."""
+    with LiveServer(("render", "locate"), max_queue_delay_us=20_000) as live:
+        yield live
+
+
 @pytest.fixture(scope="session")
 def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """The run folder of a task trained for 0 epochs (export does not care how good a model is),
@@ -132,6 +140,19 @@ RUN_ORDER = ("training", "system", "service", "unit", "bench")
 def run_order(item: pytest.Item) -> tuple[int, int]:
     path = Path(item.path).resolve().relative_to(HERE).as_posix()
     return -LONGEST.get(path, 0), RUN_ORDER.index(tier(item))
+
+
+# `make pytest-serial` collects only the files that hold the text below (collecting every file
+# took 8 s of its minute): a serial test marked any other way would be run by neither pass.
+SERIAL_MARK = "pytest.mark.serial"
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if item.get_closest_marker("serial") and SERIAL_MARK not in Path(item.path).read_text():
+        raise pytest.UsageError(
+            f"{item.nodeid}: mark a serial test with `@{SERIAL_MARK}` (or `pytestmark = "
+            f"{SERIAL_MARK}`): `make pytest-serial` finds its files by that text"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

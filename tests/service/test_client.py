@@ -106,13 +106,6 @@ def test_python_api_sync(server) -> None:
             c.render([[99, 1]])
 
 
-@pytest.fixture(scope="module")
-def slow_server():
-    """Each request waits 20 ms for its batch to fill, so a client can be killed midway."""
-    with LiveServer(max_queue_delay_us=20_000) as live:
-        yield live
-
-
 def journal_items(stage: Path) -> int:
     j = stage / "journal.jsonl"
     if not j.exists():

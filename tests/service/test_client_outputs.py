@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from client import cli as client_cli
-from tests.helpers import LiveServer, free_port, wait_for
+from tests.helpers import free_port, wait_for
 from tests.service.test_client import (
     cli,
     journal_items,
@@ -315,13 +315,6 @@ def test_a_second_client_on_the_same_output_is_refused_while_one_writes(
     code, err = run_cli(*args, "--resume")
     assert code == 0, err
     assert np.load(out).shape == (1500, 64, 64)
-
-
-@pytest.fixture(scope="module")
-def slow_server():
-    """Each request waits 20 ms for its batch to fill, so a client can be killed midway."""
-    with LiveServer(max_queue_delay_us=20_000) as live:
-        yield live
 
 
 # -- free disk space ------------------------------------------------------------------------------

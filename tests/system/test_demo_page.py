@@ -135,7 +135,7 @@ def test_baseline_beside_coordconv_on_the_held_out_quadrant_and_no_failed_asset(
 
 
 def test_the_page_works_with_an_api_key(browser) -> None:
-    with LiveServer(api_key="demo-key") as live:
+    with LiveServer(("render", "locate"), api_key="demo-key") as live:
         page = browser.new_page()
         page.goto(live.url + "/")
         page.wait_for_selector("#models-table td:has-text('401')")

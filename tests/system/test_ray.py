@@ -4,12 +4,13 @@ HTTP, correct answers from both replicas."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import MODELS, TLS, free_port
+from tests.helpers import TLS, free_port, repository
 from training import data, metrics
 
 ray = pytest.importorskip("ray")
@@ -36,11 +37,14 @@ def ray_url():
                 raise
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings = Settings(model_dir=MODELS, providers="cpu", max_queue_delay_us=2000)
+    # The two models the tests ask (each replica loads the whole repository it is given).
+    models = repository(models=("render", "locate"))
+    settings = Settings(model_dir=models, providers="cpu", max_queue_delay_us=2000)
     serve.run(deployment(settings, replicas=2, num_cpus=0.5), route_prefix="/", name="coordconv")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+    shutil.rmtree(models)
 
 
 def test_two_replicas_serve_concurrent_requests_correctly(ray_url) -> None:
