@@ -119,16 +119,16 @@ bench-test: $(VENV)/.all
 docker-test: $(VENV)/.all
 	$(BIN)/python -m pytest -q -s -m docker tests/system/test_docker.py
 
-# ruff, mypy and the docs build run beside the parallel pass, at a lower priority: they fill what
-# the tests leave idle of the cores (about a minute of CPU), their output printed after it; the
-# timed tests run last, alone.
+# ruff, mypy and the docs build (about a minute of CPU, mypy most of it) run beside the tests at
+# the lowest priority: they take what the tests leave idle of the cores (the serial pass leaves
+# one nearly free, and its timed tests took as long beside them as alone), their output printed
+# at the end.
 test: $(VENV)/.all browser perf-analyzer
-	@nice -n 10 $(MAKE) --no-print-directory checks > $(VENV)/checks.log 2>&1 & checks=$$!; \
-	$(MAKE) --no-print-directory pytest-parallel; tests=$$?; \
-	wait $$checks; status=$$?; cat $(VENV)/checks.log; \
+	@nice -n 19 $(MAKE) --no-print-directory checks > $(VENV)/checks.log 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory pytest-parallel && $(MAKE) --no-print-directory pytest-serial; \
+	tests=$$?; wait $$checks; status=$$?; cat $(VENV)/checks.log; \
 	if [ $$status -ne 0 ]; then echo "make test: ruff, mypy or the docs build failed (above)"; fi; \
 	[ $$tests -eq 0 ] && [ $$status -eq 0 ]
-	@$(MAKE) --no-print-directory pytest-serial
 
 checks: docs-check lint typecheck
 
