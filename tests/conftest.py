@@ -116,23 +116,24 @@ def tier(item: pytest.Item) -> str:
     return parts[0]
 
 
-# The longest files first, with the seconds each took in one pass (3 processes on 2 cores):
-# pytest-xdist hands out whole files in this order (--no-loadscope-reorder), so the short files
-# fill in around the long ones instead of one long file running alone at the end. The rest follow
-# by tier.
+# The longest files first, with about the seconds each took in one pass (2 processes on 2 cores,
+# 2026-12-07): pytest-xdist hands out whole files in this order (--no-loadscope-reorder), so the
+# short files fill in around the long ones instead of one long file running alone at the end. The
+# rest follow by tier.
 LONGEST = {
-    "training/test_train.py": 203,
-    "service/test_full_canvas.py": 118,
-    "service/test_client.py": 115,
-    "training/test_export.py": 101,
-    "system/test_workers.py": 97,
-    "service/test_client_outputs.py": 89,
-    "system/test_first_hour.py": 86,
-    "system/test_control_storm.py": 77,
-    "system/test_shutdown.py": 75,
-    "training/test_reproduce.py": 59,
-    "system/test_ray.py": 49,
-    "training/test_layers.py": 46,
+    "training/test_train.py": 82,
+    "service/test_client.py": 74,
+    "training/test_export.py": 66,
+    "service/test_full_canvas.py": 64,
+    "system/test_shutdown.py": 59,
+    "service/test_client_outputs.py": 58,
+    "system/test_control_storm.py": 56,
+    "system/test_first_hour.py": 51,
+    "system/test_workers.py": 37,
+    "system/test_ray.py": 34,
+    "training/test_reproduce.py": 32,
+    "service/test_model_control.py": 25,
+    "service/test_repository.py": 24,
 }
 RUN_ORDER = ("training", "system", "service", "unit", "bench")
 
