@@ -1,5 +1,5 @@
 """What model control costs and what it cannot break, against a real `coordconv serve` process:
-10 load/unload cycles of every shipped model give back their memory and threads, and a storm of
+20 load/unload cycles of every shipped model give back their memory and threads, and a storm of
 load, unload and override calls from 3 threads beside inference from 6 for 30 s leaves every
 answer right, no 5xx, and /healthz fast. The figures go to docs/reliability.md."""
 
@@ -63,12 +63,6 @@ def settle(pid: int, seconds: float = 3.0) -> tuple[int, int]:
     return proc_status(pid)
 
 
-# Cycles after the first, and the growth allowed over them: a leak of 1/200 of the first cycle's
-# RSS per cycle (5.6 MiB of 1.1 GiB) or of one thread in 10 cycles (of 18) fails, as it did over
-# 20 cycles with 10%.
-CYCLES, GROWTH = 10, 0.05
-
-
 def test_unloading_gives_back_memory_and_threads() -> None:
     with explicit_server() as (pid, url):
         tc = triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=120)
@@ -77,24 +71,24 @@ def test_unloading_gives_back_memory_and_threads() -> None:
             tc.load_model(name)
         rss0, threads0 = settle(pid)
         peak_threads = threads0
-        for _ in range(CYCLES):
+        for _ in range(20):
             for name in NAMES:
                 tc.unload_model(name)
                 tc.load_model(name)
             peak_threads = max(peak_threads, proc_status(pid)[1])
         rss, threads = settle(pid)
         figures = {
-            "cycles": CYCLES,
+            "cycles": 20,
             "models": len(NAMES),
             "rss_after_first_mib": round(rss0 / 1024, 1),
-            "rss_after_cycles_mib": round(rss / 1024, 1),
+            "rss_after_20_mib": round(rss / 1024, 1),
             "threads_after_first": threads0,
-            "threads_after_cycles": threads,
+            "threads_after_20": threads,
             "threads_peak": peak_threads,
         }
         print("unload figures:", json.dumps(figures))
-        assert rss <= rss0 * (1 + GROWTH), figures
-        assert threads <= threads0 * (1 + GROWTH), figures
+        assert rss <= rss0 * 1.10, figures
+        assert threads <= threads0 * 1.10, figures
 
 
 def expected_images(points: np.ndarray) -> dict[str, np.ndarray]:
