@@ -29,8 +29,8 @@ Seeds, recipes and budgets are fixed here before any run on seeds 10-19; nothing
 is to change after a result on them is seen (see the results header).
 
 Workers (`--workers`) share the plan through lock files under the runs folder: each run is
-trained by one worker, a crashed worker's lock is taken over, and a finished run is never
-trained again.
+trained by one worker, a crashed worker's lock is taken over (and its run goes on from the last
+epoch it finished: training.train's checkpoint), and a finished run is never trained again.
 """
 
 from __future__ import annotations
@@ -443,7 +443,8 @@ def run_one(spec: Spec, results: Path, runs: Path, device: str = "auto") -> dict
             device=device,
             out=str(Path(runs) / spec["block"] / spec["name"]),
             progress=False,
-        )
+        ),
+        resume=True,  # a run whose worker died goes on from its last finished epoch
     )
     r.update({"block": spec["block"], "name": spec["name"], "spec": spec})
     path = run_path(results, spec["block"], spec["name"])

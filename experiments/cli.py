@@ -158,6 +158,12 @@ def train_main(argv: Sequence[str]) -> int:
     p.add_argument("--test-fraction", type=float, default=0.25, help="uniform split only")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda[:N]")
     p.add_argument("--out", help="run folder (default runs/TASK-ARCH-SPLIT-sSEED)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run of the same options from its last finished epoch "
+        "(the run folder's checkpoint.pt; without one, start)",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     out = a.out or f"runs/{a.task}-{a.arch}-{a.split}-s{a.seed}"
@@ -188,7 +194,8 @@ def train_main(argv: Sequence[str]) -> int:
                 device=a.device,
                 out=out,
                 progress=not a.no_progress,
-            )
+            ),
+            resume=a.resume,
         )
         m = primary_metric(a.task, a.arch)
         print(
@@ -393,7 +400,8 @@ def models_main(argv: Sequence[str]) -> int:
                             init_onnx=init,
                             device=a.device,
                             out=str(run),
-                        )
+                        ),
+                        resume=True,  # a killed retrain continues where it stopped
                     )
                     print(f"{task} (full canvas): test {r['test']}")
                 info = export_run(run, task, a.repo, version=2)
@@ -425,7 +433,8 @@ def models_main(argv: Sequence[str]) -> int:
                         epochs=SHIPPED_EPOCHS.get(task) if arch == "coordconv" else None,
                         device=a.device,
                         out=str(run),
-                    )
+                    ),
+                    resume=True,
                 )
             info = export_run(run, name, a.repo, version=1)
             print(

@@ -4,7 +4,11 @@ metrics after every epoch (training.metrics: the goals), and a run folder with t
 metrics. The recipes that fill the config in (the paper's and ours) are experiments/recipe.py.
 
 A run folder holds `config.json`, `model.pt` (the state dict) and `metrics.json` (final train and
-test metrics, parameters, wall time, and the per-epoch history for learning curves).
+test metrics, parameters, wall time, and the per-epoch history for learning curves). While a run
+trains, `checkpoint.pt` holds everything after its last finished epoch (weights, optimiser, the
+shuffling generator, the history): `train(config, resume=True)` (`coordconv train --resume`, and
+the campaign always) continues a killed run from there to the same figures it would have reached
+unbroken; it is removed once the run is written.
 """
 
 from __future__ import annotations
@@ -305,8 +309,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train one model; returns (and, with `out`, writes) its metrics."""
+CHECKPOINT = "checkpoint.pt"
+
+
+def _run_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be continued: the whole config but where it is written
+    and whether a bar is drawn."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")}
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a torn or foreign file: say which, never train over it silently
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({why}); remove it to start over"
+        ) from e
+    if not isinstance(state, dict) or state.get("config") != _run_identity(cfg):
+        raise ValueError(
+            f"{path}: a checkpoint of other options than these; remove it to start over"
+        )
+    return state
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically: a run killed while writing keeps the previous epoch's checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train one model; returns (and, with `out`, writes) its metrics. `resume`: continue from
+    the checkpoint in `out` where a killed run left one (else start). Without it, an unfinished
+    run's checkpoint in `out` is refused rather than trained over."""
     # Denormal floats (below 1.2e-38) are 10-100x slower on a CPU and change no metric: a
     # locate net whose heatmap grows sharp spent 321 s on one epoch with them, 30 s flushed to
     # zero, to the same figures; a whole `ours` render run (seed 18) gave the same figures
@@ -314,17 +351,26 @@ def train(config: TrainConfig) -> dict[str, Any]:
     flush_denormal = torch.set_flush_denormal(True)
     keep_freed_memory()  # the kernel's page faults took most of a CPU run (training.cpu)
     try:
-        return _train(config, flush_denormal)
+        return _train(config, flush_denormal, resume)
     finally:
         torch.set_flush_denormal(False)
 
 
-def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
+def _train(config: TrainConfig, flush_denormal: bool, resume: bool) -> dict[str, Any]:
     cfg = config.resolved()
     out = Path(cfg.out) if cfg.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     device = pick_device(cfg.device)
+    checkpoint = out / CHECKPOINT if out is not None else None
+    saved: dict[str, Any] | None = None
+    if checkpoint is not None and checkpoint.is_file():
+        if not resume:
+            raise ValueError(
+                f"{out} holds an unfinished run ({CHECKPOINT}): resume it (--resume), or remove "
+                "it to start over"
+            )
+        saved = _load_checkpoint(checkpoint, cfg, device)
     seed_everything(cfg.seed)
 
     d = data.task_data(
@@ -369,16 +415,32 @@ def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
     cpu0 = time.process_time()
     # CPU seconds of training alone: steadier than wall time on a shared machine
     trained_cpu = 0.0
-    bar = tqdm(
-        range(cfg.epochs),
-        desc=f"{cfg.task}/{cfg.arch}/{cfg.split}",
-        unit="epoch",
-        disable=not cfg.progress,
-        leave=False,
-    )
     trained_s = 0.0  # training time alone: the evaluations below do not count
     streak = 0  # consecutive epochs at the goal (for stop_after_goal)
     stopped: dict[str, Any] | None = None
+    te: dict[str, float] = {}  # the last epoch's test metrics
+    before_s = before_cpu = 0.0  # wall and CPU seconds of the processes before a resume
+    resumed_at: list[int] = []  # the epochs after which a killed run was continued
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        history, te, stopped = saved["history"], saved["last_test"], saved["stopped"]
+        trained_s, trained_cpu, streak = saved["trained_s"], saved["trained_cpu"], saved["streak"]
+        before_s, before_cpu = saved["wall_s"], saved["cpu_s"]
+        resumed_at = [*saved["resumed_at"], len(history)]
+    first = len(history)
+    bar = tqdm(
+        range(first, cfg.epochs if stopped is None else first),
+        desc=f"{cfg.task}/{cfg.arch}/{cfg.split}",
+        unit="epoch",
+        initial=first,
+        total=cfg.epochs,
+        disable=not cfg.progress,
+        leave=False,
+    )
     for epoch in bar:
         model.train()
         total, t0, c0 = 0.0, time.perf_counter(), time.process_time()
@@ -430,9 +492,31 @@ def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
                 "epoch": epoch + 1,
                 "why": f"stopped early: the goal met on {streak} consecutive epochs",
             }
+        if checkpoint is not None:
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "config": _run_identity(cfg),
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "last_test": te,
+                    "stopped": stopped,
+                    "trained_s": trained_s,
+                    "trained_cpu": trained_cpu,
+                    "streak": streak,
+                    "wall_s": before_s + time.perf_counter() - start,
+                    "cpu_s": before_cpu + time.process_time() - cpu0,
+                    "resumed_at": resumed_at,
+                },
+            )
+        if stopped is not None:
             break
-    wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu0
+    wall = before_s + time.perf_counter() - start
+    cpu = before_cpu + time.process_time() - cpu0
 
     train_m = evaluate(cfg.task, model, d.x_train, d.y_train, d.kinds_train)
     # The last epoch measured the whole test set on these very weights: not run again.
@@ -446,6 +530,7 @@ def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
         "epochs": cfg.epochs,
         "epochs_run": len(history),
         "stopped_early": stopped,  # None: ran its whole budget
+        "resumed_at": resumed_at,  # epochs after which a killed run was continued (times add up)
         "wall_time_s": round(wall, 2),
         "train_time_s": round(trained_s, 2),
         "cpu_time_s": round(cpu, 2),  # evaluations included
@@ -483,6 +568,8 @@ def _train(config: TrainConfig, flush_denormal: bool) -> dict[str, Any]:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         torch.save(model.state_dict(), out / "model.pt")
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)  # the run is written: nothing left to resume
     return result
 
 

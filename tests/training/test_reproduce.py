@@ -153,6 +153,24 @@ def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(
     assert json.loads((results / "plan.json").read_text())["seeds"] == list(range(10, 20))
 
 
+def test_a_run_whose_worker_died_goes_on_from_its_last_epoch(tmp_path, small_data) -> None:
+    """A campaign worker killed mid-run (or a session that ends) costs one epoch, not the run:
+    the next worker takes the lock over and the run goes on from its checkpoint."""
+    from tests.training.test_train import die_after_epoch
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    spec = campaign._spec("reference", "locate", "coordconv906", "quadrant", 20, "paper", epochs=3)
+    with pytest.MonkeyPatch.context() as mp:
+        die_after_epoch(mp, 2)
+        with pytest.raises(KeyboardInterrupt):
+            campaign.work(results, runs, plan=lambda: [spec])
+    assert not campaign.run_path(results, "reference", spec["name"]).exists()
+    assert campaign.work(results, runs, plan=lambda: [spec]) == 1
+    record = campaign.load_one(results, "reference", spec["name"])
+    assert record is not None and record["resumed_at"] == [2]
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+
+
 def test_verdicts_say_what_the_seeds_settle() -> None:
     met, miss = {"goal_met": True}, {"goal_met": False}
     v = reproduce.coordconv_verdict

@@ -46,6 +46,79 @@ def test_same_seed_gives_the_same_metrics(small_data) -> None:
     assert float(torch.tensor(1e-40) * 1.0) != 0.0
 
 
+def die_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """The run dies right after the checkpoint of `epoch` is written, as a kill -9 between two
+    epochs leaves it (nothing after the checkpoint runs)."""
+    from training import train as training
+
+    real = training._save_checkpoint
+
+    def save(path, state) -> None:
+        real(path, state)
+        if len(state["history"]) == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save)
+
+
+def test_a_killed_run_resumes_to_the_figures_an_unbroken_run_reaches(tmp_path, small_data) -> None:
+    def config(out: str, **kw):
+        return train_config(
+            "locate",
+            "coordconv906",
+            "paper",
+            epochs=2,
+            out=str(tmp_path / out),
+            progress=False,
+            **kw,
+        )
+
+    whole = train(config("whole"))
+    assert whole["resumed_at"] == [] and not (tmp_path / "whole" / "checkpoint.pt").exists()
+    with pytest.MonkeyPatch.context() as mp:
+        die_after_epoch(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(config("broken"))
+    broken = tmp_path / "broken"
+    assert (broken / "checkpoint.pt").is_file() and not (broken / "metrics.json").exists()
+    # Not trained over by a run that was not asked to resume; nor resumed under other options.
+    with pytest.raises(ValueError, match=r"holds an unfinished run \(checkpoint.pt\): resume it"):
+        train(config("broken"))
+    with pytest.raises(ValueError, match="a checkpoint of other options than these"):
+        train(config("broken", lr=0.02), resume=True)
+
+    again = train(config("broken"), resume=True)
+    assert again["resumed_at"] == [1] and again["epochs_run"] == 2
+    for key in ("loss", "train", "test", "goal"):
+        assert [h[key] for h in again["history"]] == [h[key] for h in whole["history"]], key
+    assert (again["train"], again["test"]) == (whole["train"], whole["test"])
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(broken / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    times = [h["time_s"] for h in again["history"]]
+    assert times == sorted(times) and again["train_time_s"] == times[-1]
+    assert not (broken / "checkpoint.pt").exists()  # written: nothing left to resume
+    assert json.loads((broken / "metrics.json").read_text())["resumed_at"] == [1]
+
+
+def test_a_run_killed_after_its_early_stop_does_not_train_on_when_resumed(
+    tmp_path, small_data, monkeypatch
+) -> None:
+    from training import metrics
+
+    monkeypatch.setattr(metrics, "goal_met", lambda *a, **k: True)
+    config = train_config(
+        "locate", "coordconv906", epochs=5, stop_after_goal=1, out=str(tmp_path), progress=False
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        die_after_epoch(mp, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+    r = train(config, resume=True)
+    assert r["epochs_run"] == 1 and "1 consecutive epochs" in r["stopped_early"]["why"]
+    assert r["resumed_at"] == [1]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

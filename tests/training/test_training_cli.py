@@ -48,6 +48,28 @@ def test_bad_cli_input_exits_nonzero_with_a_message(args, message, capsys) -> No
     assert message in err
 
 
+def test_train_keeps_an_unfinished_runs_checkpoint_and_refuses_a_torn_one(tmp_path, capsys):
+    from coordconv.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"torn mid-write")
+    args = ["train", "--task", "locate", "--arch", "coordconv906", "--out", str(run)]
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"coordconv: error: {run} holds an unfinished run (checkpoint.pt): resume it (--resume), "
+        "or remove it to start over"
+    )
+    assert main([*args, "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"coordconv: error: {run / 'checkpoint.pt'}: not a readable checkpoint (")
+    assert err.endswith("); remove it to start over")
+    assert (run / "checkpoint.pt").read_bytes() == b"torn mid-write"  # nothing trained over it
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+
+
 def test_help_lists_the_subcommands() -> None:
     proc = run("--help")
     assert proc.returncode == 0
