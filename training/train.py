@@ -318,9 +318,11 @@ def _run_identity(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")}
 
 
-def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     try:
-        state: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
+        # On the CPU: the generators' states must be CPU tensors, and load_state_dict moves
+        # weights and the optimiser's moments to wherever the model is.
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: say which, never train over it silently
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise ValueError(
@@ -370,7 +372,7 @@ def _train(config: TrainConfig, flush_denormal: bool, resume: bool) -> dict[str,
                 f"{out} holds an unfinished run ({CHECKPOINT}): resume it (--resume), or remove "
                 "it to start over"
             )
-        saved = _load_checkpoint(checkpoint, cfg, device)
+        saved = _load_checkpoint(checkpoint, cfg)
     seed_everything(cfg.seed)
 
     d = data.task_data(
