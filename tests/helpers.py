@@ -24,6 +24,7 @@ from typing import Any, Self
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -423,3 +424,18 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def decode_png_b64(text: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))), dtype=np.float32) / 255.0
+
+
+def die_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """The run dies right after the checkpoint of `epoch` is written, as a kill -9 between two
+    epochs leaves it (nothing after the checkpoint runs)."""
+    from training import train as training
+
+    real = training._save_checkpoint
+
+    def save(path: Path, state: dict[str, Any]) -> None:
+        real(path, state)
+        if len(state["history"]) == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save)

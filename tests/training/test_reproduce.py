@@ -12,6 +12,7 @@ import pytest
 from experiments import budget, campaign, report
 from experiments import recipe as recipes
 from experiments import summary as reproduce
+from tests.helpers import die_after_epoch
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
@@ -156,8 +157,6 @@ def test_a_tiny_campaign_writes_one_record_per_run_resumes_and_reports(
 def test_a_run_whose_worker_died_goes_on_from_its_last_epoch(tmp_path, small_data) -> None:
     """A campaign worker killed mid-run (or a session that ends) costs one epoch, not the run:
     the next worker takes the lock over and the run goes on from its checkpoint."""
-    from tests.training.test_train import die_after_epoch
-
     results, runs = tmp_path / "results", tmp_path / "runs"
     spec = campaign._spec("reference", "locate", "coordconv906", "quadrant", 20, "paper", epochs=3)
     with pytest.MonkeyPatch.context() as mp:

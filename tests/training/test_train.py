@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from experiments.recipe import train_config
+from tests.helpers import die_after_epoch
 from training.train import TrainConfig, load_run, train
 
 
@@ -44,21 +45,6 @@ def test_same_seed_gives_the_same_metrics(small_data) -> None:
     assert a["freed_memory_kept"]  # training.cpu, said in the record
     assert a["flush_denormal"]  # denormals flushed while training, and put back afterwards:
     assert float(torch.tensor(1e-40) * 1.0) != 0.0
-
-
-def die_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    """The run dies right after the checkpoint of `epoch` is written, as a kill -9 between two
-    epochs leaves it (nothing after the checkpoint runs)."""
-    from training import train as training
-
-    real = training._save_checkpoint
-
-    def save(path, state) -> None:
-        real(path, state)
-        if len(state["history"]) == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "_save_checkpoint", save)
 
 
 def test_a_killed_run_resumes_to_the_figures_an_unbroken_run_reaches(tmp_path, small_data) -> None:
